@@ -1,0 +1,141 @@
+//! `clawrl`: the command line of ClawRL Studio.
+
+mod bench;
+mod cmd;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use clawrl_model::{FetchProgress, Model};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// ClawRL Studio: a personal assistant that learns by being used (OpenClaw-RL on a laptop).
+#[derive(Parser)]
+#[command(name = "clawrl", version, about, long_about = None)]
+struct Cli {
+    /// Model to use: a GGUF file or a Hugging Face directory (config.json, *.safetensors,
+    /// tokenizer.json). Default: the embedded SmolLM2-135M-Instruct, fetched on first use.
+    #[arg(long, global = true, env = "CLAWRL_MODEL", value_name = "PATH")]
+    model: Option<PathBuf>,
+
+    /// Compute threads (default: all cores).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the embedded model.
+    #[command(subcommand)]
+    Model(cmd::ModelCmd),
+    /// Chat with the model in the terminal, streaming its replies.
+    Chat(cmd::ChatArgs),
+    /// Generate a reply to one prompt.
+    Generate(cmd::GenerateArgs),
+    /// Score a fixed response under one or more prompts (JSON in, JSON out).
+    Score(cmd::ScoreArgs),
+    /// Measure speed and memory.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let threads = cli.threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the compute threads")?;
+    let model = ModelSource { path: cli.model };
+    match cli.command {
+        Command::Model(c) => cmd::model(c, &model),
+        Command::Chat(a) => cmd::chat(a, &model.load()?),
+        Command::Generate(a) => cmd::generate(a, &model.load()?),
+        Command::Score(a) => cmd::score(a, &model.load()?),
+        Command::Bench(b) => bench::run(b, &model.load()?, threads),
+    }
+}
+
+/// The model the user chose, loaded on demand.
+pub(crate) struct ModelSource {
+    path: Option<PathBuf>,
+}
+
+impl ModelSource {
+    /// The model's path, fetching the embedded one if needed.
+    pub(crate) fn path(&self) -> Result<PathBuf> {
+        match &self.path {
+            Some(p) => Ok(p.clone()),
+            None => Ok(clawrl_model::default_model_path(&mut fetch_progress())?),
+        }
+    }
+
+    /// Loads the model.
+    pub(crate) fn load(&self) -> Result<Model> {
+        let path = self.path()?;
+        Model::load(&path).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+/// A progress callback that draws a bar on stderr while the model is fetched.
+pub(crate) fn fetch_progress() -> impl FnMut(FetchProgress) {
+    let mut bar: Option<ProgressBar> = None;
+    move |p| match p {
+        FetchProgress::Downloading => {
+            eprintln!("Fetching the embedded model (SmolLM2-135M-Instruct, 98 MB)…")
+        }
+        FetchProgress::Extracting { done, total } => {
+            let b = bar.get_or_insert_with(|| {
+                let b = ProgressBar::new(total);
+                b.set_style(
+                    ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                b.set_message("extracting and verifying");
+                b
+            });
+            b.set_position(done);
+        }
+        FetchProgress::Ready => {
+            if let Some(b) = bar.take() {
+                b.finish_with_message("verified");
+            }
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,13 @@
+//! CPU compute kernels of the ClawRL engine.
+//!
+//! Small and model-agnostic, in the spirit of candle-core: block-quantized formats
+//! bit-compatible with ggml ([`quant`]), SIMD dot products chosen at run time ([`dot`]),
+//! weight matrices that multiply in their stored format ([`matmul`]), and the element-wise,
+//! rotary and attention kernels of a Llama-family transformer ([`ops`]).
+
+pub mod dot;
+pub mod matmul;
+pub mod ops;
+pub mod quant;
+
+pub use matmul::{QMatrix, ShapeError, Storage};

@@ -1,0 +1,340 @@
+//! Weight matrices in their stored format, multiplied by activations.
+//!
+//! Decoding one token is a matrix–vector product: the activation is quantized once and
+//! every weight row meets it in an integer dot product, rows split across threads.
+//! Prefill multiplies many tokens at once: each thread dequantizes a panel of rows into
+//! f32 and runs a cache-blocked GEMM on it, so the weights never exist in f32 all at once.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::dot;
+use crate::quant::{
+    BlockQ4_1, BlockQ8_0, BlockQ8_1, QK, dequantize_q4_1, dequantize_q8_0, quantize_q8_0_into,
+    quantize_q8_1_into,
+};
+
+/// Rows of a quantized matrix dequantized at once by one thread in prefill.
+const PANEL_ROWS: usize = 64;
+/// From this many tokens on, prefill uses the dequantize-and-GEMM path.
+const GEMM_MIN_TOKENS: usize = 4;
+
+/// How a matrix's values are stored.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// Plain f32, row-major.
+    F32(Vec<f32>),
+    /// ggml Q4_1 blocks, row-major.
+    Q4_1(Vec<BlockQ4_1>),
+    /// ggml Q8_0 blocks, row-major.
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// A shape that does not fit the data or the format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// A `rows × cols` weight matrix (`y = W·x` maps `cols` inputs to `rows` outputs).
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+impl QMatrix {
+    /// Wraps stored values, checking that they fill `rows × cols` exactly.
+    pub fn new(rows: usize, cols: usize, storage: Storage) -> Result<Self, ShapeError> {
+        let (len, per_row) = match &storage {
+            Storage::F32(v) => (v.len(), cols),
+            Storage::Q4_1(v) => (v.len(), cols / QK),
+            Storage::Q8_0(v) => (v.len(), cols / QK),
+        };
+        let blocked = !matches!(storage, Storage::F32(_));
+        if blocked && cols % QK != 0 {
+            return Err(ShapeError(format!(
+                "a quantized matrix needs a multiple of {QK} columns, got {cols}"
+            )));
+        }
+        if len != rows * per_row {
+            return Err(ShapeError(format!(
+                "{rows}×{cols} matrix needs {} stored units, got {len}",
+                rows * per_row
+            )));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage,
+        })
+    }
+
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored values.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Bytes held by the values.
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F32(v) => v.len() * 4,
+            Storage::Q4_1(v) => v.len() * std::mem::size_of::<BlockQ4_1>(),
+            Storage::Q8_0(v) => v.len() * std::mem::size_of::<BlockQ8_0>(),
+        }
+    }
+
+    /// Dequantizes rows `r0..r0 + out.len() / cols` into `out`.
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols;
+        let nb = self.cols / QK;
+        match &self.storage {
+            Storage::F32(v) => out.copy_from_slice(&v[r0 * self.cols..(r0 + n) * self.cols]),
+            Storage::Q4_1(v) => dequantize_q4_1(&v[r0 * nb..(r0 + n) * nb], out),
+            Storage::Q8_0(v) => dequantize_q8_0(&v[r0 * nb..(r0 + n) * nb], out),
+        }
+    }
+
+    /// The whole matrix in f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+
+    /// `y = W·x` for one vector (`x.len() == cols`, `y.len() == rows`), rows split across threads.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), self.cols, "matvec input size");
+        assert_eq!(y.len(), self.rows, "matvec output size");
+        let chunk = self.row_chunk();
+        match &self.storage {
+            Storage::F32(w) => y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                let r0 = c * chunk;
+                dot::rows_f32(
+                    &w[r0 * self.cols..(r0 + out.len()) * self.cols],
+                    self.cols,
+                    x,
+                    out,
+                );
+            }),
+            Storage::Q4_1(w) => {
+                let nb = self.cols / QK;
+                let mut a = vec![BlockQ8_1::default(); nb];
+                quantize_q8_1_into(x, &mut a);
+                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                    let r0 = c * chunk;
+                    dot::rows_q4_1(&w[r0 * nb..(r0 + out.len()) * nb], nb, &a, out);
+                });
+            }
+            Storage::Q8_0(w) => {
+                let nb = self.cols / QK;
+                let mut a = vec![BlockQ8_0::default(); nb];
+                quantize_q8_0_into(x, &mut a);
+                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                    let r0 = c * chunk;
+                    dot::rows_q8_0(&w[r0 * nb..(r0 + out.len()) * nb], nb, &a, out);
+                });
+            }
+        }
+    }
+
+    /// `Y = X·Wᵀ` for `t` row vectors (`x` is `t × cols`, `y` is `t × rows`, row-major).
+    pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), t * self.cols, "matmul input size");
+        assert_eq!(y.len(), t * self.rows, "matmul output size");
+        if t < GEMM_MIN_TOKENS {
+            for (xi, yi) in x.chunks_exact(self.cols).zip(y.chunks_exact_mut(self.rows)) {
+                self.matvec(xi, yi);
+            }
+            return;
+        }
+        if let Storage::F32(w) = &self.storage {
+            // SAFETY: sizes checked above; `w` is rows × cols row-major.
+            unsafe {
+                gemm_xwt(
+                    t,
+                    self.rows,
+                    self.cols,
+                    x,
+                    w,
+                    y.as_mut_ptr(),
+                    self.rows,
+                    rayon_par(),
+                )
+            };
+            return;
+        }
+        let out = SendPtr(y.as_mut_ptr());
+        let panels = self.rows.div_ceil(PANEL_ROWS);
+        (0..panels).into_par_iter().for_each(|p| {
+            let r0 = p * PANEL_ROWS;
+            let n = PANEL_ROWS.min(self.rows - r0);
+            PANEL.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.resize(n * self.cols, 0.0);
+                self.dequantize_rows(r0, &mut buf);
+                // SAFETY: each panel writes only its own columns r0..r0+n of every output
+                // row, so the parallel writes never overlap.
+                unsafe {
+                    let out = out.get();
+                    gemm_xwt(
+                        t,
+                        n,
+                        self.cols,
+                        x,
+                        &buf,
+                        out.add(r0),
+                        self.rows,
+                        Parallelism::None,
+                    )
+                };
+            });
+        });
+    }
+
+    fn row_chunk(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        // A few chunks per thread balance uneven cores without paying much scheduling.
+        self.rows.div_ceil(threads * 4).max(16)
+    }
+}
+
+thread_local! {
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output regions to rayon tasks.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn rayon_par() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `x: m × k`, `w: n × k`; `out` has row stride `ld`.
+///
+/// # Safety
+/// `out` must be valid for writes at `i·ld + j` for every `i < m`, `j < n`.
+pub unsafe fn gemm_xwt(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: *mut f32,
+    ld: usize,
+    par: Parallelism,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    // SAFETY: strides describe x (m×k row-major), wᵀ (k×n read from n×k row-major) and
+    // out (m×n with row stride ld), all within bounds by the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            ld as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{quantize_q4_1, quantize_q8_0};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0.0; t * rows];
+        for i in 0..t {
+            for r in 0..rows {
+                y[i * rows + r] = (0..cols).map(|c| x[i * cols + c] * w[r * cols + c]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_format_matches_the_f32_reference_in_decode_and_prefill() {
+        let (rows, cols) = (130, 96);
+        let raw = random(rows * cols, 7);
+        for storage in [
+            Storage::F32(raw.clone()),
+            Storage::Q4_1(quantize_q4_1(&raw)),
+            Storage::Q8_0(quantize_q8_0(&raw)),
+        ] {
+            let m = QMatrix::new(rows, cols, storage).expect("shape");
+            let w = m.to_f32();
+            for t in [1, 3, 9] {
+                let x = random(t * cols, 8 + t as u64);
+                let mut y = vec![0.0; t * rows];
+                m.matmul(&x, t, &mut y);
+                let expect = reference(&w, rows, cols, &x, t);
+                let tol = if matches!(m.storage(), Storage::F32(_)) {
+                    1e-4
+                } else {
+                    0.1
+                };
+                for (a, b) in y.iter().zip(&expect) {
+                    assert!((a - b).abs() < tol, "t={t}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        assert!(QMatrix::new(2, 3, Storage::F32(vec![0.0; 5])).is_err());
+        assert!(QMatrix::new(1, 40, Storage::Q8_0(vec![BlockQ8_0::default()])).is_err());
+    }
+}

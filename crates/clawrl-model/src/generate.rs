@@ -1,0 +1,387 @@
+//! Generation with a KV cache: sampling, stop conditions, streaming, and for every token
+//! its id, log-prob and top-k alternatives.
+
+use std::ops::ControlFlow;
+
+use clawrl_kernels::ops;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tracing::{debug, info_span};
+
+use crate::error::{Error, Result};
+use crate::model::{Model, in_pool};
+
+/// Largest `top_logprobs` a caller may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// How the next token is drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; `0` is greedy.
+    pub temperature: f32,
+    /// Nucleus mass in `(0, 1]`.
+    pub top_p: f32,
+    /// Seed of the sampler; `None` draws one.
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_p: 0.95,
+            seed: None,
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    /// Upper bound on new tokens.
+    pub max_tokens: usize,
+    /// Sampler.
+    pub sampling: Sampling,
+    /// Strings that end generation; the text stops before them.
+    pub stop: Vec<String>,
+    /// Alternatives to record per token (0..=[`MAX_TOP_LOGPROBS`]).
+    pub top_logprobs: usize,
+    /// Keep going past end-of-turn tokens (for benchmarks of a fixed length).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            top_logprobs: 0,
+            ignore_eos: false,
+        }
+    }
+}
+
+impl GenerateParams {
+    fn validate(&self) -> Result<()> {
+        let s = &self.sampling;
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "temperature must be ≥ 0, got {}",
+                s.temperature
+            )));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "top_p must be in (0, 1], got {}",
+                s.top_p
+            )));
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(Error::InvalidArgument(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                self.top_logprobs
+            )));
+        }
+        if self.max_tokens == 0 {
+            return Err(Error::InvalidArgument(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument(
+                "stop strings must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One generated token: what the model produced, as it produced it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TokenInfo {
+    /// Token id.
+    pub id: u32,
+    /// `log π(id)` under the model's own distribution (temperature 1, no truncation).
+    pub logprob: f32,
+    /// The most likely alternatives, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window.
+    Length,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Generation {
+    /// The response text (without the end-of-turn token or a matched stop string).
+    pub text: String,
+    /// Every generated token, the end-of-turn token included when one was generated.
+    pub tokens: Vec<TokenInfo>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+impl Generation {
+    /// The generated ids.
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+}
+
+impl Model {
+    /// Generates a response to `prompt` (token ids), calling `on_token` with each token and the
+    /// text it adds once that text is final (held back while it could start a stop string).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send,
+    ) -> Result<Generation> {
+        in_pool(|| self.generate_in_pool(prompt, params, on_token))
+    }
+
+    fn generate_in_pool(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        self.check_context(prompt.len(), 1)?;
+        let _span = info_span!(
+            "generate",
+            prompt = prompt.len(),
+            max_tokens = params.max_tokens
+        )
+        .entered();
+        let budget = params
+            .max_tokens
+            .min(self.config.context_length - prompt.len());
+        let mut rng = match params.sampling.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        let mut cache = self.new_cache();
+        let mut logits = self.forward(prompt, &mut cache, 1)?;
+        let mut tokens: Vec<TokenInfo> = Vec::new();
+        let mut text = String::new();
+        let mut emitted = 0;
+        let hold = params
+            .stop
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        let finish = loop {
+            ops::log_softmax(&mut logits);
+            let id = sample(&logits, &params.sampling, &mut rng);
+            let info = TokenInfo {
+                id,
+                logprob: logits[id as usize],
+                top: ops::top_k(&logits, params.top_logprobs),
+            };
+            let eog = !params.ignore_eos && self.tokenizer.is_end_of_generation(id);
+            tokens.push(info);
+            if eog {
+                break FinishReason::Stop;
+            }
+            let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+            text = self.tokenizer.decode(&ids)?;
+            let stop_at = params
+                .stop
+                .iter()
+                .filter_map(|s| {
+                    text[emitted.min(text.len())..]
+                        .find(s.as_str())
+                        .map(|i| i + emitted)
+                })
+                .min();
+            if let Some(at) = stop_at {
+                text.truncate(at);
+            }
+            // Emit what can no longer change: not a partial UTF-8 character, nor a possible stop prefix.
+            let mut safe = if stop_at.is_some() {
+                text.len()
+            } else {
+                text.len().saturating_sub(hold)
+            };
+            while safe > emitted
+                && (!text.is_char_boundary(safe) || text[..safe].ends_with('\u{FFFD}'))
+            {
+                safe -= 1;
+            }
+            let delta = if safe > emitted {
+                &text[emitted..safe]
+            } else {
+                ""
+            };
+            let flow = on_token(tokens.last().expect("just pushed"), delta);
+            emitted = emitted.max(safe);
+            if stop_at.is_some() {
+                break FinishReason::Stop;
+            }
+            if flow.is_break() {
+                break FinishReason::Cancelled;
+            }
+            if tokens.len() >= budget {
+                break FinishReason::Length;
+            }
+            logits = self.forward(&[id], &mut cache, 1)?;
+        };
+        if finish == FinishReason::Stop && emitted < text.len() {
+            if let Some(last) = tokens.last() {
+                let _ = on_token(last, &text[emitted..]);
+            }
+        }
+        debug!(tokens = tokens.len(), ?finish, "generated");
+        Ok(Generation {
+            text,
+            tokens,
+            prompt_tokens: prompt.len(),
+            finish_reason: finish,
+        })
+    }
+}
+
+/// Draws a token from log-probs `lp` (normalised, full vocabulary).
+fn sample(lp: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    if s.temperature == 0.0 {
+        return ops::top_k(lp, 1).first().map_or(0, |&(i, _)| i);
+    }
+    // Tempered log-probs, most likely first, cut at the nucleus. Tokens more than e^-30
+    // below the best together hold < 1e-8 of the mass: leaving them out spares sorting the
+    // whole vocabulary at every step.
+    let max = lp.iter().copied().fold(f32::NEG_INFINITY, f32::max) / s.temperature;
+    let mut cand: Vec<(u32, f32)> = lp
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / s.temperature))
+        .filter(|&(_, l)| l >= max - 30.0)
+        .collect();
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut total = 0.0f64;
+    let mut probs: Vec<f64> = Vec::with_capacity(cand.len());
+    for &(_, l) in &cand {
+        let p = ((l - max) as f64).exp();
+        probs.push(p);
+        total += p;
+    }
+    let mut keep = probs.len();
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p / total;
+            if acc >= s.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let mut u = rng.random::<f64>() * mass;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        u -= p;
+        if u <= 0.0 {
+            return cand[i].0;
+        }
+    }
+    cand[keep - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_argmax_and_sampling_respects_the_nucleus() {
+        let mut lp = vec![0.0, 3.0, 1.0, -2.0];
+        ops::log_softmax(&mut lp);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(sample(&lp, &Sampling::greedy(), &mut rng), 1);
+        // With a tiny nucleus only the top token survives.
+        let narrow = Sampling {
+            temperature: 1.0,
+            top_p: 0.01,
+            seed: None,
+        };
+        for _ in 0..20 {
+            assert_eq!(sample(&lp, &narrow, &mut rng), 1);
+        }
+        let wide = Sampling {
+            temperature: 5.0,
+            top_p: 1.0,
+            seed: None,
+        };
+        let drawn: std::collections::HashSet<u32> =
+            (0..200).map(|_| sample(&lp, &wide, &mut rng)).collect();
+        assert!(drawn.len() >= 3);
+    }
+
+    #[test]
+    fn invalid_parameters_are_refused() {
+        let bad = [
+            GenerateParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
+            GenerateParams {
+                top_logprobs: 21,
+                ..Default::default()
+            },
+            GenerateParams {
+                sampling: Sampling {
+                    temperature: -1.0,
+                    top_p: 1.0,
+                    seed: None,
+                },
+                ..Default::default()
+            },
+            GenerateParams {
+                sampling: Sampling {
+                    temperature: 1.0,
+                    top_p: 0.0,
+                    seed: None,
+                },
+                ..Default::default()
+            },
+            GenerateParams {
+                stop: vec![String::new()],
+                ..Default::default()
+            },
+        ];
+        for p in bad {
+            assert!(
+                matches!(p.validate(), Err(Error::InvalidArgument(_))),
+                "{p:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The ClawRL engine: a Llama-family transformer that generates, recording for every token
+//! its id, log-prob and top-k alternatives, and that re-scores a fixed response under other
+//! prompts (the hint-conditioned teacher of OpenClaw-RL's on-policy distillation).
+//!
+//! ```no_run
+//! use clawrl_model::{GenerateParams, Message, Model};
+//! let model = Model::load(&clawrl_model::default_model_path(&mut |_| {})?)?;
+//! let prompt = model.chat_prompt(&[Message::user("Hi!")], None)?;
+//! let out = model.generate(&prompt, &GenerateParams::default(), |_, text| {
+//!     print!("{text}");
+//!     std::ops::ControlFlow::Continue(())
+//! })?;
+//! # Ok::<(), clawrl_model::Error>(())
+//! ```
+
+mod config;
+mod error;
+pub mod fetch;
+mod generate;
+mod gguf;
+mod hf;
+mod model;
+mod score;
+mod template;
+mod tiny;
+mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+pub use clawrl_kernels::dot::simd_enabled;
+pub use config::{Arch, ModelConfig};
+pub use error::{Error, Result};
+pub use fetch::{FetchProgress, SMOLLM2_135M};
+pub use generate::{
+    FinishReason, GenerateParams, Generation, MAX_TOP_LOGPROBS, Sampling, TokenInfo,
+};
+pub use model::{Block, KvCache, Model, Weights};
+pub use score::PositionScore;
+pub use template::{ChatTemplate, Message};
+pub use tiny::{tiny_config, tiny_tokenizer};
+pub use tokenizer::Tokenizer;
+
+/// The embedded model's path, fetched into the cache on first use.
+pub fn default_model_path(progress: &mut dyn FnMut(FetchProgress)) -> Result<PathBuf> {
+    SMOLLM2_135M.ensure(progress)
+}
+
+impl Model {
+    /// Loads a GGUF file or a Hugging Face checkpoint directory.
+    pub fn load(path: &Path) -> Result<Model> {
+        if !path.exists() {
+            return Err(Error::ModelNotFound(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            hf::load(path)
+        } else {
+            gguf::load(path)
+        }
+    }
+
+    /// Token ids of a conversation rendered with the chat template, the assistant's turn open.
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, tools, true)?;
+        self.tokenizer.encode_prompt(&text)
+    }
+}
