@@ -37,8 +37,8 @@ pub use generate::{
 pub use model::{Block, KvCache, Model, Weights};
 pub use score::PositionScore;
 pub use template::{ChatTemplate, Message};
-pub use tiny::{tiny_config, tiny_tokenizer};
-pub use tokenizer::Tokenizer;
+pub use tiny::{tiny_config, tiny_tokenizer, tiny_vocab};
+pub use tokenizer::{GgufVocab, Tokenizer};
 
 /// The embedded model's path, fetched into the cache on first use.
 pub fn default_model_path(progress: &mut dyn FnMut(FetchProgress)) -> Result<PathBuf> {

@@ -35,14 +35,15 @@ pub fn tiny_config(vocab_size: usize) -> ModelConfig {
     }
 }
 
-/// A byte-level BPE tokenizer over all 256 bytes, a few merges and ChatML's control tokens.
-pub fn tiny_tokenizer() -> Tokenizer {
+/// The tiny model's vocabulary, in the shape a GGUF stores it: all 256 bytes, a few merges
+/// and ChatML's control tokens.
+pub fn tiny_vocab() -> GgufVocab<'static> {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(byte_level_alphabet().iter().map(|c| c.to_string()));
     tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
     let mut token_types = vec![3; SPECIALS.len()];
     token_types.resize(tokens.len(), 1);
-    let vocab = GgufVocab {
+    GgufVocab {
         model: "gpt2",
         pre: Some("default"),
         merges: MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect(),
@@ -51,9 +52,13 @@ pub fn tiny_tokenizer() -> Tokenizer {
         bos: Some(1),
         eos: Some(2),
         add_bos: false,
-    };
-    // The vocabulary above is fixed and well-formed, so building it cannot fail.
-    Tokenizer::from_gguf(vocab).expect("the tiny tokenizer is well-formed")
+    }
+}
+
+/// The tiny model's tokenizer (byte-level BPE over [`tiny_vocab`]).
+pub fn tiny_tokenizer() -> Tokenizer {
+    // The vocabulary is fixed and well-formed, so building it cannot fail.
+    Tokenizer::from_gguf(tiny_vocab()).expect("the tiny tokenizer is well-formed")
 }
 
 impl Model {
