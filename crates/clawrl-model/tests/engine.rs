@@ -6,7 +6,12 @@ use std::ops::ControlFlow;
 use clawrl_model::{Error, FinishReason, GenerateParams, Message, Model, Sampling};
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams { max_tokens, sampling: Sampling::greedy(), top_logprobs: 3, ..Default::default() }
+    GenerateParams {
+        max_tokens,
+        sampling: Sampling::greedy(),
+        top_logprobs: 3,
+        ..Default::default()
+    }
 }
 
 fn go(_: &clawrl_model::TokenInfo, _: &str) -> ControlFlow<()> {
@@ -23,10 +28,15 @@ fn assert_close(a: &[f32], b: &[f32], tol: f32) {
 #[test]
 fn prefill_and_token_by_token_decoding_give_the_same_logits() {
     let m = Model::tiny(1);
-    let tokens = m.tokenizer.encode("the quick brown fox jumps over the lazy dog").expect("encodes");
+    let tokens = m
+        .tokenizer
+        .encode("the quick brown fox jumps over the lazy dog")
+        .expect("encodes");
     let vocab = m.config.vocab_size;
     let mut cache = m.new_cache();
-    let all = m.forward(&tokens, &mut cache, tokens.len()).expect("prefill");
+    let all = m
+        .forward(&tokens, &mut cache, tokens.len())
+        .expect("prefill");
     assert_eq!(cache.len(), tokens.len());
     let mut step = m.new_cache();
     for (i, &t) in tokens.iter().enumerate() {
@@ -38,14 +48,26 @@ fn prefill_and_token_by_token_decoding_give_the_same_logits() {
 #[test]
 fn generation_log_probs_equal_scoring_the_same_response() {
     let m = Model::tiny(2);
-    let prompt = m.chat_prompt(&[Message::user("hello there")], None).expect("prompt");
+    let prompt = m
+        .chat_prompt(&[Message::user("hello there")], None)
+        .expect("prompt");
     let g = m.generate(&prompt, &greedy(24), go).expect("generates");
     assert_eq!(g.tokens.len(), 24);
     assert_eq!(g.finish_reason, FinishReason::Length);
-    let rows = m.score(std::slice::from_ref(&prompt), &g.token_ids(), 3).expect("scores");
+    let rows = m
+        .score(std::slice::from_ref(&prompt), &g.token_ids(), 3)
+        .expect("scores");
     for (tok, pos) in g.tokens.iter().zip(&rows[0]) {
-        assert!((tok.logprob - pos.logprob).abs() < 1e-3, "{} vs {}", tok.logprob, pos.logprob);
-        assert_eq!(tok.top.iter().map(|t| t.0).collect::<Vec<_>>(), pos.top.iter().map(|t| t.0).collect::<Vec<_>>());
+        assert!(
+            (tok.logprob - pos.logprob).abs() < 1e-3,
+            "{} vs {}",
+            tok.logprob,
+            pos.logprob
+        );
+        assert_eq!(
+            tok.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            pos.top.iter().map(|t| t.0).collect::<Vec<_>>()
+        );
         // Greedy picks the most likely token, so it heads its own top-k.
         assert_eq!(tok.top[0].0, tok.id);
     }
@@ -54,24 +76,44 @@ fn generation_log_probs_equal_scoring_the_same_response() {
 #[test]
 fn scoring_several_prompts_at_once_equals_scoring_each_alone() {
     let m = Model::tiny(3);
-    let p1 = m.chat_prompt(&[Message::user("what is two plus two")], None).expect("prompt");
-    let p2 = m.chat_prompt(&[Message::user("what is two plus two\n\n[hint] answer in one word")], None).expect("prompt");
+    let p1 = m
+        .chat_prompt(&[Message::user("what is two plus two")], None)
+        .expect("prompt");
+    let p2 = m
+        .chat_prompt(
+            &[Message::user(
+                "what is two plus two\n\n[hint] answer in one word",
+            )],
+            None,
+        )
+        .expect("prompt");
     let response = m.tokenizer.encode("four, I think").expect("encodes");
-    let both = m.score(&[p1.clone(), p2.clone()], &response, 4).expect("scores");
+    let both = m
+        .score(&[p1.clone(), p2.clone()], &response, 4)
+        .expect("scores");
     let one = m.score(&[p1], &response, 4).expect("scores");
     let two = m.score(&[p2], &response, 4).expect("scores");
-    for (a, b) in both[0].iter().zip(&one[0]).chain(both[1].iter().zip(&two[0])) {
+    for (a, b) in both[0]
+        .iter()
+        .zip(&one[0])
+        .chain(both[1].iter().zip(&two[0]))
+    {
         assert!((a.logprob - b.logprob).abs() < 1e-4);
         assert_eq!(a.top.len(), 4);
     }
-    assert_ne!(both[0][0].logprob, both[1][0].logprob, "a different prompt changes the scores");
+    assert_ne!(
+        both[0][0].logprob, both[1][0].logprob,
+        "a different prompt changes the scores"
+    );
 }
 
 #[test]
 fn top_k_beyond_the_vocabulary_and_an_empty_response_are_handled() {
     let m = Model::tiny(4);
     let prompt = m.tokenizer.encode("abc").expect("encodes");
-    let rows = m.score(std::slice::from_ref(&prompt), &[5], 100_000).expect("scores");
+    let rows = m
+        .score(std::slice::from_ref(&prompt), &[5], 100_000)
+        .expect("scores");
     assert_eq!(rows[0][0].top.len(), m.config.vocab_size);
     let total: f32 = rows[0][0].top.iter().map(|(_, lp)| lp.exp()).sum();
     assert!((total - 1.0).abs() < 1e-3);
@@ -81,10 +123,16 @@ fn top_k_beyond_the_vocabulary_and_an_empty_response_are_handled() {
 #[test]
 fn same_seed_same_tokens_and_streamed_text_is_the_final_text() {
     let m = Model::tiny(5);
-    let prompt = m.chat_prompt(&[Message::user("tell me a story")], None).expect("prompt");
+    let prompt = m
+        .chat_prompt(&[Message::user("tell me a story")], None)
+        .expect("prompt");
     let params = GenerateParams {
         max_tokens: 40,
-        sampling: Sampling { temperature: 1.0, top_p: 0.9, seed: Some(7) },
+        sampling: Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: Some(7),
+        },
         ..Default::default()
     };
     let mut streamed = String::new();
@@ -106,8 +154,15 @@ fn a_stop_string_ends_generation_and_is_not_in_the_text() {
     let free = m.generate(&prompt, &greedy(30), go).expect("generates");
     // Stop at a piece of the free-running text, so the stop certainly occurs.
     let stop: String = free.text.chars().skip(3).take(2).collect();
-    assert!(!stop.is_empty(), "the tiny model produced too little text: {:?}", free.text);
-    let params = GenerateParams { stop: vec![stop.clone()], ..greedy(30) };
+    assert!(
+        !stop.is_empty(),
+        "the tiny model produced too little text: {:?}",
+        free.text
+    );
+    let params = GenerateParams {
+        stop: vec![stop.clone()],
+        ..greedy(30)
+    };
     let mut streamed = String::new();
     let g = m
         .generate(&prompt, &params, |_, t| {
@@ -125,7 +180,9 @@ fn a_stop_string_ends_generation_and_is_not_in_the_text() {
 fn a_callback_can_cancel() {
     let m = Model::tiny(7);
     let prompt = m.tokenizer.encode("x").expect("encodes");
-    let g = m.generate(&prompt, &greedy(50), |_, _| ControlFlow::Break(())).expect("generates");
+    let g = m
+        .generate(&prompt, &greedy(50), |_, _| ControlFlow::Break(()))
+        .expect("generates");
     assert_eq!(g.tokens.len(), 1);
     assert_eq!(g.finish_reason, FinishReason::Cancelled);
 }
@@ -135,13 +192,31 @@ fn bad_input_gets_a_clear_error() {
     let m = Model::tiny(8);
     let ctx = m.config.context_length;
     let long = vec![5u32; ctx];
-    assert!(matches!(m.generate(&long, &greedy(4), go), Err(Error::ContextOverflow { .. })));
-    assert!(matches!(m.score(&[vec![5; ctx - 2]], &[5, 5, 5], 4), Err(Error::ContextOverflow { .. })));
-    assert!(matches!(m.generate(&[], &greedy(4), go), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        m.generate(&long, &greedy(4), go),
+        Err(Error::ContextOverflow { .. })
+    ));
+    assert!(matches!(
+        m.score(&[vec![5; ctx - 2]], &[5, 5, 5], 4),
+        Err(Error::ContextOverflow { .. })
+    ));
+    assert!(matches!(
+        m.generate(&[], &greedy(4), go),
+        Err(Error::InvalidArgument(_))
+    ));
     let huge = m.config.vocab_size as u32;
-    assert!(matches!(m.score(&[vec![huge]], &[1], 4), Err(Error::InvalidArgument(_))));
-    assert!(matches!(m.score(&[vec![1]], &[huge], 4), Err(Error::InvalidArgument(_))));
-    let msg = m.generate(&long, &greedy(4), go).expect_err("overflows").to_string();
+    assert!(matches!(
+        m.score(&[vec![huge]], &[1], 4),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        m.score(&[vec![1]], &[huge], 4),
+        Err(Error::InvalidArgument(_))
+    ));
+    let msg = m
+        .generate(&long, &greedy(4), go)
+        .expect_err("overflows")
+        .to_string();
     assert!(msg.contains("context"), "{msg}");
 }
 

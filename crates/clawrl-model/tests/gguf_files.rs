@@ -23,29 +23,63 @@ fn write_tiny(path: &Path, dtype: GgmlDType, arch: &str) {
         (format!("{arch}.attention.head_count"), u(c.heads)),
         (format!("{arch}.attention.head_count_kv"), u(c.kv_heads)),
         (format!("{arch}.rope.freq_base"), Value::F32(c.rope_theta)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(c.rms_eps)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_eps),
+        ),
         (format!("{arch}.context_length"), u(c.context_length)),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("default")),
         ("tokenizer.ggml.tokens".into(), strings(&v.tokens)),
         ("tokenizer.ggml.merges".into(), strings(&v.merges)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(v.token_types.iter().map(|&t| Value::I32(t)).collect())),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(v.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
     ];
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut put = |name: String, rows: usize, cols: usize, data: Vec<f32>, dt: GgmlDType| {
         let t = Tensor::from_vec(data, (rows, cols), &Device::Cpu).expect("tensor");
-        let t = if rows == 1 { t.flatten_all().expect("flatten") } else { t };
+        let t = if rows == 1 {
+            t.flatten_all().expect("flatten")
+        } else {
+            t
+        };
         tensors.push((name, QTensor::quantize(&t, dt).expect("quantize")));
     };
     let w = &m.weights;
-    put("token_embd.weight".into(), c.vocab_size, c.hidden, w.embed.to_f32(), GgmlDType::Q8_0);
-    put("output_norm.weight".into(), 1, c.hidden, w.norm.clone(), GgmlDType::F32);
+    put(
+        "token_embd.weight".into(),
+        c.vocab_size,
+        c.hidden,
+        w.embed.to_f32(),
+        GgmlDType::Q8_0,
+    );
+    put(
+        "output_norm.weight".into(),
+        1,
+        c.hidden,
+        w.norm.clone(),
+        GgmlDType::F32,
+    );
     for (i, b) in w.blocks.iter().enumerate() {
         let n = |x: &str| format!("blk.{i}.{x}");
-        put(n("attn_norm.weight"), 1, c.hidden, b.attn_norm.clone(), GgmlDType::F32);
-        put(n("ffn_norm.weight"), 1, c.hidden, b.ffn_norm.clone(), GgmlDType::F32);
+        put(
+            n("attn_norm.weight"),
+            1,
+            c.hidden,
+            b.attn_norm.clone(),
+            GgmlDType::F32,
+        );
+        put(
+            n("ffn_norm.weight"),
+            1,
+            c.hidden,
+            b.ffn_norm.clone(),
+            GgmlDType::F32,
+        );
         for (name, q) in [
             ("attn_q.weight", &b.wq),
             ("attn_k.weight", &b.wk),
@@ -66,7 +100,8 @@ fn write_tiny(path: &Path, dtype: GgmlDType, arch: &str) {
 
 fn logits(m: &Model, text: &str) -> Vec<f32> {
     let tokens = m.tokenizer.encode(text).expect("encodes");
-    m.forward(&tokens, &mut m.new_cache(), tokens.len()).expect("forward")
+    m.forward(&tokens, &mut m.new_cache(), tokens.len())
+        .expect("forward")
 }
 
 #[test]
@@ -74,13 +109,25 @@ fn a_written_gguf_loads_back_with_the_same_tokenizer_and_close_logits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = Model::tiny(1);
     let want = logits(&reference, "the cat sat");
-    for (dtype, tol) in [(GgmlDType::F32, 0.05), (GgmlDType::Q8_0, 0.1), (GgmlDType::Q4_1, 1.0), (GgmlDType::Q5_0, 1.0)] {
+    for (dtype, tol) in [
+        (GgmlDType::F32, 0.05),
+        (GgmlDType::Q8_0, 0.1),
+        (GgmlDType::Q4_1, 1.0),
+        (GgmlDType::Q5_0, 1.0),
+    ] {
         let path = dir.path().join(format!("tiny-{dtype:?}.gguf"));
         write_tiny(&path, dtype, "llama");
         let m = Model::load(&path).expect("loads");
-        assert_eq!(m.tokenizer.encode("the cat sat").expect("encodes"), reference.tokenizer.encode("the cat sat").expect("encodes"));
+        assert_eq!(
+            m.tokenizer.encode("the cat sat").expect("encodes"),
+            reference.tokenizer.encode("the cat sat").expect("encodes")
+        );
         let got = logits(&m, "the cat sat");
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(worst < tol, "{dtype:?}: logits differ by up to {worst}");
     }
 }
@@ -91,7 +138,10 @@ fn an_unknown_architecture_and_a_truncated_file_are_clear_errors() {
     let path = dir.path().join("gpt2.gguf");
     write_tiny(&path, GgmlDType::F32, "gpt2");
     let err = Model::load(&path).expect_err("gpt2 is not supported");
-    assert!(matches!(err, Error::UnsupportedArchitecture(ref a) if a == "gpt2"), "{err}");
+    assert!(
+        matches!(err, Error::UnsupportedArchitecture(ref a) if a == "gpt2"),
+        "{err}"
+    );
 
     let good = dir.path().join("good.gguf");
     write_tiny(&good, GgmlDType::Q8_0, "llama");

@@ -44,7 +44,8 @@ fn fixture() -> Fixture {
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = clawrl_model::default_model_path(&mut |_| {}).expect("the embedded model is fetched");
+        let path =
+            clawrl_model::default_model_path(&mut |_| {}).expect("the embedded model is fetched");
         Model::load(&path).expect("the embedded model loads")
     })
 }
@@ -57,7 +58,12 @@ fn tokenizer_ids_match_llama_cpp_and_round_trip() {
     for t in &f.tokenize {
         let ids = m.tokenizer.encode(&t.text).expect("encodes");
         assert_eq!(ids, t.ids, "token ids of {:?}", t.text);
-        assert_eq!(m.tokenizer.decode(&ids).expect("decodes"), t.text, "round trip of {:?}", t.text);
+        assert_eq!(
+            m.tokenizer.decode(&ids).expect("decodes"),
+            t.text,
+            "round trip of {:?}",
+            t.text
+        );
     }
 }
 
@@ -67,7 +73,10 @@ fn chat_template_renders_like_jinja2() {
     for g in fixture().greedy {
         let text = m.template.render(&g.messages, None, true).expect("renders");
         assert_eq!(text, g.rendered);
-        assert_eq!(m.chat_prompt(&g.messages, None).expect("tokenizes"), g.prompt_ids);
+        assert_eq!(
+            m.chat_prompt(&g.messages, None).expect("tokenizes"),
+            g.prompt_ids
+        );
     }
 }
 
@@ -80,16 +89,31 @@ const NEAR_TIE: f32 = 0.4;
 #[test]
 fn greedy_continuations_match_llama_cpp_except_at_near_ties() {
     let m = model();
-    let params = GenerateParams { max_tokens: 32, sampling: Sampling::greedy(), ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 32,
+        sampling: Sampling::greedy(),
+        ..Default::default()
+    };
     let mut full_matches = 0;
     for g in fixture().greedy {
-        let ours = m.generate(&g.prompt_ids, &params, |_, _| std::ops::ControlFlow::Continue(())).expect("generates");
+        let ours = m
+            .generate(&g.prompt_ids, &params, |_, _| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .expect("generates");
         let ours = ours.token_ids();
         let parted = ours.iter().zip(&g.greedy_ids).position(|(a, b)| a != b);
-        let question = g.messages.last().map(|x| x.content.clone()).unwrap_or_default();
+        let question = g
+            .messages
+            .last()
+            .map(|x| x.content.clone())
+            .unwrap_or_default();
         match parted {
             Some(p) if p < 16.min(g.greedy_ids.len()) => {
-                eprintln!("{question:?}: parted at token {p}, llama.cpp's top-2 margin there {:.3}", g.margins[p]);
+                eprintln!(
+                    "{question:?}: parted at token {p}, llama.cpp's top-2 margin there {:.3}",
+                    g.margins[p]
+                );
                 assert!(
                     g.margins[p] < NEAR_TIE,
                     "{question:?}: parted from llama.cpp at token {p} where its margin is {} (not a near tie)\n ours: {ours:?}\n llama.cpp: {:?}",
@@ -98,22 +122,44 @@ fn greedy_continuations_match_llama_cpp_except_at_near_ties() {
                 );
             }
             _ => {
-                eprintln!("{question:?}: identical for {} tokens", parted.unwrap_or(ours.len()));
+                eprintln!(
+                    "{question:?}: identical for {} tokens",
+                    parted.unwrap_or(ours.len())
+                );
                 full_matches += 1;
             }
         }
     }
-    assert!(full_matches >= 3, "only {full_matches} of 5 continuations match llama.cpp for 16 tokens");
+    assert!(
+        full_matches >= 3,
+        "only {full_matches} of 5 continuations match llama.cpp for 16 tokens"
+    );
 }
 
 #[test]
 fn response_logprobs_match_llama_cpp_within_0_05_nats() {
     let m = model();
     let s = fixture().score;
-    assert_eq!(m.chat_prompt(&s.messages, None).expect("tokenizes"), s.prompt_ids);
-    let rows = m.score(&[s.prompt_ids.clone()], &s.response_ids, 4).expect("scores");
+    assert_eq!(
+        m.chat_prompt(&s.messages, None).expect("tokenizes"),
+        s.prompt_ids
+    );
+    let rows = m
+        .score(&[s.prompt_ids.clone()], &s.response_ids, 4)
+        .expect("scores");
     let ours: Vec<f32> = rows[0].iter().map(|p| p.logprob).collect();
-    let mad = ours.iter().zip(&s.logprobs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-    eprintln!("mean |Δ logprob| vs llama.cpp: {mad:.4} nats over {} tokens", ours.len());
-    assert!(mad <= 0.05, "mean absolute log-prob difference {mad} > 0.05");
+    let mad = ours
+        .iter()
+        .zip(&s.logprobs)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / ours.len() as f32;
+    eprintln!(
+        "mean |Δ logprob| vs llama.cpp: {mad:.4} nats over {} tokens",
+        ours.len()
+    );
+    assert!(
+        mad <= 0.05,
+        "mean absolute log-prob difference {mad} > 0.05"
+    );
 }

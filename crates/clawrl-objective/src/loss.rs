@@ -1,0 +1,293 @@
+//! The hybrid loss of DESIGN.md §2: the GRPO clipped surrogate on the sampled tokens and the
+//! top-k OPD loss with a clipped log-probability gap, per token, then averaged.
+//!
+//! Symbols follow §2: ℓ_old, ℓ_T, ℓ_cur are log-probs under π_old, the teacher π_T(·|s_t ⊕ h*)
+//! and π_cur; ρ = exp(ℓ_cur − ℓ_old); S_i is the top-k support at position i.
+
+use candle_core::{D, Result, Tensor};
+
+/// Which signals train (the user's `--method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Both terms (w_RL = w_OPD = 1 by default).
+    #[default]
+    Combined,
+    /// Evaluative only: w_OPD = 0.
+    Rl,
+    /// Directive only: w_RL = 0.
+    Opd,
+}
+
+impl Method {
+    /// Parses `combined`, `rl` or `opd`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "combined" => Some(Self::Combined),
+            "rl" => Some(Self::Rl),
+            "opd" => Some(Self::Opd),
+            _ => None,
+        }
+    }
+
+    /// The name [`Method::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Combined => "combined",
+            Self::Rl => "rl",
+            Self::Opd => "opd",
+        }
+    }
+}
+
+/// Hyper-parameters of the objective (defaults: the paper's personal-agent setting).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ObjectiveConfig {
+    /// Which terms train.
+    pub method: Method,
+    /// w_RL.
+    pub w_rl: f64,
+    /// w_OPD.
+    pub w_opd: f64,
+    /// ε_lo: ρ is clipped below at 1 − ε_lo.
+    pub eps_lo: f64,
+    /// ε_hi: ρ is clipped above at 1 + ε_hi.
+    pub eps_hi: f64,
+    /// C: the log-prob gap Δ is clipped to [−C, C] (1 personal, 2 agentic).
+    pub delta_clip: f64,
+    /// β of the k3 KL to the reference policy (0 for personal agents).
+    pub beta: f64,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Combined,
+            w_rl: 1.0,
+            w_opd: 1.0,
+            eps_lo: 0.2,
+            eps_hi: 0.28,
+            delta_clip: 1.0,
+            beta: 0.0,
+        }
+    }
+}
+
+impl ObjectiveConfig {
+    /// The effective (w_RL, w_OPD) after the method.
+    pub fn weights(&self) -> (f64, f64) {
+        match self.method {
+            Method::Combined => (self.w_rl, self.w_opd),
+            Method::Rl => (self.w_rl, 0.0),
+            Method::Opd => (0.0, self.w_opd),
+        }
+    }
+}
+
+/// The OPD inputs of one sample over its support sets, padded to `[T, k]`.
+#[derive(Clone, Debug)]
+pub struct OpdTerms {
+    /// ℓ_cur(v) for v ∈ S_i (carries the gradient).
+    pub lp_cur: Tensor,
+    /// ℓ_old(v).
+    pub lp_old: Tensor,
+    /// ℓ_T(v) under the chosen hint.
+    pub lp_teacher: Tensor,
+    /// 1 where (i, v) is in S_i, 0 for padding (f32).
+    pub mask: Tensor,
+}
+
+/// One sample's inputs: the response tokens' log-probs and what trains on them.
+#[derive(Clone, Debug)]
+pub struct SampleTerms {
+    /// ℓ_cur(y_i), `[T]` (carries the gradient).
+    pub lp_cur: Tensor,
+    /// ℓ_old(y_i), `[T]`.
+    pub lp_old: Tensor,
+    /// Per-token advantage A_i, `[T]` (r_t broadcast for personal agents); `None`: no RL sample.
+    pub advantage: Option<Tensor>,
+    /// The OPD sample, if a hint was accepted.
+    pub opd: Option<OpdTerms>,
+    /// ℓ_ref(y_i) under the reference policy, for the KL term.
+    pub lp_ref: Option<Tensor>,
+}
+
+/// What one loss evaluation measured (means over the batch's samples).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossMetrics {
+    /// The batch loss.
+    pub loss: f64,
+    /// Mean L^GRPO over the samples that have an advantage.
+    pub loss_rl: f64,
+    /// Mean L^OPD over the samples that have an OPD part.
+    pub loss_opd: f64,
+    /// Mean k3 KL to the reference (0 without one).
+    pub kl: f64,
+    /// Fraction of RL tokens whose clipped term was the active one.
+    pub clip_frac: f64,
+    /// Fraction of OPD support entries whose clipped term was the active one.
+    pub opd_clip_frac: f64,
+    /// Mean |Δ_v| before clipping, over OPD support entries.
+    pub mean_abs_delta: f64,
+    /// Fraction of Δ_v that the clip to [−C, C] changed.
+    pub delta_clip_frac: f64,
+    /// Mean ρ over RL tokens.
+    pub mean_ratio: f64,
+    /// Samples with an RL part.
+    pub rl_samples: usize,
+    /// Samples with an OPD part.
+    pub opd_samples: usize,
+}
+
+/// The clipped surrogate `max(−A·ρ, −A·clip(ρ, 1−ε_lo, 1+ε_hi))`, element-wise.
+fn clipped_surrogate(
+    ratio: &Tensor,
+    adv: &Tensor,
+    cfg: &ObjectiveConfig,
+) -> Result<(Tensor, Tensor)> {
+    let neg = adv.neg()?;
+    let unclipped = neg.mul(ratio)?;
+    let clipped = neg.mul(&ratio.clamp(1.0 - cfg.eps_lo, 1.0 + cfg.eps_hi)?)?;
+    // Where the clipped term is strictly larger it is active (its gradient is zero).
+    let active = clipped.gt(&unclipped)?;
+    Ok((unclipped.maximum(&clipped)?, active))
+}
+
+/// L^GRPO_i for every token: ρ_i = exp(ℓ_cur(y_i) − ℓ_old(y_i)). Returns the per-token losses,
+/// the clip indicator and ρ.
+pub fn grpo_token_losses(
+    lp_cur: &Tensor,
+    lp_old: &Tensor,
+    adv: &Tensor,
+    cfg: &ObjectiveConfig,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let ratio = lp_cur.sub(lp_old)?.exp()?;
+    let (loss, active) = clipped_surrogate(&ratio, adv, cfg)?;
+    Ok((loss, active, ratio))
+}
+
+/// L^OPD_i for every position: w_v = softmax over S_i of ℓ_old(v); Δ_v = clip(ℓ_T(v) − ℓ_old(v),
+/// −C, C); A_v = Δ_v·w_v; ρ_v = exp(ℓ_cur(v) − ℓ_old(v)); the clipped surrogate summed over S_i.
+///
+/// Entries outside S_i (mask 0) and entries with ℓ_old = −∞ add nothing and pass no gradient.
+/// Returns the `[T]` losses, and the `[T, k]` masks of clipped-surrogate activity and of Δ clipping
+/// plus the raw |Δ| (for metrics).
+pub fn opd_token_losses(
+    t: &OpdTerms,
+    cfg: &ObjectiveConfig,
+) -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
+    let zeros = t.lp_old.zeros_like()?;
+    // A −∞ log-prob (a token the policy cannot produce) is taken out of S_i.
+    let finite = t.lp_old.gt(f64::NEG_INFINITY)?.to_dtype(t.mask.dtype())?;
+    let mask = t.mask.mul(&finite)?;
+    let on = mask.gt(0.0)?;
+    let lp_old = on.where_cond(&t.lp_old, &zeros)?;
+    let lp_cur = on.where_cond(&t.lp_cur, &zeros)?;
+    let lp_teacher = on.where_cond(&t.lp_teacher.maximum(-1e30)?, &zeros)?;
+    // w_v: softmax of ℓ_old over the entries of S_i only.
+    let big_neg = zeros.affine(0.0, -1e30)?;
+    let masked_old = on.where_cond(&lp_old, &big_neg)?;
+    let max = masked_old.max_keepdim(D::Minus1)?;
+    let e = masked_old.broadcast_sub(&max)?.exp()?.mul(&mask)?;
+    let denom = e.sum_keepdim(D::Minus1)?.maximum(1e-30)?;
+    let w = e.broadcast_div(&denom)?;
+    let raw_delta = lp_teacher.sub(&lp_old)?;
+    let delta = raw_delta.clamp(-cfg.delta_clip, cfg.delta_clip)?;
+    let delta_clipped = raw_delta
+        .abs()?
+        .gt(cfg.delta_clip)?
+        .to_dtype(mask.dtype())?
+        .mul(&mask)?;
+    let adv = delta.mul(&w)?.detach();
+    let ratio = lp_cur.sub(&lp_old)?.exp()?;
+    let (surrogate, active) = clipped_surrogate(&ratio, &adv, cfg)?;
+    let loss = surrogate.mul(&mask)?.sum(D::Minus1)?;
+    let active = active.to_dtype(mask.dtype())?.mul(&mask)?;
+    Ok((
+        loss,
+        active,
+        delta_clipped,
+        raw_delta.abs()?.mul(&mask)?,
+        mask,
+    ))
+}
+
+/// k3 estimator of KL(π_cur ‖ π_ref) per token: exp(ℓ_ref − ℓ_cur) − (ℓ_ref − ℓ_cur) − 1.
+pub fn k3_kl(lp_cur: &Tensor, lp_ref: &Tensor) -> Result<Tensor> {
+    let d = lp_ref.sub(lp_cur)?;
+    d.exp()?.sub(&d)?.affine(1.0, -1.0)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+}
+
+/// The batch loss: L_i = w_RL·L^GRPO_i + w_OPD·L^OPD_i + β·KL_i, a sample's loss the mean over
+/// its tokens, the batch's the mean over samples. Samples with an empty response add 0.
+pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Tensor, LossMetrics)> {
+    let (w_rl, w_opd) = cfg.weights();
+    let mut total: Option<Tensor> = None;
+    let mut m = LossMetrics::default();
+    let (mut clip_n, mut clip_d, mut ratio_sum) = (0.0, 0.0, 0.0);
+    let (mut opd_clip_n, mut sup_n, mut dclip_n, mut abs_delta) = (0.0, 0.0, 0.0, 0.0);
+    let mut kl_sum = 0.0;
+    for s in samples {
+        let t = s.lp_cur.dim(0)?;
+        if t == 0 {
+            continue;
+        }
+        let mut per_token = s.lp_cur.zeros_like()?;
+        if let (Some(adv), true) = (&s.advantage, w_rl != 0.0) {
+            let (l, active, ratio) = grpo_token_losses(&s.lp_cur, &s.lp_old, adv, cfg)?;
+            let mean = l.mean_all()?;
+            m.loss_rl += scalar(&mean)?;
+            m.rl_samples += 1;
+            clip_n += scalar(&active.to_dtype(candle_core::DType::F64)?.sum_all()?)?;
+            clip_d += t as f64;
+            ratio_sum += scalar(&ratio.sum_all()?)?;
+            per_token = per_token.add(&l.affine(w_rl, 0.0)?)?;
+        }
+        if let (Some(opd), true) = (&s.opd, w_opd != 0.0) {
+            let (l, active, dclip, absd, mask) = opd_token_losses(opd, cfg)?;
+            m.loss_opd += scalar(&l.mean_all()?)?;
+            m.opd_samples += 1;
+            opd_clip_n += scalar(&active.sum_all()?)?;
+            sup_n += scalar(&mask.sum_all()?)?;
+            dclip_n += scalar(&dclip.sum_all()?)?;
+            abs_delta += scalar(&absd.sum_all()?)?;
+            per_token = per_token.add(&l.affine(w_opd, 0.0)?)?;
+        }
+        if let (Some(lp_ref), true) = (&s.lp_ref, cfg.beta != 0.0) {
+            let kl = k3_kl(&s.lp_cur, lp_ref)?;
+            kl_sum += scalar(&kl.mean_all()?)?;
+            per_token = per_token.add(&kl.affine(cfg.beta, 0.0)?)?;
+        }
+        let sample = per_token.mean_all()?;
+        total = Some(match total {
+            Some(acc) => acc.add(&sample)?,
+            None => sample,
+        });
+    }
+    let n = samples.len().max(1) as f64;
+    let loss = match total {
+        Some(t) => t.affine(1.0 / n, 0.0)?,
+        // Nothing to learn from: a zero of the inputs' kind (f32 on the CPU when there are none).
+        None => match samples.first() {
+            Some(s) => Tensor::zeros((), s.lp_cur.dtype(), s.lp_cur.device())?,
+            None => Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)?,
+        },
+    };
+    m.loss = scalar(&loss)?;
+    m.loss_rl /= m.rl_samples.max(1) as f64;
+    m.loss_opd /= m.opd_samples.max(1) as f64;
+    m.kl = kl_sum / n;
+    m.clip_frac = if clip_d > 0.0 { clip_n / clip_d } else { 0.0 };
+    m.mean_ratio = if clip_d > 0.0 {
+        ratio_sum / clip_d
+    } else {
+        1.0
+    };
+    m.opd_clip_frac = if sup_n > 0.0 { opd_clip_n / sup_n } else { 0.0 };
+    m.delta_clip_frac = if sup_n > 0.0 { dclip_n / sup_n } else { 0.0 };
+    m.mean_abs_delta = if sup_n > 0.0 { abs_delta / sup_n } else { 0.0 };
+    Ok((loss, m))
+}
