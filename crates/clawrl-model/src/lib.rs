@@ -28,6 +28,8 @@ mod tokenizer;
 use std::path::{Path, PathBuf};
 
 pub use clawrl_kernels::dot::simd_enabled;
+pub use clawrl_kernels::ops::RopeStyle;
+pub use clawrl_kernels::{QMatrix, Storage};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use fetch::{FetchProgress, SMOLLM2_135M};

@@ -1,0 +1,17 @@
+//! Training the policy on the hybrid objective of OpenClaw-RL.
+//!
+//! [`TrainablePolicy`] holds the engine's base weights in f32, frozen, with LoRA adapters
+//! ([`LoraConfig`]) as the only variables; [`Trainer::train_step`] re-scores π_old, scores the
+//! hint-conditioned teacher, applies [`clawrl_objective::batch_loss`] and steps [`AdamW`].
+
+mod adamw;
+mod error;
+mod lora;
+mod policy;
+mod trainer;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use error::{Error, Result};
+pub use lora::{LoraConfig, Target};
+pub use policy::{LoraPair, Mode, TrainablePolicy};
+pub use trainer::{StepMetrics, TrainConfig, TrainSample, Trainer};

@@ -1,0 +1,301 @@
+//! The trainable policy: the engine's base weights dequantized to f32 and frozen, LoRA
+//! adapters as variables, and a forward pass built only from ops that candle can
+//! differentiate (candle's fused rms_norm / softmax / rope kernels drop gradients silently).
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+use clawrl_model::{Model, ModelConfig, QMatrix, RopeStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::lora::{LoraConfig, Target};
+
+/// One wrapped projection: `W x + (α/r)·B(A x)`.
+pub struct LoraPair {
+    /// A: `r × in`, random at start.
+    pub a: Var,
+    /// B: `out × r`, zero at start so a new adapter changes nothing.
+    pub b: Var,
+}
+
+struct Block {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    proj: BTreeMap<Target, Tensor>,
+    qkv_bias: Option<[Tensor; 3]>,
+    qk_norm: Option<[Tensor; 2]>,
+}
+
+/// How a forward pass treats the adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Adapters on, dropout on.
+    Train,
+    /// Adapters on, no dropout.
+    Eval,
+    /// Adapters off: the frozen base, the reference policy of the KL term.
+    Reference,
+}
+
+/// The policy being trained.
+pub struct TrainablePolicy {
+    config: ModelConfig,
+    embed: Tensor,
+    output: Option<Tensor>,
+    norm: Tensor,
+    blocks: Vec<Block>,
+    /// Adapters by (block, target).
+    pub lora: BTreeMap<(usize, Target), LoraPair>,
+    lora_config: LoraConfig,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn f32_tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(v, shape, &Device::Cpu)
+}
+
+fn matrix(m: &QMatrix) -> Result<Tensor> {
+    f32_tensor(m.to_f32(), &[m.rows(), m.cols()])
+}
+
+impl TrainablePolicy {
+    /// Wraps `model`'s weights (dequantized to f32, frozen) with fresh adapters drawn from `seed`.
+    pub fn new(model: &Model, lora: LoraConfig, seed: u64) -> Result<Self> {
+        let c = model.config.clone();
+        let w = &model.weights;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut blocks = Vec::with_capacity(c.layers);
+        let mut pairs = BTreeMap::new();
+        for (l, b) in w.blocks.iter().enumerate() {
+            let mut proj = BTreeMap::new();
+            for (t, m) in [
+                (Target::Q, &b.wq),
+                (Target::K, &b.wk),
+                (Target::V, &b.wv),
+                (Target::O, &b.wo),
+                (Target::Gate, &b.gate),
+                (Target::Up, &b.up),
+                (Target::Down, &b.down),
+            ] {
+                proj.insert(t, matrix(m)?);
+                if lora.targets.contains(&t) {
+                    // PEFT's default: A ~ U(−1/√in, 1/√in), B = 0.
+                    let bound = 1.0 / (m.cols() as f32).sqrt();
+                    let a: Vec<f32> = (0..lora.rank * m.cols())
+                        .map(|_| rng.random_range(-bound..bound))
+                        .collect();
+                    let a = Var::from_tensor(&f32_tensor(a, &[lora.rank, m.cols()])?)?;
+                    let b = Var::zeros((m.rows(), lora.rank), DType::F32, &Device::Cpu)?;
+                    pairs.insert((l, t), LoraPair { a, b });
+                }
+            }
+            let vec = |v: &Vec<f32>| f32_tensor(v.clone(), &[v.len()]);
+            blocks.push(Block {
+                attn_norm: vec(&b.attn_norm)?,
+                ffn_norm: vec(&b.ffn_norm)?,
+                proj,
+                qkv_bias: match &b.qkv_bias {
+                    Some([q, k, v]) => Some([vec(q)?, vec(k)?, vec(v)?]),
+                    None => None,
+                },
+                qk_norm: match &b.qk_norm {
+                    Some([q, k]) => Some([vec(q)?, vec(k)?]),
+                    None => None,
+                },
+            });
+        }
+        let half = c.rope_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / c.rope_dim as f32))
+            .collect();
+        let angles: Vec<f32> = (0..c.context_length)
+            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
+            .collect();
+        let angles = f32_tensor(angles, &[c.context_length, half])?;
+        Ok(Self {
+            embed: matrix(&w.embed)?,
+            output: w.output.as_ref().map(matrix).transpose()?,
+            norm: f32_tensor(w.norm.clone(), &[w.norm.len()])?,
+            blocks,
+            lora: pairs,
+            lora_config: lora,
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            config: c,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The adapters' configuration.
+    pub fn lora_config(&self) -> &LoraConfig {
+        &self.lora_config
+    }
+
+    /// Every trainable variable (A then B of each adapter, in (block, target) order).
+    pub fn vars(&self) -> Vec<Var> {
+        self.lora
+            .values()
+            .flat_map(|p| [p.a.clone(), p.b.clone()])
+            .collect()
+    }
+
+    /// Log-probs `[len − from, vocab]` of the next token at positions `from..len` of `tokens`
+    /// (row j predicts `tokens[from + j + 1]`).
+    pub fn log_probs(&self, tokens: &[u32], from: usize, mode: Mode) -> Result<Tensor> {
+        let c = &self.config;
+        let len = tokens.len();
+        if len == 0 || from >= len || len > c.context_length {
+            candle_core::bail!(
+                "cannot score positions {from}..{len} in a context of {}",
+                c.context_length
+            );
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let mask = causal_mask(len)?;
+        let (cos, sin) = (self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?);
+        for (l, b) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &b.attn_norm, c.rms_eps)?;
+            let mut q = self.linear(l, Target::Q, &h, mode)?;
+            let mut k = self.linear(l, Target::K, &h, mode)?;
+            let mut v = self.linear(l, Target::V, &h, mode)?;
+            if let Some([bq, bk, bv]) = &b.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let mut q = q.reshape((len, c.heads, c.head_dim))?;
+            let mut k = k.reshape((len, c.kv_heads, c.head_dim))?;
+            if let Some([qn, kn]) = &b.qk_norm {
+                q = rms_norm(&q, qn, c.rms_eps)?;
+                k = rms_norm(&k, kn, c.rms_eps)?;
+            }
+            let q = self.rope(&q.transpose(0, 1)?.contiguous()?, &cos, &sin)?;
+            let k = self.rope(&k.transpose(0, 1)?.contiguous()?, &cos, &sin)?;
+            let v = v
+                .reshape((len, c.kv_heads, c.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let (k, v) = (
+                repeat_kv(&k, c.heads / c.kv_heads)?,
+                repeat_kv(&v, c.heads / c.kv_heads)?,
+            );
+            let scores = q
+                .matmul(&k.t()?)?
+                .affine(1.0 / (c.head_dim as f64).sqrt(), 0.0)?
+                .broadcast_add(&mask)?;
+            let att = softmax_last(&scores)?.matmul(&v)?;
+            let att = att.transpose(0, 1)?.reshape((len, c.q_dim()))?;
+            x = x.add(&self.linear(l, Target::O, &att, mode)?)?;
+
+            let h = rms_norm(&x, &b.ffn_norm, c.rms_eps)?;
+            let g = self.linear(l, Target::Gate, &h, mode)?;
+            let u = self.linear(l, Target::Up, &h, mode)?;
+            x = x.add(&self.linear(l, Target::Down, &g.silu()?.mul(&u)?, mode)?)?;
+        }
+        let x = rms_norm(&x.narrow(0, from, len - from)?, &self.norm, c.rms_eps)?;
+        let logits = x.matmul(&self.output.as_ref().unwrap_or(&self.embed).t()?)?;
+        logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(1)?)
+    }
+
+    fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let w = &self.blocks[l].proj[&t];
+        let y = x.matmul(&w.t()?)?;
+        let Some(p) = self.lora.get(&(l, t)).filter(|_| mode != Mode::Reference) else {
+            return Ok(y);
+        };
+        let train = mode == Mode::Train;
+        let x = if train && self.lora_config.dropout > 0.0 {
+            dropout(x, self.lora_config.dropout)?
+        } else {
+            x.clone()
+        };
+        let delta = x
+            .matmul(&p.a.as_tensor().t()?)?
+            .matmul(&p.b.as_tensor().t()?)?;
+        y.add(&delta.affine(self.lora_config.scale(), 0.0)?)
+    }
+
+    /// Rotates `x: [heads, len, head_dim]` as the engine does (same pairing, same angles).
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (heads, len, hd) = x.dims3()?;
+        let half = c.rope_dim / 2;
+        let rot = x.narrow(2, 0, c.rope_dim)?;
+        let rotated = match c.rope_style {
+            RopeStyle::Interleaved => {
+                let pairs = rot.reshape((heads, len, half, 2))?;
+                let (x0, x1) = (
+                    pairs.narrow(3, 0, 1)?.squeeze(3)?,
+                    pairs.narrow(3, 1, 1)?.squeeze(3)?,
+                );
+                let r0 = x0.broadcast_mul(cos)?.sub(&x1.broadcast_mul(sin)?)?;
+                let r1 = x0.broadcast_mul(sin)?.add(&x1.broadcast_mul(cos)?)?;
+                Tensor::stack(&[r0, r1], 3)?.reshape((heads, len, c.rope_dim))?
+            }
+            RopeStyle::Half => {
+                let (x0, x1) = (rot.narrow(2, 0, half)?, rot.narrow(2, half, half)?);
+                let r0 = x0.broadcast_mul(cos)?.sub(&x1.broadcast_mul(sin)?)?;
+                let r1 = x0.broadcast_mul(sin)?.add(&x1.broadcast_mul(cos)?)?;
+                Tensor::cat(&[r0, r1], 2)?
+            }
+        };
+        if c.rope_dim == hd {
+            Ok(rotated)
+        } else {
+            Tensor::cat(&[rotated, x.narrow(2, c.rope_dim, hd - c.rope_dim)?], 2)
+        }
+    }
+}
+
+/// RMSNorm over the last dimension, from differentiable ops.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let inv = x
+        .sqr()?
+        .mean_keepdim(D::Minus1)?
+        .affine(1.0, eps as f64)?
+        .sqrt()?
+        .recip()?;
+    x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// Softmax over the last dimension, from differentiable ops.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let e = x
+        .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
+        .exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// 0 on and below the diagonal, a large negative number above it.
+fn causal_mask(len: usize) -> Result<Tensor> {
+    let v: Vec<f32> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| if j > i { -1e9 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(v, (len, len), &Device::Cpu)
+}
+
+/// `[kv, len, d]` → `[kv·n, len, d]`, each key/value head repeated for its query heads.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (kv, len, d) = x.dims3()?;
+    x.unsqueeze(1)?
+        .broadcast_as((kv, n, len, d))?
+        .contiguous()?
+        .reshape((kv * n, len, d))
+}
+
+fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+        .ge(p)?
+        .to_dtype(x.dtype())?;
+    x.mul(&keep)?.affine(1.0 / (1.0 - p), 0.0)
+}
