@@ -10,7 +10,7 @@ use serde::Serialize;
 use tracing::{debug, info_span};
 
 use crate::error::{Error, Result};
-use crate::model::{Model, in_pool};
+use crate::model::{Model, Policy, in_pool};
 
 /// Largest `top_logprobs` a caller may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -161,6 +161,18 @@ impl Model {
         params: &GenerateParams,
         on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send,
     ) -> Result<Generation> {
+        self.policy(None).generate(prompt, params, on_token)
+    }
+}
+
+impl Policy<'_> {
+    /// [`Model::generate`] with this policy's adapter.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send,
+    ) -> Result<Generation> {
         in_pool(|| self.generate_in_pool(prompt, params, on_token))
     }
 
@@ -174,7 +186,7 @@ impl Model {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
-        self.check_context(prompt.len(), 1)?;
+        self.model.check_context(prompt.len(), 1)?;
         let _span = info_span!(
             "generate",
             prompt = prompt.len(),
@@ -183,12 +195,12 @@ impl Model {
         .entered();
         let budget = params
             .max_tokens
-            .min(self.config.context_length - prompt.len());
+            .min(self.model.config.context_length - prompt.len());
         let mut rng = match params.sampling.seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        let mut cache = self.new_cache();
+        let mut cache = self.model.new_cache();
         let mut logits = self.forward(prompt, &mut cache, 1)?;
         let mut tokens: Vec<TokenInfo> = Vec::new();
         let mut text = String::new();
@@ -208,13 +220,13 @@ impl Model {
                 logprob: logits[id as usize],
                 top: ops::top_k(&logits, params.top_logprobs),
             };
-            let eog = !params.ignore_eos && self.tokenizer.is_end_of_generation(id);
+            let eog = !params.ignore_eos && self.model.tokenizer.is_end_of_generation(id);
             tokens.push(info);
             if eog {
                 break FinishReason::Stop;
             }
             let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-            text = self.tokenizer.decode(&ids)?;
+            text = self.model.tokenizer.decode(&ids)?;
             let stop_at = params
                 .stop
                 .iter()

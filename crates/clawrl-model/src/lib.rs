@@ -13,6 +13,7 @@
 //! # Ok::<(), clawrl_model::Error>(())
 //! ```
 
+mod adapter;
 mod config;
 mod error;
 pub mod fetch;
@@ -27,6 +28,7 @@ mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use adapter::{LoraAdapter, LoraWeights, Target};
 pub use clawrl_kernels::dot::simd_enabled;
 pub use clawrl_kernels::ops::RopeStyle;
 pub use clawrl_kernels::{QMatrix, Storage};
@@ -36,7 +38,7 @@ pub use fetch::{FetchProgress, SMOLLM2_135M};
 pub use generate::{
     FinishReason, GenerateParams, Generation, MAX_TOP_LOGPROBS, Sampling, TokenInfo,
 };
-pub use model::{Block, KvCache, Model, Weights};
+pub use model::{Block, KvCache, Model, Policy, Weights};
 pub use score::PositionScore;
 pub use template::{ChatTemplate, Message};
 pub use tiny::{tiny_config, tiny_tokenizer, tiny_vocab};

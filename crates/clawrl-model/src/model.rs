@@ -4,6 +4,7 @@ use clawrl_kernels::QMatrix;
 use clawrl_kernels::ops::{self, AttnShape, Rope};
 use tracing::trace_span;
 
+use crate::adapter::{LoraAdapter, Target};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::template::ChatTemplate;
@@ -39,6 +40,21 @@ pub struct Block {
     pub down: QMatrix,
 }
 
+impl Block {
+    /// The projections an adapter can wrap, with their targets.
+    pub fn projections(&self) -> [(Target, &QMatrix); 7] {
+        [
+            (Target::Q, &self.wq),
+            (Target::K, &self.wk),
+            (Target::V, &self.wv),
+            (Target::O, &self.wo),
+            (Target::Gate, &self.gate),
+            (Target::Up, &self.up),
+            (Target::Down, &self.down),
+        ]
+    }
+}
+
 /// All weights of a model.
 #[derive(Clone, Debug)]
 pub struct Weights {
@@ -69,6 +85,30 @@ impl KvCache {
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A model with an optional adapter on top: what generates and scores.
+#[derive(Clone, Copy)]
+pub struct Policy<'a> {
+    /// The base.
+    pub model: &'a Model,
+    /// The adapter, if any.
+    pub adapter: Option<&'a LoraAdapter>,
+}
+
+impl Policy<'_> {
+    /// [`Model::forward`] with this policy's adapter.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        n_logits: usize,
+    ) -> Result<Vec<f32>> {
+        in_pool(|| {
+            self.model
+                .forward_in_pool(tokens, cache, n_logits, self.adapter)
+        })
     }
 }
 
@@ -179,14 +219,23 @@ impl Model {
         cache: &mut KvCache,
         n_logits: usize,
     ) -> Result<Vec<f32>> {
-        in_pool(|| self.forward_in_pool(tokens, cache, n_logits))
+        self.policy(None).forward(tokens, cache, n_logits)
     }
 
-    fn forward_in_pool(
+    /// The base model with `adapter` on top (or alone, with `None`).
+    pub fn policy<'a>(&'a self, adapter: Option<&'a LoraAdapter>) -> Policy<'a> {
+        Policy {
+            model: self,
+            adapter,
+        }
+    }
+
+    pub(crate) fn forward_in_pool(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         n_logits: usize,
+        adapter: Option<&LoraAdapter>,
     ) -> Result<Vec<f32>> {
         let n_logits = n_logits.min(tokens.len());
         self.check_context(cache.len, tokens.len())?;
@@ -199,13 +248,16 @@ impl Model {
                 self.config.vocab_size
             )));
         }
+        if let Some(a) = adapter {
+            self.check_adapter(a)?;
+        }
         let hidden = self.config.hidden;
         let mut last = Vec::with_capacity(n_logits * hidden);
         let first_kept = tokens.len() - n_logits;
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_CHUNK).min(tokens.len());
-            let x = self.forward_chunk(&tokens[start..end], cache);
+            let x = self.forward_chunk(&tokens[start..end], cache, adapter);
             if end > first_kept {
                 let from = first_kept.saturating_sub(start);
                 last.extend_from_slice(&x[from * hidden..]);
@@ -213,6 +265,22 @@ impl Model {
             start = end;
         }
         Ok(self.logits(&last, n_logits))
+    }
+
+    fn check_adapter(&self, a: &LoraAdapter) -> Result<()> {
+        if a.layers() != self.config.layers {
+            return Err(Error::InvalidArgument(format!(
+                "the adapter spans {} blocks, the model has {}",
+                a.layers(),
+                self.config.layers
+            )));
+        }
+        for (l, b) in self.weights.blocks.iter().enumerate() {
+            for (t, m) in b.projections() {
+                a.check(l, t, m)?;
+            }
+        }
+        Ok(())
     }
 
     /// Final norm and output projection of `n` residual rows.
@@ -227,7 +295,12 @@ impl Model {
     }
 
     /// The residual stream after all blocks for `tokens` (`t × hidden`), extending `cache`.
-    fn forward_chunk(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    fn forward_chunk(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        adapter: Option<&LoraAdapter>,
+    ) -> Vec<f32> {
         let c = &self.config;
         let t = tokens.len();
         let pos0 = cache.len;
@@ -249,12 +322,19 @@ impl Model {
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
         };
+        // y = W x, plus the adapter's (α/r)·B(A x) where it wraps this projection.
+        let project = |l: usize, target: Target, w: &QMatrix, x: &[f32], y: &mut [f32]| {
+            w.matmul(x, t, y);
+            if let Some(a) = adapter {
+                a.apply(l, target, x, t, y);
+            }
+        };
         for (l, b) in self.weights.blocks.iter().enumerate() {
             let _span = trace_span!("block", l, t).entered();
             ops::rms_norm(&x, &b.attn_norm, c.rms_eps, &mut h);
-            b.wq.matmul(&h, t, &mut q);
-            b.wk.matmul(&h, t, &mut k);
-            b.wv.matmul(&h, t, &mut v);
+            project(l, Target::Q, &b.wq, &h, &mut q);
+            project(l, Target::K, &b.wk, &h, &mut k);
+            project(l, Target::V, &b.wv, &h, &mut v);
             if let Some([bq, bk, bv]) = &b.qkv_bias {
                 add_rows(&mut q, bq);
                 add_rows(&mut k, bk);
@@ -269,14 +349,14 @@ impl Model {
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
             ops::attention(&q, &cache.k[l], &cache.v[l], shape, pos0, &mut attn);
-            b.wo.matmul(&attn, t, &mut proj);
+            project(l, Target::O, &b.wo, &attn, &mut proj);
             add_into(&mut x, &proj);
 
             ops::rms_norm(&x, &b.ffn_norm, c.rms_eps, &mut h);
-            b.gate.matmul(&h, t, &mut gate);
-            b.up.matmul(&h, t, &mut up);
+            project(l, Target::Gate, &b.gate, &h, &mut gate);
+            project(l, Target::Up, &b.up, &h, &mut up);
             ops::silu_mul(&mut gate, &up);
-            b.down.matmul(&gate, t, &mut proj);
+            project(l, Target::Down, &b.down, &gate, &mut proj);
             add_into(&mut x, &proj);
         }
         cache.len += t;

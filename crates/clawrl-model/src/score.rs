@@ -8,7 +8,7 @@ use serde::Serialize;
 use tracing::info_span;
 
 use crate::error::{Error, Result};
-use crate::model::{Model, in_pool};
+use crate::model::{Model, Policy, in_pool};
 
 /// The model's view of one response position.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -22,6 +22,18 @@ pub struct PositionScore {
 impl Model {
     /// Scores `response` after each of `prompts`, returning one row of [`PositionScore`] per
     /// prompt. The prompts' common prefix is run once and shared.
+    pub fn score(
+        &self,
+        prompts: &[Vec<u32>],
+        response: &[u32],
+        top_k: usize,
+    ) -> Result<Vec<Vec<PositionScore>>> {
+        self.policy(None).score(prompts, response, top_k)
+    }
+}
+
+impl Policy<'_> {
+    /// [`Model::score`] with this policy's adapter.
     pub fn score(
         &self,
         prompts: &[Vec<u32>],
@@ -42,15 +54,15 @@ impl Model {
         }
         if let Some(&bad) = response
             .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
+            .find(|&&t| t as usize >= self.model.config.vocab_size)
         {
             return Err(Error::InvalidArgument(format!(
                 "response token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
+                self.model.config.vocab_size
             )));
         }
         for p in prompts {
-            self.check_context(p.len(), response.len())?;
+            self.model.check_context(p.len(), response.len())?;
         }
         if response.is_empty() {
             return Ok(vec![Vec::new(); prompts.len()]);
@@ -61,7 +73,7 @@ impl Model {
         // predict the first response token.
         let shared =
             common_prefix(prompts).min(prompts.iter().map(|p| p.len() - 1).min().unwrap_or(0));
-        let mut base = self.new_cache();
+        let mut base = self.model.new_cache();
         self.forward(&prompts[0][..shared], &mut base, 0)?;
         let t = response.len();
         prompts
@@ -71,7 +83,7 @@ impl Model {
                 let mut input = p[shared..].to_vec();
                 input.extend_from_slice(&response[..t - 1]);
                 let mut logits = self.forward(&input, &mut cache, t)?;
-                let vocab = self.config.vocab_size;
+                let vocab = self.model.config.vocab_size;
                 Ok(logits
                     .par_chunks_mut(vocab)
                     .zip(response.par_iter())

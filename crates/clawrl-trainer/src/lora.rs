@@ -1,59 +1,6 @@
-//! LoRA adapters: which projections they wrap and how they are shaped.
+//! LoRA hyper-parameters.
 
-/// A projection of a transformer block that an adapter can wrap (PEFT's module names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    /// Query projection.
-    Q,
-    /// Key projection.
-    K,
-    /// Value projection.
-    V,
-    /// Attention output projection.
-    O,
-    /// SwiGLU gate.
-    Gate,
-    /// SwiGLU up.
-    Up,
-    /// SwiGLU down.
-    Down,
-}
-
-impl Target {
-    /// Every target, in block order.
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    /// PEFT's module name (`q_proj`, …).
-    pub fn peft_name(self) -> &'static str {
-        match self {
-            Target::Q => "q_proj",
-            Target::K => "k_proj",
-            Target::V => "v_proj",
-            Target::O => "o_proj",
-            Target::Gate => "gate_proj",
-            Target::Up => "up_proj",
-            Target::Down => "down_proj",
-        }
-    }
-
-    /// Parses a PEFT module name.
-    pub fn parse(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.peft_name() == name)
-    }
-
-    /// Whether the module sits in attention (its parent in PEFT names is `self_attn`).
-    pub fn in_attention(self) -> bool {
-        matches!(self, Target::Q | Target::K | Target::V | Target::O)
-    }
-}
+pub use clawrl_model::Target;
 
 /// LoRA hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]

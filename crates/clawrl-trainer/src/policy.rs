@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
-use clawrl_model::{Model, ModelConfig, QMatrix, RopeStyle};
+use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -70,15 +70,7 @@ impl TrainablePolicy {
         let mut pairs = BTreeMap::new();
         for (l, b) in w.blocks.iter().enumerate() {
             let mut proj = BTreeMap::new();
-            for (t, m) in [
-                (Target::Q, &b.wq),
-                (Target::K, &b.wk),
-                (Target::V, &b.wv),
-                (Target::O, &b.wo),
-                (Target::Gate, &b.gate),
-                (Target::Up, &b.up),
-                (Target::Down, &b.down),
-            ] {
+            for (t, m) in b.projections() {
                 proj.insert(t, matrix(m)?);
                 if lora.targets.contains(&t) {
                     // PEFT's default: A ~ U(−1/√in, 1/√in), B = 0.
@@ -135,6 +127,28 @@ impl TrainablePolicy {
     /// The adapters' configuration.
     pub fn lora_config(&self) -> &LoraConfig {
         &self.lora_config
+    }
+
+    /// An immutable snapshot of the adapters for the serving engine (never a copy of the base).
+    pub fn publish(&self, version: u64) -> Result<LoraAdapter> {
+        let mut out =
+            LoraAdapter::new(version, self.lora_config.scale() as f32, self.config.layers);
+        for (&(l, t), p) in &self.lora {
+            let (a, b) = (p.a.as_tensor(), p.b.as_tensor());
+            let (rank, input) = a.dims2()?;
+            let output = b.dims2()?.0;
+            let w = LoraWeights::new(
+                rank,
+                input,
+                output,
+                a.flatten_all()?.to_vec1()?,
+                b.flatten_all()?.to_vec1()?,
+            )
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            out.insert(l, t, w)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+        Ok(out)
     }
 
     /// Every trainable variable (A then B of each adapter, in (block, target) order).

@@ -166,3 +166,52 @@ fn opd_steps_bring_the_student_towards_the_hinted_teacher() {
         kl = next;
     }
 }
+
+#[test]
+fn a_published_adapter_serves_what_the_trainer_learned() {
+    let m = Model::tiny(15);
+    let mut t = trainer(&m, 1e-2);
+    let p = prompt(&m, "say something");
+    let response = m.tokenizer.encode("the thing").expect("encodes");
+    let sample = TrainSample {
+        prompt: p.clone(),
+        response: response.clone(),
+        advantage: Some(1.0),
+        hint_prompt: None,
+    };
+    for _ in 0..3 {
+        t.train_step(std::slice::from_ref(&sample)).expect("step");
+    }
+    let adapter = t.policy.publish(3).expect("publish");
+    assert_eq!(adapter.version, 3);
+    let served = m
+        .policy(Some(&adapter))
+        .score(std::slice::from_ref(&p), &response, 2)
+        .expect("scores");
+    let base = m
+        .score(std::slice::from_ref(&p), &response, 2)
+        .expect("scores");
+    let mut tokens = p.clone();
+    tokens.extend_from_slice(&response[..response.len() - 1]);
+    let trained = t
+        .policy
+        .log_probs(&tokens, p.len() - 1, Mode::Eval)
+        .expect("forward")
+        .to_vec2::<f32>()
+        .expect("vec");
+    let mut moved = 0.0f32;
+    for ((row, (s, b)), &y) in trained
+        .iter()
+        .zip(served[0].iter().zip(&base[0]))
+        .zip(&response)
+    {
+        assert!(
+            (row[y as usize] - s.logprob).abs() < 1e-3,
+            "{} vs {}",
+            row[y as usize],
+            s.logprob
+        );
+        moved += (s.logprob - b.logprob).abs();
+    }
+    assert!(moved > 1e-3, "the adapter changed nothing");
+}

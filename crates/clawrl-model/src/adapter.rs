@@ -1,0 +1,166 @@
+//! LoRA adapters on the serving model: `y = W x + (α/r)·B(A x)` on top of the quantized base,
+//! so a newly trained adapter is published without reloading or copying the base.
+
+use clawrl_kernels::{QMatrix, Storage};
+
+use crate::error::{Error, Result};
+
+/// A projection of a transformer block that an adapter can wrap (PEFT's module names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// Query projection.
+    Q,
+    /// Key projection.
+    K,
+    /// Value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// SwiGLU gate.
+    Gate,
+    /// SwiGLU up.
+    Up,
+    /// SwiGLU down.
+    Down,
+}
+
+impl Target {
+    /// Every target, in block order.
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// PEFT's module name (`q_proj`, …).
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            Target::Q => "q_proj",
+            Target::K => "k_proj",
+            Target::V => "v_proj",
+            Target::O => "o_proj",
+            Target::Gate => "gate_proj",
+            Target::Up => "up_proj",
+            Target::Down => "down_proj",
+        }
+    }
+
+    /// Parses a PEFT module name.
+    pub fn parse(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.peft_name() == name)
+    }
+
+    /// PEFT's parent module (`self_attn` or `mlp`).
+    pub fn peft_parent(self) -> &'static str {
+        match self {
+            Target::Q | Target::K | Target::V | Target::O => "self_attn",
+            Target::Gate | Target::Up | Target::Down => "mlp",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One adapted projection: A (`r × in`) and B (`out × r`).
+#[derive(Clone, Debug)]
+pub struct LoraWeights {
+    a: QMatrix,
+    b: QMatrix,
+}
+
+impl LoraWeights {
+    /// A and B from row-major f32 values.
+    pub fn new(rank: usize, input: usize, output: usize, a: Vec<f32>, b: Vec<f32>) -> Result<Self> {
+        let bad =
+            |e: clawrl_kernels::ShapeError| Error::InvalidArgument(format!("LoRA weights: {e}"));
+        Ok(Self {
+            a: QMatrix::new(rank, input, Storage::F32(a)).map_err(bad)?,
+            b: QMatrix::new(output, rank, Storage::F32(b)).map_err(bad)?,
+        })
+    }
+
+    /// Adds `scale · B(A x)` to `y` for `t` rows.
+    fn apply(&self, x: &[f32], t: usize, scale: f32, y: &mut [f32]) {
+        let mut ax = vec![0.0; t * self.a.rows()];
+        self.a.matmul(x, t, &mut ax);
+        let mut bax = vec![0.0; y.len()];
+        self.b.matmul(&ax, t, &mut bax);
+        for (o, d) in y.iter_mut().zip(&bax) {
+            *o += scale * d;
+        }
+    }
+}
+
+/// An immutable adapter snapshot, as the trainer publishes it.
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    /// Policy version it belongs to.
+    pub version: u64,
+    /// α / r.
+    pub scale: f32,
+    blocks: Vec<[Option<LoraWeights>; 7]>,
+}
+
+impl LoraAdapter {
+    /// An adapter over `layers` blocks with nothing wrapped yet.
+    pub fn new(version: u64, scale: f32, layers: usize) -> Self {
+        Self {
+            version,
+            scale,
+            blocks: (0..layers).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Wraps projection `target` of block `layer`.
+    pub fn insert(&mut self, layer: usize, target: Target, w: LoraWeights) -> Result<()> {
+        let slot = self.blocks.get_mut(layer).ok_or_else(|| {
+            Error::InvalidArgument(format!("LoRA block {layer} is beyond the model"))
+        })?;
+        slot[target.index()] = Some(w);
+        Ok(())
+    }
+
+    /// Blocks the adapter spans.
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Checks every wrapped projection against the base matrix it wraps.
+    pub(crate) fn check(&self, layer: usize, target: Target, base: &QMatrix) -> Result<()> {
+        if let Some(w) = self
+            .blocks
+            .get(layer)
+            .and_then(|b| b[target.index()].as_ref())
+        {
+            if w.a.cols() != base.cols() || w.b.rows() != base.rows() || w.a.rows() != w.b.cols() {
+                return Err(Error::InvalidArgument(format!(
+                    "LoRA {} of block {layer} is {}×{} · {}×{}, the base is {}×{}",
+                    target.peft_name(),
+                    w.b.rows(),
+                    w.b.cols(),
+                    w.a.rows(),
+                    w.a.cols(),
+                    base.rows(),
+                    base.cols()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply(&self, layer: usize, target: Target, x: &[f32], t: usize, y: &mut [f32]) {
+        if let Some(w) = self
+            .blocks
+            .get(layer)
+            .and_then(|b| b[target.index()].as_ref())
+        {
+            w.apply(x, t, self.scale, y);
+        }
+    }
+}
