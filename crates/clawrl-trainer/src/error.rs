@@ -6,6 +6,9 @@ pub enum Error {
     /// A tensor operation failed (a shape or dtype mismatch: a bug, or a corrupt checkpoint).
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// Reading or writing an adapter or checkpoint failed.
+    #[error("{0}")]
+    Io(String),
     /// A sample cannot be trained on.
     #[error("invalid sample: {0}")]
     InvalidSample(String),

@@ -7,6 +7,7 @@
 mod adamw;
 mod error;
 mod lora;
+mod peft;
 mod policy;
 mod trainer;
 
