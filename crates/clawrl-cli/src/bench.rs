@@ -6,12 +6,44 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use clawrl_model::{GenerateParams, Model, Sampling};
+use clawrl_trainer::{AdamWConfig, LoraConfig, TrainConfig, TrainSample, TrainablePolicy, Trainer};
 use serde::Serialize;
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCmd {
     /// Prefill and decode speed of greedy generation, and resident memory.
     Generate(GenerateBench),
+    /// Time and peak memory of one hybrid (RL + OPD) LoRA training step.
+    Train(TrainBench),
+}
+
+#[derive(Args)]
+pub(crate) struct TrainBench {
+    /// Samples in the batch.
+    #[arg(long, default_value_t = 16)]
+    samples: usize,
+    /// Tokens per sample (a 32-token prompt, the rest response).
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Measured steps (the median is reported) after one warm-up step.
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct TrainReport {
+    step_s: f64,
+    peak_rss_mb: f64,
+    samples: usize,
+    tokens: usize,
+    rank: usize,
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -45,6 +77,7 @@ struct GenerateReport {
 pub(crate) fn run(cmd: BenchCmd, model: &Model, threads: usize) -> Result<()> {
     match cmd {
         BenchCmd::Generate(b) => generate(b, model, threads),
+        BenchCmd::Train(b) => train(b, model, threads),
     }
 }
 
@@ -119,6 +152,78 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         println!(
             "prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MB ({} threads)",
             report.prefill_tok_s, report.decode_tok_s, report.rss_mb, threads
+        );
+    }
+    Ok(())
+}
+
+/// Tokens of the bench prompt that every sample starts with.
+const TRAIN_PROMPT_TOKENS: usize = 32;
+
+fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
+    if b.samples == 0 || b.tokens <= TRAIN_PROMPT_TOKENS || b.steps == 0 || b.rank == 0 {
+        bail!(
+            "--samples, --steps and --rank must be at least 1 and --tokens above {TRAIN_PROMPT_TOKENS}"
+        );
+    }
+    let text = prompt_of(model, b.tokens + TRAIN_PROMPT_TOKENS)?;
+    let prompt = text[..TRAIN_PROMPT_TOKENS].to_vec();
+    let response = text[TRAIN_PROMPT_TOKENS..b.tokens].to_vec();
+    let mut hint_prompt = prompt.clone();
+    hint_prompt.extend(
+        model
+            .tokenizer
+            .encode("\n\n[user's hint / instruction]\nAnswer briefly.")?,
+    );
+    // Every sample carries both signals, the most work a step can do.
+    let batch: Vec<TrainSample> = (0..b.samples)
+        .map(|i| TrainSample {
+            prompt: prompt.clone(),
+            response: response.clone(),
+            advantage: Some(if i % 2 == 0 { 1.0 } else { -1.0 }),
+            hint_prompt: Some(hint_prompt.clone()),
+        })
+        .collect();
+    let policy = TrainablePolicy::new(
+        model,
+        LoraConfig {
+            rank: b.rank,
+            alpha: 2.0 * b.rank as f64,
+            ..Default::default()
+        },
+        0,
+    )?;
+    let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;
+    let mut times = Vec::new();
+    for step in 0..=b.steps {
+        let t0 = Instant::now();
+        let m = trainer.train_step(&batch)?;
+        let dt = t0.elapsed().as_secs_f64();
+        if !b.json {
+            eprintln!(
+                "step {step}{}: {dt:.2} s, loss {:.4}",
+                if step == 0 { " (warm-up)" } else { "" },
+                m.loss.loss
+            );
+        }
+        if step > 0 {
+            times.push(dt);
+        }
+    }
+    let report = TrainReport {
+        step_s: median(&mut times),
+        peak_rss_mb: peak_rss_mb(),
+        samples: b.samples,
+        tokens: b.tokens,
+        rank: b.rank,
+        threads,
+    };
+    if b.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{:.2} s per step, peak RSS {:.0} MB ({} threads)",
+            report.step_s, report.peak_rss_mb, threads
         );
     }
     Ok(())

@@ -45,6 +45,19 @@ enum Command {
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Show learning live on the model.
+    #[command(subcommand)]
+    Demo(DemoCmd),
+}
+
+#[derive(Subcommand)]
+enum DemoCmd {
+    /// A few RL and OPD steps and one hint selection, printed as they happen.
+    Train {
+        /// Steps of each kind.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+        steps: u16,
+    },
 }
 
 fn main() {
@@ -73,6 +86,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => cmd::generate(a, &model.load()?),
         Command::Score(a) => cmd::score(a, &model.load()?),
         Command::Bench(b) => bench::run(b, &model.load()?, threads),
+        Command::Demo(DemoCmd::Train { steps }) => {
+            let m = model.load()?;
+            eprintln!("Learning demo on {}", m.source);
+            clawrl_trainer::demo::run(&m, usize::from(steps), |line| println!("{line}"))?;
+            Ok(())
+        }
     }
 }
 

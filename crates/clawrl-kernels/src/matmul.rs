@@ -167,8 +167,62 @@ impl QMatrix {
             }
             return;
         }
+        self.gemm_panels(x, t, y);
+    }
+
+    /// `Y = X·Wᵀ` computed in f32 throughout (the weights dequantized, the activations not
+    /// quantized), whatever `t` is: what training needs, where the decode path's 8-bit
+    /// activations would make the gradient disagree with the loss.
+    pub fn matmul_f32(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), t * self.cols, "matmul input size");
+        assert_eq!(y.len(), t * self.rows, "matmul output size");
+        self.gemm_panels(x, t, y);
+    }
+
+    /// `Out = G·W` for `t` row vectors `G` (`t × rows`), giving `t × cols`: the product that
+    /// carries a gradient back through `y = W·x`.
+    pub fn matmul_transposed(&self, g: &[f32], t: usize, out: &mut [f32]) {
+        assert_eq!(g.len(), t * self.rows, "transposed matmul input size");
+        assert_eq!(out.len(), t * self.cols, "transposed matmul output size");
+        out.fill(0.0);
+        // Panels of rows contribute G[:, panel]·W[panel, :]; each GEMM splits across threads
+        // itself, and the panels accumulate into `out` one after another.
+        let mut buf = Vec::new();
+        for r0 in (0..self.rows).step_by(PANEL_ROWS * 4) {
+            let n = (PANEL_ROWS * 4).min(self.rows - r0);
+            buf.resize(n * self.cols, 0.0);
+            self.dequantize_rows(r0, &mut buf);
+            // SAFETY: g is t × rows (row stride rows; we read columns r0..r0+n), buf is n × cols
+            // row-major, out is t × cols; all within bounds.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    self.cols,
+                    n,
+                    out.as_mut_ptr(),
+                    1,
+                    self.cols as isize,
+                    true,
+                    g.as_ptr().add(r0),
+                    1,
+                    self.rows as isize,
+                    buf.as_ptr(),
+                    1,
+                    self.cols as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    rayon_par(),
+                )
+            };
+        }
+    }
+
+    fn gemm_panels(&self, x: &[f32], t: usize, y: &mut [f32]) {
         if let Storage::F32(w) = &self.storage {
-            // SAFETY: sizes checked above; `w` is rows × cols row-major.
+            // SAFETY: sizes checked by the callers; `w` is rows × cols row-major.
             unsafe {
                 gemm_xwt(
                     t,
@@ -329,6 +383,31 @@ mod tests {
                     assert!((a - b).abs() < tol, "t={t}: {a} vs {b}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn exact_and_transposed_products_match_the_reference() {
+        let (rows, cols, t) = (70, 64, 3);
+        let raw = random(rows * cols, 9);
+        let m = QMatrix::new(rows, cols, Storage::Q4_1(quantize_q4_1(&raw))).expect("shape");
+        let w = m.to_f32();
+        let x = random(t * cols, 10);
+        let mut y = vec![0.0; t * rows];
+        m.matmul_f32(&x, t, &mut y);
+        for (a, b) in y.iter().zip(&reference(&w, rows, cols, &x, t)) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        // G·W equals (Wᵀ·Gᵀ)ᵀ: check against the reference with W transposed.
+        let g = random(t * rows, 11);
+        let mut out = vec![0.0; t * cols];
+        m.matmul_transposed(&g, t, &mut out);
+        let wt: Vec<f32> = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| (r, c)))
+            .map(|(r, c)| w[r * cols + c])
+            .collect();
+        for (a, b) in out.iter().zip(&reference(&wt, cols, rows, &g, t)) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
     }
 

@@ -136,6 +136,47 @@ pub struct LossMetrics {
     pub rl_samples: usize,
     /// Samples with an OPD part.
     pub opd_samples: usize,
+    /// Samples the loss averaged over.
+    pub samples: usize,
+    /// Response tokens of the RL samples.
+    pub rl_tokens: usize,
+    /// Support entries (i, v ∈ S_i) of the OPD samples.
+    pub opd_entries: usize,
+}
+
+impl LossMetrics {
+    /// The metrics of a batch from those of its parts (each part's means weighted by what it
+    /// averaged over), for batches whose samples were evaluated one at a time.
+    pub fn merge(parts: &[LossMetrics]) -> LossMetrics {
+        let w = |f: fn(&LossMetrics) -> f64, n: fn(&LossMetrics) -> usize| {
+            let total: usize = parts.iter().map(n).sum();
+            if total == 0 {
+                0.0
+            } else {
+                parts.iter().map(|p| f(p) * n(p) as f64).sum::<f64>() / total as f64
+            }
+        };
+        LossMetrics {
+            loss: w(|p| p.loss, |p| p.samples),
+            loss_rl: w(|p| p.loss_rl, |p| p.rl_samples),
+            loss_opd: w(|p| p.loss_opd, |p| p.opd_samples),
+            kl: w(|p| p.kl, |p| p.samples),
+            clip_frac: w(|p| p.clip_frac, |p| p.rl_tokens),
+            mean_ratio: if parts.iter().any(|p| p.rl_tokens > 0) {
+                w(|p| p.mean_ratio, |p| p.rl_tokens)
+            } else {
+                1.0
+            },
+            opd_clip_frac: w(|p| p.opd_clip_frac, |p| p.opd_entries),
+            mean_abs_delta: w(|p| p.mean_abs_delta, |p| p.opd_entries),
+            delta_clip_frac: w(|p| p.delta_clip_frac, |p| p.opd_entries),
+            rl_samples: parts.iter().map(|p| p.rl_samples).sum(),
+            opd_samples: parts.iter().map(|p| p.opd_samples).sum(),
+            samples: parts.iter().map(|p| p.samples).sum(),
+            rl_tokens: parts.iter().map(|p| p.rl_tokens).sum(),
+            opd_entries: parts.iter().map(|p| p.opd_entries).sum(),
+        }
+    }
 }
 
 /// The clipped surrogate `max(−A·ρ, −A·clip(ρ, 1−ε_lo, 1+ε_hi))`, element-wise.
@@ -277,6 +318,9 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
         },
     };
     m.loss = scalar(&loss)?;
+    m.samples = samples.len();
+    m.rl_tokens = clip_d as usize;
+    m.opd_entries = sup_n as usize;
     m.loss_rl /= m.rl_samples.max(1) as f64;
     m.loss_opd /= m.opd_samples.max(1) as f64;
     m.kl = kl_sum / n;

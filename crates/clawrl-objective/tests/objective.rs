@@ -310,3 +310,33 @@ fn empty_responses_padding_and_infinite_log_probs() {
     assert!((l - (0.75 * 1.0 - 0.25 * 1.0)).abs() < 1e-9, "{l}");
     assert!(m.mean_abs_delta.is_infinite() || m.mean_abs_delta > 1.0);
 }
+
+#[test]
+fn metrics_of_parts_merge_into_the_metrics_of_the_whole() {
+    let cfg = ObjectiveConfig::default();
+    let old = [ln(0.6), ln(0.2)];
+    let a = rl_sample(&[ln(0.6), ln(0.3)], &[ln(0.5), ln(0.5)], -1.0);
+    let b = opd_sample(&old, &old, &[ln(0.3), ln(0.6)], &[1.0, 1.0]);
+    let c = rl_sample(&[ln(0.75)], &[ln(0.5)], 1.0);
+    let (_, whole) = loss_of(&[a.clone(), b.clone(), c.clone()], &cfg);
+    let parts: Vec<LossMetrics> = [a, b, c]
+        .into_iter()
+        .map(|s| loss_of(&[s], &cfg).1)
+        .collect();
+    let merged = LossMetrics::merge(&parts);
+    for (x, y) in [
+        (merged.loss, whole.loss),
+        (merged.loss_rl, whole.loss_rl),
+        (merged.loss_opd, whole.loss_opd),
+        (merged.clip_frac, whole.clip_frac),
+        (merged.mean_ratio, whole.mean_ratio),
+        (merged.mean_abs_delta, whole.mean_abs_delta),
+        (merged.delta_clip_frac, whole.delta_clip_frac),
+    ] {
+        assert!((x - y).abs() < 1e-9, "{x} vs {y}");
+    }
+    assert_eq!(
+        (merged.rl_samples, merged.opd_samples, merged.samples),
+        (2, 1, 3)
+    );
+}

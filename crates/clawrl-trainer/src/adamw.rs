@@ -1,7 +1,6 @@
 //! AdamW with decoupled weight decay and global gradient-norm clipping; its moments are plain
 //! tensors so a checkpoint can hold them.
 
-use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 /// AdamW hyper-parameters.
@@ -94,17 +93,28 @@ impl AdamW {
         Ok(())
     }
 
-    /// One update from `grads`; returns the global gradient norm before clipping.
-    pub fn step(&mut self, grads: &GradStore) -> Result<f64> {
-        let mut sq = 0.0;
-        for p in &self.params {
-            if let Some(g) = grads.get(p.as_tensor()) {
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
-            }
+    /// The parameters, in the order [`AdamW::step`] takes their gradients.
+    pub fn params(&self) -> &[Var] {
+        &self.params
+    }
+
+    /// One update from `grads` (one per parameter, `None`: no gradient); returns the global
+    /// gradient norm before clipping.
+    pub fn step(&mut self, grads: &[Option<Tensor>]) -> Result<f64> {
+        if grads.len() != self.params.len() {
+            candle_core::bail!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            );
+        }
+        let mut sq = 0f64;
+        for g in grads.iter().flatten() {
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
         let norm = sq.sqrt();
         let c = self.config;
@@ -116,15 +126,14 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for ((p, m), v) in self
+        for (((p, m), v), g) in self
             .params
             .iter()
             .zip(self.m.iter_mut())
             .zip(self.v.iter_mut())
+            .zip(grads)
         {
-            let Some(g) = grads.get(p.as_tensor()) else {
-                continue;
-            };
+            let Some(g) = g else { continue };
             let g = g.affine(clip, 0.0)?;
             *m = m
                 .affine(c.beta1, 0.0)?
@@ -159,7 +168,9 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamW::new(vec![w.clone()], cfg).expect("opt");
-        let norm = opt.step(&grads).expect("step");
+        let norm = opt
+            .step(&[grads.get(w.as_tensor()).cloned()])
+            .expect("step");
         assert!((norm - 20f64.sqrt()).abs() < 1e-12);
         let got = w.as_tensor().to_vec1::<f64>().expect("vec");
         assert!(
@@ -185,7 +196,11 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamW::new(vec![w.clone()], cfg).expect("opt");
-        assert_eq!(opt.step(&grads).expect("step"), 100.0);
+        assert_eq!(
+            opt.step(&[grads.get(w.as_tensor()).cloned()])
+                .expect("step"),
+            100.0
+        );
         // 3·(1 − 0.1·0.5) − 0.1 = 2.75: decay, then a unit step.
         let got = w.as_tensor().to_vec1::<f64>().expect("vec")[0];
         assert!((got - 2.75).abs() < 1e-6, "{got}");

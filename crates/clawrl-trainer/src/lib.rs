@@ -1,11 +1,13 @@
 //! Training the policy on the hybrid objective of OpenClaw-RL.
 //!
-//! [`TrainablePolicy`] holds the engine's base weights in f32, frozen, with LoRA adapters
+//! [`TrainablePolicy`] holds the engine's base weights frozen in their stored format, with LoRA adapters
 //! ([`LoraConfig`]) as the only variables; [`Trainer::train_step`] re-scores π_old, scores the
 //! hint-conditioned teacher, applies [`clawrl_objective::batch_loss`] and steps [`AdamW`].
 
 mod adamw;
+pub mod demo;
 mod error;
+mod frozen;
 mod lora;
 mod peft;
 mod policy;

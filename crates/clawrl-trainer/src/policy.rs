@@ -3,12 +3,14 @@
 //! differentiate (candle's fused rms_norm / softmax / rope kernels drop gradients silently).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::frozen::FrozenLinear;
 use crate::lora::{LoraConfig, Target};
 
 /// One wrapped projection: `W x + (α/r)·B(A x)`.
@@ -22,7 +24,7 @@ pub struct LoraPair {
 struct Block {
     attn_norm: Tensor,
     ffn_norm: Tensor,
-    proj: BTreeMap<Target, Tensor>,
+    proj: BTreeMap<Target, FrozenLinear>,
     qkv_bias: Option<[Tensor; 3]>,
     qk_norm: Option<[Tensor; 2]>,
 }
@@ -41,8 +43,9 @@ pub enum Mode {
 /// The policy being trained.
 pub struct TrainablePolicy {
     config: ModelConfig,
-    embed: Tensor,
-    output: Option<Tensor>,
+    embed: Arc<QMatrix>,
+    /// The output projection (the embedding when tied).
+    output: FrozenLinear,
     norm: Tensor,
     blocks: Vec<Block>,
     /// Adapters by (block, target).
@@ -56,12 +59,9 @@ fn f32_tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-fn matrix(m: &QMatrix) -> Result<Tensor> {
-    f32_tensor(m.to_f32(), &[m.rows(), m.cols()])
-}
-
 impl TrainablePolicy {
-    /// Wraps `model`'s weights (dequantized to f32, frozen) with fresh adapters drawn from `seed`.
+    /// Wraps `model`'s weights (frozen, in their stored format) with fresh adapters drawn from
+    /// `seed`.
     pub fn new(model: &Model, lora: LoraConfig, seed: u64) -> Result<Self> {
         let c = model.config.clone();
         let w = &model.weights;
@@ -71,7 +71,7 @@ impl TrainablePolicy {
         for (l, b) in w.blocks.iter().enumerate() {
             let mut proj = BTreeMap::new();
             for (t, m) in b.projections() {
-                proj.insert(t, matrix(m)?);
+                proj.insert(t, FrozenLinear::new(Arc::new(m.clone())));
                 if lora.targets.contains(&t) {
                     // PEFT's default: A ~ U(−1/√in, 1/√in), B = 0.
                     let bound = 1.0 / (m.cols() as f32).sqrt();
@@ -106,9 +106,14 @@ impl TrainablePolicy {
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
             .collect();
         let angles = f32_tensor(angles, &[c.context_length, half])?;
+        let embed = Arc::new(w.embed.clone());
+        let output = match &w.output {
+            Some(o) => FrozenLinear::new(Arc::new(o.clone())),
+            None => FrozenLinear::new(embed.clone()),
+        };
         Ok(Self {
-            embed: matrix(&w.embed)?,
-            output: w.output.as_ref().map(matrix).transpose()?,
+            embed,
+            output,
             norm: f32_tensor(w.norm.clone(), &[w.norm.len()])?,
             blocks,
             lora: pairs,
@@ -170,8 +175,18 @@ impl TrainablePolicy {
                 c.context_length
             );
         }
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary of {}",
+                c.vocab_size
+            );
+        }
+        // The embedding is frozen: its rows are inputs, not part of the graph.
+        let mut rows = vec![0.0f32; len * c.hidden];
+        for (row, &t) in rows.chunks_exact_mut(c.hidden).zip(tokens) {
+            self.embed.dequantize_rows(t as usize, row);
+        }
+        let mut x = f32_tensor(rows, &[len, c.hidden])?;
         let mask = causal_mask(len)?;
         let (cos, sin) = (self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?);
         for (l, b) in self.blocks.iter().enumerate() {
@@ -214,13 +229,12 @@ impl TrainablePolicy {
             x = x.add(&self.linear(l, Target::Down, &g.silu()?.mul(&u)?, mode)?)?;
         }
         let x = rms_norm(&x.narrow(0, from, len - from)?, &self.norm, c.rms_eps)?;
-        let logits = x.matmul(&self.output.as_ref().unwrap_or(&self.embed).t()?)?;
+        let logits = self.output.forward(&x)?;
         logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(1)?)
     }
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let w = &self.blocks[l].proj[&t];
-        let y = x.matmul(&w.t()?)?;
+        let y = self.blocks[l].proj[&t].forward(x)?;
         let Some(p) = self.lora.get(&(l, t)).filter(|_| mode != Mode::Reference) else {
             return Ok(y);
         };

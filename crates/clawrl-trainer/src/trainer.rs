@@ -204,6 +204,9 @@ impl Trainer {
     }
 
     /// One optimizer step on `batch`; samples with an empty response are skipped.
+    ///
+    /// Each sample's graph is built, differentiated and dropped before the next (gradient
+    /// accumulation), so memory holds one sample's activations, not the batch's.
     pub fn train_step(&mut self, batch: &[TrainSample]) -> Result<StepMetrics> {
         let _span =
             info_span!("train_step", step = self.steps() + 1, samples = batch.len()).entered();
@@ -213,20 +216,32 @@ impl Trainer {
                 "the batch has no sample with a response".into(),
             ));
         }
-        let mut terms = Vec::with_capacity(usable.len());
+        let n = usable.len() as f64;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.optimizer.params().len()];
+        let mut parts = Vec::with_capacity(usable.len());
         let (mut entropy, mut tokens) = (0.0, 0);
         for s in &usable {
-            let (t, e) = self.terms(s)?;
+            let _span = info_span!("sample", tokens = s.response.len()).entered();
+            let (terms, e) = self.terms(s)?;
             entropy += e;
             tokens += s.response.len();
-            terms.push(t);
+            let (loss, metrics) = batch_loss(std::slice::from_ref(&terms), &self.config.objective)?;
+            parts.push(metrics);
+            // The batch loss is the mean over samples: each contributes 1/n of its gradient.
+            let store = loss.affine(1.0 / n, 0.0)?.backward()?;
+            for (acc, p) in grads.iter_mut().zip(self.optimizer.params()) {
+                if let Some(g) = store.get(p.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => a.add(g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
         }
-        let (loss, metrics) = batch_loss(&terms, &self.config.objective)?;
-        let grads = loss.backward()?;
         let grad_norm = self.optimizer.step(&grads)?;
         let out = StepMetrics {
             step: self.steps(),
-            loss: metrics,
+            loss: LossMetrics::merge(&parts),
             entropy: entropy / tokens.max(1) as f64,
             grad_norm,
             samples: usable.len(),

@@ -268,3 +268,79 @@ fn peft_round_trip_and_a_resumed_checkpoint_continue_identically() {
         None
     );
 }
+
+#[test]
+fn adapter_gradients_through_the_whole_model_match_finite_differences() {
+    let m = Model::tiny(17);
+    let mut t = trainer(&m, 1e-2);
+    let p = prompt(&m, "grad");
+    let response = m.tokenizer.encode("the end").expect("encodes");
+    let sample = TrainSample {
+        prompt: p.clone(),
+        response: response.clone(),
+        advantage: Some(1.0),
+        hint_prompt: None,
+    };
+    t.train_step(std::slice::from_ref(&sample)).expect("step");
+    let mut tokens = p.clone();
+    tokens.extend_from_slice(&response[..response.len() - 1]);
+    let objective = |t: &Trainer| -> f64 {
+        let lp = t
+            .policy
+            .log_probs(&tokens, p.len() - 1, Mode::Eval)
+            .expect("forward");
+        lp.sum_all()
+            .and_then(|x| x.to_scalar::<f32>())
+            .expect("sum") as f64
+    };
+    let lp = t
+        .policy
+        .log_probs(&tokens, p.len() - 1, Mode::Eval)
+        .expect("forward");
+    let grads = lp.sum_all().expect("sum").backward().expect("backward");
+    // Check one entry of A and of B in the first and last block's q and down projections.
+    for var in [
+        0usize,
+        1,
+        6 * 2,
+        6 * 2 + 1,
+        t.policy.vars().len() - 2,
+        t.policy.vars().len() - 1,
+    ] {
+        let v = t.policy.vars()[var].clone();
+        let g = grads
+            .get(v.as_tensor())
+            .expect("gradient")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let (i, _) = g.iter().enumerate().fold((0, 0f32), |best, (i, x)| {
+            if x.abs() > best.1 { (i, x.abs()) } else { best }
+        });
+        let base = v
+            .as_tensor()
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let h = 1e-2f32;
+        let at = |delta: f32| {
+            let mut w = base.clone();
+            w[i] += delta;
+            v.set(
+                &candle_core::Tensor::from_vec(w, v.as_tensor().shape(), &candle_core::Device::Cpu)
+                    .expect("tensor"),
+            )
+            .expect("set");
+            objective(&t)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        at(0.0);
+        let an = g[i] as f64;
+        assert!(
+            (fd - an).abs() <= 0.05 * an.abs().max(1e-2),
+            "variable {var}[{i}]: analytic {an} vs numeric {fd}"
+        );
+    }
+}
