@@ -8,6 +8,7 @@ mod adamw;
 pub mod demo;
 mod error;
 mod frozen;
+mod head;
 mod lora;
 mod peft;
 mod policy;
@@ -15,6 +16,7 @@ mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use error::{Error, Result};
+pub use head::{Gather, HeadStats};
 pub use lora::{LoraConfig, Target};
 pub use policy::{LoraPair, Mode, TrainablePolicy};
 pub use trainer::{StepMetrics, TrainConfig, TrainSample, Trainer};

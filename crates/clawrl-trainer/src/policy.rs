@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::frozen::FrozenLinear;
+use crate::head::{Gather, Head, HeadStats};
 use crate::lora::{LoraConfig, Target};
 
 /// One wrapped projection: `W x + (α/r)·B(A x)`.
@@ -45,7 +46,7 @@ pub struct TrainablePolicy {
     config: ModelConfig,
     embed: Arc<QMatrix>,
     /// The output projection (the embedding when tied).
-    output: FrozenLinear,
+    output: Arc<QMatrix>,
     norm: Tensor,
     blocks: Vec<Block>,
     /// Adapters by (block, target).
@@ -108,8 +109,8 @@ impl TrainablePolicy {
         let angles = f32_tensor(angles, &[c.context_length, half])?;
         let embed = Arc::new(w.embed.clone());
         let output = match &w.output {
-            Some(o) => FrozenLinear::new(Arc::new(o.clone())),
-            None => FrozenLinear::new(embed.clone()),
+            Some(o) => Arc::new(o.clone()),
+            None => embed.clone(),
         };
         Ok(Self {
             embed,
@@ -164,9 +165,15 @@ impl TrainablePolicy {
             .collect()
     }
 
-    /// Log-probs `[len − from, vocab]` of the next token at positions `from..len` of `tokens`
-    /// (row j predicts `tokens[from + j + 1]`).
-    pub fn log_probs(&self, tokens: &[u32], from: usize, mode: Mode) -> Result<Tensor> {
+    /// The log-probs `gather` asks for, `[len − from, m]`, at positions `from..len` of `tokens`
+    /// (row j is the distribution of the token after `tokens[from + j]`), with the head's stats.
+    pub fn head(
+        &self,
+        tokens: &[u32],
+        from: usize,
+        gather: Gather,
+        mode: Mode,
+    ) -> Result<(Tensor, HeadStats)> {
         let c = &self.config;
         let len = tokens.len();
         if len == 0 || from >= len || len > c.context_length {
@@ -229,8 +236,7 @@ impl TrainablePolicy {
             x = x.add(&self.linear(l, Target::Down, &g.silu()?.mul(&u)?, mode)?)?;
         }
         let x = rms_norm(&x.narrow(0, from, len - from)?, &self.norm, c.rms_eps)?;
-        let logits = self.output.forward(&x)?;
-        logits.broadcast_sub(&logits.log_sum_exp(D::Minus1)?.unsqueeze(1)?)
+        Head::new(self.output.clone(), gather).forward(&x)
     }
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {

@@ -2,12 +2,12 @@
 //! hybrid objective, step AdamW.
 
 use candle_core::{D, DType, Device, Tensor};
-use clawrl_kernels::ops::top_k;
 use clawrl_objective::{LossMetrics, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss};
 use tracing::{info, info_span};
 
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::error::{Error, Result};
+use crate::head::Gather;
 use crate::policy::{Mode, TrainablePolicy};
 
 /// One training sample: a recorded turn and what it trains with.
@@ -71,20 +71,6 @@ pub struct Trainer {
     pub config: TrainConfig,
 }
 
-fn gather_rows(lp: &Tensor, ids: &[u32]) -> candle_core::Result<Tensor> {
-    let idx = Tensor::new(ids, &Device::Cpu)?.unsqueeze(1)?;
-    lp.gather(&idx, 1)?.squeeze(1)
-}
-
-fn gather_support(lp: &Tensor, support: &[Vec<u32>], k: usize) -> candle_core::Result<Tensor> {
-    let flat: Vec<u32> = support
-        .iter()
-        .flat_map(|s| (0..k).map(move |j| s.get(j).copied().unwrap_or(0)))
-        .collect();
-    let idx = Tensor::from_vec(flat, (support.len(), k), &Device::Cpu)?;
-    lp.gather(&idx, 1)
-}
-
 impl Trainer {
     /// A trainer over `policy`.
     pub fn new(
@@ -114,34 +100,52 @@ impl Trainer {
         let mut tokens = s.prompt.clone();
         tokens.extend_from_slice(&s.response[..t - 1]);
         let from = s.prompt.len() - 1;
-        let lp = self.policy.log_probs(&tokens, from, Mode::Train)?;
-        // π_old is the policy before this update: the same weights, without dropout.
-        let lp_old_full = if self.policy.lora_config().dropout > 0.0 {
-            self.policy.log_probs(&tokens, from, Mode::Eval)?
-        } else {
-            lp.detach()
+        let k = self.config.top_k.max(1);
+        let by_token = Gather::TokenAndTopK {
+            tokens: s.response.clone(),
+            k,
         };
-        let entropy = lp
-            .exp()?
-            .mul(&lp)?
-            .sum_all()?
-            .neg()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        let lp_cur = gather_rows(&lp, &s.response)?;
-        let lp_old = gather_rows(&lp_old_full, &s.response)?;
+        // Columns: ℓ(y_i), then ℓ over S_i = top-k of π_old. π_old is the policy before this
+        // update: the same weights, and without dropout when there is dropout.
+        let (lp, lp_old, stats) = if self.policy.lora_config().dropout > 0.0 {
+            let (old, stats) = self.policy.head(&tokens, from, by_token, Mode::Eval)?;
+            let (lp, _) =
+                self.policy
+                    .head(&tokens, from, Gather::Ids(stats.ids.clone()), Mode::Train)?;
+            (lp, old, stats)
+        } else {
+            let (lp, stats) = self.policy.head(&tokens, from, by_token, Mode::Train)?;
+            let old = lp.detach();
+            (lp, old, stats)
+        };
+        let first = |x: &Tensor| x.narrow(1, 0, 1)?.squeeze(1);
+        let lp_cur = first(&lp)?;
+        let lp_old_y = first(&lp_old)?;
         let advantage = s
             .advantage
             .map(|a| Tensor::full(a, t, &Device::Cpu))
             .transpose()?;
         let opd = match &s.hint_prompt {
             None => None,
-            Some(hint) => Some(self.opd_terms(&lp, &lp_old_full, hint, &s.response)?),
+            Some(hint) => {
+                let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
+                let (teacher, mask) = self.teacher(hint, &s.response, &support)?;
+                let k = support.first().map_or(0, Vec::len);
+                Some(OpdTerms {
+                    lp_cur: lp.narrow(1, 1, k)?,
+                    lp_old: lp_old.narrow(1, 1, k)?,
+                    lp_teacher: teacher,
+                    mask,
+                })
+            }
         };
         let lp_ref = if self.config.objective.beta != 0.0 {
-            Some(gather_rows(
-                &self.policy.log_probs(&tokens, from, Mode::Reference)?,
-                &s.response,
+            let ys = s.response.iter().map(|&y| vec![y]).collect();
+            Some(first(
+                &self
+                    .policy
+                    .head(&tokens, from, Gather::Ids(ys), Mode::Reference)?
+                    .0,
             )?)
         } else {
             None
@@ -149,58 +153,52 @@ impl Trainer {
         Ok((
             SampleTerms {
                 lp_cur,
-                lp_old,
+                lp_old: lp_old_y,
                 advantage,
                 opd,
                 lp_ref,
             },
-            entropy,
+            stats.entropy_sum,
         ))
     }
 
-    fn opd_terms(
+    /// ℓ_T over the student's support under the hint prompt, and the support mask (S_i, or
+    /// S_i ∩ the teacher's own top-k with `intersect_support`).
+    fn teacher(
         &self,
-        lp: &Tensor,
-        lp_old: &Tensor,
         hint: &[u32],
         response: &[u32],
-    ) -> Result<OpdTerms> {
-        let k = self.config.top_k.max(1);
-        let old_rows = lp_old.to_vec2::<f32>()?;
-        let support: Vec<Vec<u32>> = old_rows
-            .iter()
-            .map(|r| top_k(r, k).into_iter().map(|(i, _)| i).collect())
-            .collect();
+        support: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
         if hint.is_empty() {
             return Err(Error::InvalidSample("a hint prompt is empty".into()));
         }
         let mut tokens = hint.to_vec();
         tokens.extend_from_slice(&response[..response.len() - 1]);
-        let teacher = self
-            .policy
-            .log_probs(&tokens, hint.len() - 1, Mode::Eval)?
-            .detach();
-        let mut mask: Vec<f32> = support
+        let (teacher, stats) = self.policy.head(
+            &tokens,
+            hint.len() - 1,
+            Gather::Ids(support.to_vec()),
+            Mode::Eval,
+        )?;
+        let mask: Vec<f32> = support
             .iter()
-            .flat_map(|s| (0..k).map(move |j| if j < s.len() { 1.0 } else { 0.0 }))
-            .collect();
-        if self.config.intersect_support {
-            let teacher_rows = teacher.to_vec2::<f32>()?;
-            for (i, (row, s)) in teacher_rows.iter().zip(&support).enumerate() {
-                let tk: Vec<u32> = top_k(row, k).into_iter().map(|(v, _)| v).collect();
-                for (j, v) in s.iter().enumerate() {
-                    if !tk.contains(v) {
-                        mask[i * k + j] = 0.0;
+            .zip(&stats.top_k)
+            .flat_map(|(s, top)| {
+                s.iter().map(move |v| {
+                    if !self.config.intersect_support || top.contains(v) {
+                        1.0
+                    } else {
+                        0.0
                     }
-                }
-            }
-        }
-        Ok(OpdTerms {
-            lp_cur: gather_support(lp, &support, k)?,
-            lp_old: gather_support(lp_old, &support, k)?,
-            lp_teacher: gather_support(&teacher, &support, k)?,
-            mask: Tensor::from_vec(mask, (support.len(), k), &Device::Cpu)?,
-        })
+                })
+            })
+            .collect();
+        let k = support.first().map_or(0, Vec::len);
+        Ok((
+            teacher.detach(),
+            Tensor::from_vec(mask, (support.len(), k), &Device::Cpu)?,
+        ))
     }
 
     /// One optimizer step on `batch`; samples with an empty response are skipped.
@@ -258,16 +256,15 @@ impl Trainer {
         }
         let mut tokens = prompt.to_vec();
         tokens.extend_from_slice(&response[..response.len() - 1]);
-        let lp = self
+        let ys = response.iter().map(|&y| vec![y]).collect();
+        let (lp, _) = self
             .policy
-            .log_probs(&tokens, prompt.len() - 1, Mode::Eval)?;
-        Ok(gather_rows(&lp, response)?
-            .mean_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?)
+            .head(&tokens, prompt.len() - 1, Gather::Ids(ys), Mode::Eval)?;
+        Ok(lp.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     }
 
-    /// KL(π_cur ‖ π_T) over the OPD support S_i, averaged over positions (for tests and demos).
+    /// KL(π_cur ‖ π_T) over the OPD support S_i, both renormalised over S_i and averaged over
+    /// positions (for tests and demos).
     pub fn support_kl(&self, prompt: &[u32], hint: &[u32], response: &[u32]) -> Result<f64> {
         if prompt.is_empty() || hint.is_empty() || response.is_empty() {
             return Err(Error::InvalidSample(
@@ -275,28 +272,22 @@ impl Trainer {
             ));
         }
         let mut tokens = prompt.to_vec();
-        tokens.extend_from_slice(&response[..response.len().saturating_sub(1)]);
-        let student = self
-            .policy
-            .log_probs(&tokens, prompt.len() - 1, Mode::Eval)?;
-        let mut ttokens = hint.to_vec();
-        ttokens.extend_from_slice(&response[..response.len().saturating_sub(1)]);
-        let teacher = self
-            .policy
-            .log_probs(&ttokens, hint.len() - 1, Mode::Eval)?;
+        tokens.extend_from_slice(&response[..response.len() - 1]);
         let k = self.config.top_k.max(1);
-        let rows = student.to_vec2::<f32>()?;
-        let support: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|r| top_k(r, k).into_iter().map(|(i, _)| i).collect())
-            .collect();
-        let s = gather_support(&student, &support, k)?;
-        let t = gather_support(&teacher, &support, k)?;
-        // Renormalise both over S_i, then KL(s ‖ t).
+        let gather = Gather::TokenAndTopK {
+            tokens: response.to_vec(),
+            k,
+        };
+        let (student, stats) = self
+            .policy
+            .head(&tokens, prompt.len() - 1, gather, Mode::Eval)?;
+        let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
+        let (teacher, _) = self.teacher(hint, response, &support)?;
+        let k = support.first().map_or(0, Vec::len);
         let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
             x.broadcast_sub(&x.log_sum_exp(D::Minus1)?.unsqueeze(1)?)
         };
-        let (s, t) = (norm(&s)?, norm(&t)?);
+        let (s, t) = (norm(&student.narrow(1, 1, k)?)?, norm(&teacher)?);
         let kl = s.exp()?.mul(&s.sub(&t)?)?.sum(D::Minus1)?.mean_all()?;
         Ok(kl.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     }

@@ -3,7 +3,7 @@
 
 use clawrl_model::{Message, Model};
 use clawrl_trainer::{
-    AdamWConfig, LoraConfig, Mode, TrainConfig, TrainSample, TrainablePolicy, Trainer,
+    AdamWConfig, Gather, LoraConfig, Mode, TrainConfig, TrainSample, TrainablePolicy, Trainer,
 };
 
 fn prompt(m: &Model, text: &str) -> Vec<u32> {
@@ -45,20 +45,31 @@ fn the_trainable_forward_matches_the_engine() {
     tokens.extend_from_slice(&response[..response.len() - 1]);
     // A fresh adapter (B = 0) is the identity: Eval and Reference both equal the base.
     for mode in [Mode::Eval, Mode::Reference] {
-        let lp = t
+        let gather = Gather::TokenAndTopK {
+            tokens: response.clone(),
+            k: 3,
+        };
+        let (lp, stats) = t
             .policy
-            .log_probs(&tokens, p.len() - 1, mode)
-            .expect("forward")
-            .to_vec2::<f32>()
-            .expect("vec");
-        for (row, (pos, &y)) in lp.iter().zip(engine[0].iter().zip(&response)) {
+            .head(&tokens, p.len() - 1, gather, mode)
+            .expect("forward");
+        let lp = lp.to_vec2::<f32>().expect("vec");
+        for ((row, ids), pos) in lp.iter().zip(&stats.ids).zip(&engine[0]) {
             assert!(
-                (row[y as usize] - pos.logprob).abs() < 1e-3,
+                (row[0] - pos.logprob).abs() < 1e-3,
                 "{} vs {}",
-                row[y as usize],
+                row[0],
                 pos.logprob
             );
+            assert_eq!(
+                ids[1..].to_vec(),
+                pos.top.iter().map(|x| x.0).collect::<Vec<_>>()
+            );
+            for (lp, (_, want)) in row[1..].iter().zip(&pos.top) {
+                assert!((lp - want).abs() < 1e-3);
+            }
         }
+        assert!(stats.entropy_sum > 0.0);
     }
 }
 
@@ -77,9 +88,13 @@ fn every_adapter_tensor_receives_a_nonzero_gradient() {
     t.train_step(std::slice::from_ref(&sample)).expect("step");
     let mut tokens = sample.prompt.clone();
     tokens.extend_from_slice(&sample.response[..sample.response.len() - 1]);
-    let lp = t
+    let gather = Gather::TokenAndTopK {
+        tokens: sample.response.clone(),
+        k: 4,
+    };
+    let (lp, _) = t
         .policy
-        .log_probs(&tokens, p.len() - 1, Mode::Train)
+        .head(&tokens, p.len() - 1, gather, Mode::Train)
         .expect("forward");
     let loss = lp.sum_all().expect("sum");
     let grads = loss.backward().expect("backward");
@@ -193,22 +208,18 @@ fn a_published_adapter_serves_what_the_trainer_learned() {
         .expect("scores");
     let mut tokens = p.clone();
     tokens.extend_from_slice(&response[..response.len() - 1]);
-    let trained = t
+    let ys = response.iter().map(|&y| vec![y]).collect();
+    let (trained, _) = t
         .policy
-        .log_probs(&tokens, p.len() - 1, Mode::Eval)
-        .expect("forward")
-        .to_vec2::<f32>()
-        .expect("vec");
+        .head(&tokens, p.len() - 1, Gather::Ids(ys), Mode::Eval)
+        .expect("forward");
+    let trained = trained.to_vec2::<f32>().expect("vec");
     let mut moved = 0.0f32;
-    for ((row, (s, b)), &y) in trained
-        .iter()
-        .zip(served[0].iter().zip(&base[0]))
-        .zip(&response)
-    {
+    for (row, (s, b)) in trained.iter().zip(served[0].iter().zip(&base[0])) {
         assert!(
-            (row[y as usize] - s.logprob).abs() < 1e-3,
+            (row[0] - s.logprob).abs() < 1e-3,
             "{} vs {}",
-            row[y as usize],
+            row[0],
             s.logprob
         );
         moved += (s.logprob - b.logprob).abs();
@@ -284,18 +295,22 @@ fn adapter_gradients_through_the_whole_model_match_finite_differences() {
     t.train_step(std::slice::from_ref(&sample)).expect("step");
     let mut tokens = p.clone();
     tokens.extend_from_slice(&response[..response.len() - 1]);
+    // Fixed ids keep the objective smooth: ℓ of each response token and of a few others.
+    let ids: Vec<Vec<u32>> = response.iter().map(|&y| vec![y, 5, 40, 100]).collect();
     let objective = |t: &Trainer| -> f64 {
-        let lp = t
+        let gather = Gather::Ids(ids.clone());
+        let (lp, _) = t
             .policy
-            .log_probs(&tokens, p.len() - 1, Mode::Eval)
+            .head(&tokens, p.len() - 1, gather, Mode::Eval)
             .expect("forward");
         lp.sum_all()
             .and_then(|x| x.to_scalar::<f32>())
             .expect("sum") as f64
     };
-    let lp = t
+    let gather = Gather::Ids(ids.clone());
+    let (lp, _) = t
         .policy
-        .log_probs(&tokens, p.len() - 1, Mode::Eval)
+        .head(&tokens, p.len() - 1, gather, Mode::Eval)
         .expect("forward");
     let grads = lp.sum_all().expect("sum").backward().expect("backward");
     // Check one entry of A and of B in the first and last block's q and down projections.

@@ -1,0 +1,190 @@
+//! The output head as one fused op: logits, log-softmax, top-k and the gather of the few
+//! log-probs the objective uses, in one pass over the vocabulary.
+//!
+//! Composed from candle ops, the head keeps half a dozen `[T, vocab]` tensors in the graph
+//! (and as many gradients): for 256 tokens and 49k words, about 300 MB per sample, and most of
+//! the elementwise time. Here the graph keeps only the `[T, m]` gathered log-probs; the
+//! softmax is kept for the backward, which is `∂L/∂z = scatter(G) − p·ΣG`, carried to the
+//! hidden state through the frozen output matrix.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use clawrl_kernels::ops::top_k;
+use clawrl_model::QMatrix;
+use rayon::prelude::*;
+
+/// Which log-probs the head returns per position.
+#[derive(Clone, Debug)]
+pub enum Gather {
+    /// `ℓ(y_i)` then the `k` most likely tokens' log-probs (the student support S^q_i).
+    TokenAndTopK {
+        /// The response token at each position.
+        tokens: Vec<u32>,
+        /// k.
+        k: usize,
+    },
+    /// The log-probs of the given ids at each position (a teacher on the student's support).
+    Ids(Vec<Vec<u32>>),
+}
+
+/// What the head measured beside the gathered log-probs.
+#[derive(Clone, Debug, Default)]
+pub struct HeadStats {
+    /// The gathered ids per position (for `TokenAndTopK`: `y_i`, then S_i most likely first).
+    pub ids: Vec<Vec<u32>>,
+    /// The `k` most likely ids per position (of this distribution).
+    pub top_k: Vec<Vec<u32>>,
+    /// Σ over positions of the distribution's entropy, in nats.
+    pub entropy_sum: f64,
+}
+
+#[derive(Default)]
+struct Saved {
+    probs: Vec<f32>,
+    stats: HeadStats,
+}
+
+/// The fused head over a frozen output matrix (`vocab × hidden`).
+#[derive(Clone)]
+pub struct Head {
+    w: Arc<QMatrix>,
+    gather: Arc<Gather>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl Head {
+    /// A head gathering `gather` through the output matrix `w`.
+    pub fn new(w: Arc<QMatrix>, gather: Gather) -> Self {
+        Self {
+            w,
+            gather: Arc::new(gather),
+            saved: Arc::default(),
+        }
+    }
+
+    /// `[T, m]` gathered log-probs of the final hidden states `h: [T, hidden]`, and the stats.
+    pub fn forward(&self, h: &Tensor) -> Result<(Tensor, HeadStats)> {
+        let out = h.contiguous()?.apply_op1(self.clone())?;
+        let stats = self
+            .saved
+            .lock()
+            .map(|s| s.stats.clone())
+            .unwrap_or_default();
+        Ok((out, stats))
+    }
+
+    fn k(&self) -> usize {
+        match &*self.gather {
+            Gather::TokenAndTopK { k, .. } => *k,
+            Gather::Ids(ids) => ids.first().map_or(0, Vec::len),
+        }
+    }
+}
+
+impl CustomOp1 for Head {
+    fn name(&self) -> &'static str {
+        "vocab-head"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("the head takes f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("the head takes a contiguous input")
+        };
+        let (t, hidden) = layout.shape().dims2()?;
+        if hidden != self.w.cols() {
+            candle_core::bail!("the head takes {} features, got {hidden}", self.w.cols());
+        }
+        let vocab = self.w.rows();
+        let k = self.k();
+        let rows: Vec<Vec<u32>> = match &*self.gather {
+            Gather::TokenAndTopK { tokens, .. } if tokens.len() == t => {
+                tokens.iter().map(|&y| vec![y]).collect()
+            }
+            Gather::Ids(ids) if ids.len() == t && ids.iter().all(|r| r.len() == k) => ids.clone(),
+            _ => candle_core::bail!(
+                "the head was given ids for a different number of positions than {t}"
+            ),
+        };
+        if rows.iter().flatten().any(|&v| v as usize >= vocab) {
+            candle_core::bail!("a gathered id is outside the vocabulary of {vocab}");
+        }
+        let mut probs = vec![0f32; t * vocab];
+        self.w.matmul_f32(&data[start..end], t, &mut probs);
+        // Per row: log-softmax, top-k and entropy, then the row becomes its softmax.
+        let gather_top = matches!(&*self.gather, Gather::TokenAndTopK { .. });
+        let per_row: Vec<(Vec<u32>, Vec<f32>, f64, Vec<u32>)> = probs
+            .par_chunks_mut(vocab)
+            .zip(rows.into_par_iter())
+            .map(|(z, mut ids)| {
+                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                let lse = max + sum.ln() as f32;
+                for v in z.iter_mut() {
+                    *v -= lse;
+                }
+                let top: Vec<u32> = top_k(z, k).into_iter().map(|(i, _)| i).collect();
+                if gather_top {
+                    ids.extend_from_slice(&top);
+                }
+                let lp: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
+                let mut entropy = 0f64;
+                for v in z.iter_mut() {
+                    let p = v.exp();
+                    if p > 0.0 {
+                        entropy -= (p * *v) as f64;
+                    }
+                    *v = p;
+                }
+                (ids, lp, entropy, top)
+            })
+            .collect();
+        let m = per_row.first().map_or(0, |r| r.0.len());
+        let mut stats = HeadStats::default();
+        let mut out = Vec::with_capacity(t * m);
+        for (ids, lp, e, top) in per_row {
+            out.extend_from_slice(&lp);
+            stats.entropy_sum += e;
+            stats.ids.push(ids);
+            stats.top_k.push(top);
+        }
+        if let Ok(mut s) = self.saved.lock() {
+            *s = Saved { probs, stats };
+        }
+        Ok((CpuStorage::F32(out), Shape::from((t, m))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = grad.contiguous()?.to_vec2::<f32>()?;
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the head's saved state is poisoned".into()))?;
+        let vocab = self.w.rows();
+        let t = g.len();
+        // ∂L/∂z[v] = Σ_j G_j·(1[v = id_j] − p_v) = scatter(G)[v] − p_v·Σ_j G_j.
+        let mut dz = vec![0f32; t * vocab];
+        dz.par_chunks_mut(vocab)
+            .zip(saved.probs.par_chunks(vocab))
+            .zip(g.par_iter().zip(saved.stats.ids.par_iter()))
+            .for_each(|((d, p), (gr, ids))| {
+                let total: f32 = gr.iter().sum();
+                for (dv, pv) in d.iter_mut().zip(p) {
+                    *dv = -pv * total;
+                }
+                for (&gj, &id) in gr.iter().zip(ids) {
+                    d[id as usize] += gj;
+                }
+            });
+        let mut dh = vec![0f32; t * self.w.cols()];
+        self.w.matmul_transposed(&dz, t, &mut dh);
+        Ok(Some(Tensor::from_vec(
+            dh,
+            (t, self.w.cols()),
+            &candle_core::Device::Cpu,
+        )?))
+    }
+}
