@@ -295,11 +295,20 @@ fn rayon_par() -> Parallelism {
     }
 }
 
+/// `X·Wᵀ` for `x: m × k` and `w: n × k` (both row-major f32), as a new `m × n` matrix.
+pub fn xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(x.len() == m * k && w.len() == n * k, "xwt sizes");
+    let mut out = vec![0f32; m * n];
+    // SAFETY: out is m × n with row stride n; x and w hold m·k and n·k values.
+    unsafe { gemm_xwt(m, n, k, x, w, out.as_mut_ptr(), n, rayon_par()) };
+    out
+}
+
 /// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `x: m × k`, `w: n × k`; `out` has row stride `ld`.
 ///
 /// # Safety
 /// `out` must be valid for writes at `i·ld + j` for every `i < m`, `j < n`.
-pub unsafe fn gemm_xwt(
+unsafe fn gemm_xwt(
     m: usize,
     n: usize,
     k: usize,

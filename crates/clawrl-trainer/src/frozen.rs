@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use clawrl_kernels::matmul::xwt;
 use clawrl_model::QMatrix;
 
 /// `y = x·Wᵀ` (or `y = x·W` when `transposed`) with W frozen.
@@ -23,6 +24,11 @@ impl FrozenLinear {
             w,
             transposed: false,
         }
+    }
+
+    /// The frozen weight.
+    pub fn weight(&self) -> Arc<QMatrix> {
+        self.w.clone()
     }
 
     /// Applies the layer to `x: [n, in]`.
@@ -68,5 +74,101 @@ impl CustomOp1 for FrozenLinear {
             transposed: !self.transposed,
         };
         Ok(Some(grad.contiguous()?.apply_op1(back)?))
+    }
+}
+
+/// `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ` as one op over `(x, A, B)` with W frozen: the adapter's
+/// intermediates never enter the graph, and the backward gives x, A and B their gradients:
+/// `dx = dy·W + s·(dy·B)·A`, `dA = s·(dy·B)ᵀ·x`, `dB = s·dyᵀ·(x·Aᵀ)`.
+#[derive(Clone)]
+pub struct LoraLinear {
+    w: Arc<QMatrix>,
+    scale: f64,
+}
+
+impl LoraLinear {
+    /// The frozen weight `w` with an adapter scaled by `scale` (α / r).
+    pub fn new(w: Arc<QMatrix>, scale: f64) -> Self {
+        Self { w, scale }
+    }
+
+    /// Applies the layer to `x: [n, in]` with adapter `a: [r, in]`, `b: [out, r]`.
+    pub fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op3(a, b, self.clone())
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("lora-linear takes f32")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("lora-linear takes contiguous inputs")
+    };
+    Ok(&data[start..end])
+}
+
+impl candle_core::CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, a, b) = (slice(xs, xl)?, slice(as_, al)?, slice(bs, bl)?);
+        let (n, input) = xl.shape().dims2()?;
+        let (rank, a_in) = al.shape().dims2()?;
+        let (output, b_rank) = bl.shape().dims2()?;
+        if input != self.w.cols() || a_in != input || b_rank != rank || output != self.w.rows() {
+            candle_core::bail!(
+                "lora-linear: shapes x {n}×{input}, A {rank}×{a_in}, B {output}×{b_rank} do not fit W {}×{}",
+                self.w.rows(),
+                self.w.cols()
+            );
+        }
+        let mut y = vec![0f32; n * output];
+        self.w.matmul_f32(x, n, &mut y);
+        let xa = xwt(x, a, n, rank, input);
+        let delta = xwt(&xa, b, n, output, rank);
+        let s = self.scale as f32;
+        for (o, d) in y.iter_mut().zip(&delta) {
+            *o += s * d;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, output))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b, dy) = (
+            x.detach(),
+            a.detach(),
+            b.detach(),
+            dy.detach().contiguous()?,
+        );
+        let dyb = dy.matmul(&b)?;
+        let through_w = dy.apply_op1(FrozenLinear {
+            w: self.w.clone(),
+            transposed: true,
+        })?;
+        let dx = through_w.add(&dyb.matmul(&a)?.affine(self.scale, 0.0)?)?;
+        let da = dyb.t()?.matmul(&x)?.affine(self.scale, 0.0)?;
+        let db = dy
+            .t()?
+            .matmul(&x.matmul(&a.t()?)?)?
+            .affine(self.scale, 0.0)?;
+        Ok((Some(dx), Some(da), Some(db)))
     }
 }

@@ -10,7 +10,7 @@ use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeSt
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::frozen::FrozenLinear;
+use crate::frozen::{FrozenLinear, LoraLinear};
 use crate::head::{Gather, Head, HeadStats};
 use crate::lora::{LoraConfig, Target};
 
@@ -240,20 +240,20 @@ impl TrainablePolicy {
     }
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.blocks[l].proj[&t].forward(x)?;
+        let base = &self.blocks[l].proj[&t];
         let Some(p) = self.lora.get(&(l, t)).filter(|_| mode != Mode::Reference) else {
-            return Ok(y);
+            return base.forward(x);
         };
-        let train = mode == Mode::Train;
-        let x = if train && self.lora_config.dropout > 0.0 {
-            dropout(x, self.lora_config.dropout)?
-        } else {
-            x.clone()
-        };
-        let delta = x
-            .matmul(&p.a.as_tensor().t()?)?
-            .matmul(&p.b.as_tensor().t()?)?;
-        y.add(&delta.affine(self.lora_config.scale(), 0.0)?)
+        let scale = self.lora_config.scale();
+        if mode == Mode::Train && self.lora_config.dropout > 0.0 {
+            // Dropout reaches the adapter's input only, so the adapter runs beside the base.
+            let dropped = dropout(x, self.lora_config.dropout)?;
+            let delta = dropped
+                .matmul(&p.a.as_tensor().t()?)?
+                .matmul(&p.b.as_tensor().t()?)?;
+            return base.forward(x)?.add(&delta.affine(scale, 0.0)?);
+        }
+        LoraLinear::new(base.weight(), scale).forward(x, p.a.as_tensor(), p.b.as_tensor())
     }
 
     /// Rotates `x: [heads, len, head_dim]` as the engine does (same pairing, same angles).

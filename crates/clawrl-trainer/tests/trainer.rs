@@ -359,3 +359,43 @@ fn adapter_gradients_through_the_whole_model_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn adapter_dropout_trains_too() {
+    let m = Model::tiny(18);
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        ..Default::default()
+    };
+    let policy = TrainablePolicy::new(&m, lora, 1).expect("policy");
+    let mut t = Trainer::new(
+        policy,
+        AdamWConfig {
+            lr: 5e-3,
+            ..Default::default()
+        },
+        TrainConfig::default(),
+    )
+    .expect("trainer");
+    let p = prompt(&m, "pick one");
+    let good = m.tokenizer.encode("in the end").expect("encodes");
+    let before = t.mean_logprob(&p, &good).expect("lp");
+    let sample = TrainSample {
+        prompt: p.clone(),
+        response: good.clone(),
+        advantage: Some(1.0),
+        hint_prompt: None,
+    };
+    for _ in 0..4 {
+        assert!(
+            t.train_step(std::slice::from_ref(&sample))
+                .expect("step")
+                .loss
+                .loss
+                .is_finite()
+        );
+    }
+    assert!(t.mean_logprob(&p, &good).expect("lp") > before);
+}
