@@ -61,7 +61,7 @@ impl QMatrix {
             Storage::Q8_0(v) => (v.len(), cols / QK),
         };
         let blocked = !matches!(storage, Storage::F32(_));
-        if blocked && cols % QK != 0 {
+        if blocked && !cols.is_multiple_of(QK) {
             return Err(ShapeError(format!(
                 "a quantized matrix needs a multiple of {QK} columns, got {cols}"
             )));
@@ -308,6 +308,7 @@ pub fn xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 ///
 /// # Safety
 /// `out` must be valid for writes at `i·ld + j` for every `i < m`, `j < n`.
+#[allow(clippy::too_many_arguments)] // the shape of gemm's own call
 unsafe fn gemm_xwt(
     m: usize,
     n: usize,

@@ -183,7 +183,7 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<(u32, f32)> {
     // A sorted buffer of k beats a heap for the small k used here (≤ 20).
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &v) in x.iter().enumerate() {
-        if best.len() == k && !(v > best[k - 1].1) {
+        if best.len() == k && v.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         let at = best.partition_point(|&(_, b)| b >= v);

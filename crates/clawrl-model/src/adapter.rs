@@ -137,19 +137,18 @@ impl LoraAdapter {
             .blocks
             .get(layer)
             .and_then(|b| b[target.index()].as_ref())
+            && (w.a.cols() != base.cols() || w.b.rows() != base.rows() || w.a.rows() != w.b.cols())
         {
-            if w.a.cols() != base.cols() || w.b.rows() != base.rows() || w.a.rows() != w.b.cols() {
-                return Err(Error::InvalidArgument(format!(
-                    "LoRA {} of block {layer} is {}×{} · {}×{}, the base is {}×{}",
-                    target.peft_name(),
-                    w.b.rows(),
-                    w.b.cols(),
-                    w.a.rows(),
-                    w.a.cols(),
-                    base.rows(),
-                    base.cols()
-                )));
-            }
+            return Err(Error::InvalidArgument(format!(
+                "LoRA {} of block {layer} is {}×{} · {}×{}, the base is {}×{}",
+                target.peft_name(),
+                w.b.rows(),
+                w.b.cols(),
+                w.a.rows(),
+                w.a.cols(),
+                base.rows(),
+                base.cols()
+            )));
         }
         Ok(())
     }

@@ -72,13 +72,13 @@ impl ModelConfig {
 
     /// Checks the relations the forward pass relies on.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "{} heads cannot share {} key/value heads",
                 self.heads, self.kv_heads
             ));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return Err(format!(
                 "rope dimension {} does not fit head dimension {}",
                 self.rope_dim, self.head_dim

@@ -268,10 +268,11 @@ impl Policy<'_> {
             }
             logits = self.forward(&[id], &mut cache, 1)?;
         };
-        if finish == FinishReason::Stop && emitted < text.len() {
-            if let Some(last) = tokens.last() {
-                let _ = on_token(last, &text[emitted..]);
-            }
+        if finish == FinishReason::Stop
+            && emitted < text.len()
+            && let Some(last) = tokens.last()
+        {
+            let _ = on_token(last, &text[emitted..]);
         }
         debug!(tokens = tokens.len(), ?finish, "generated");
         Ok(Generation {

@@ -170,10 +170,10 @@ impl Tokenizer {
             .iter()
             .filter(|s| END_OF_TURN.contains(&s.as_str()))
         {
-            if let Some(id) = inner.token_to_id(s) {
-                if !end_of_generation.contains(&id) {
-                    end_of_generation.push(id);
-                }
+            if let Some(id) = inner.token_to_id(s)
+                && !end_of_generation.contains(&id)
+            {
+                end_of_generation.push(id);
             }
         }
         Self {
@@ -198,10 +198,10 @@ impl Tokenizer {
     /// template did not already write it.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(text)?;
-        if let (true, Some(bos)) = (self.add_bos, self.bos) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let (true, Some(bos)) = (self.add_bos, self.bos)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }

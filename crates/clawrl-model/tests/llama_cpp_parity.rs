@@ -145,7 +145,7 @@ fn response_logprobs_match_llama_cpp_within_0_05_nats() {
         s.prompt_ids
     );
     let rows = m
-        .score(&[s.prompt_ids.clone()], &s.response_ids, 4)
+        .score(std::slice::from_ref(&s.prompt_ids), &s.response_ids, 4)
         .expect("scores");
     let ours: Vec<f32> = rows[0].iter().map(|p| p.logprob).collect();
     let mad = ours

@@ -39,6 +39,9 @@ pub struct HeadStats {
     pub entropy_sum: f64,
 }
 
+/// One position's gathered ids, their log-probs, the entropy and the top-k ids.
+type Row = (Vec<u32>, Vec<f32>, f64, Vec<u32>);
+
 #[derive(Default)]
 struct Saved {
     probs: Vec<f32>,
@@ -116,7 +119,7 @@ impl CustomOp1 for Head {
         self.w.matmul_f32(&data[start..end], t, &mut probs);
         // Per row: log-softmax, top-k and entropy, then the row becomes its softmax.
         let gather_top = matches!(&*self.gather, Gather::TokenAndTopK { .. });
-        let per_row: Vec<(Vec<u32>, Vec<f32>, f64, Vec<u32>)> = probs
+        let per_row: Vec<Row> = probs
             .par_chunks_mut(vocab)
             .zip(rows.into_par_iter())
             .map(|(z, mut ids)| {
