@@ -8,6 +8,7 @@ mod adamw;
 pub mod demo;
 mod error;
 mod frozen;
+mod fused;
 mod head;
 mod lora;
 mod peft;

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::frozen::{FrozenLinear, LoraLinear};
+use crate::fused::{Attention, RmsNorm, Rope, causal_mask};
 use crate::head::{Gather, Head, HeadStats};
 use crate::lora::{LoraConfig, Target};
 
@@ -195,9 +196,15 @@ impl TrainablePolicy {
         }
         let mut x = f32_tensor(rows, &[len, c.hidden])?;
         let mask = causal_mask(len)?;
-        let (cos, sin) = (self.cos.narrow(0, 0, len)?, self.sin.narrow(0, 0, len)?);
+        let rope = Rope::new(
+            self.cos.narrow(0, 0, len)?.contiguous()?,
+            self.sin.narrow(0, 0, len)?.contiguous()?,
+            c.rope_dim,
+            c.rope_style == RopeStyle::Interleaved,
+        );
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &b.attn_norm, c.rms_eps)?;
+            let h = RmsNorm::new(b.attn_norm.clone(), c.rms_eps as f64).forward(&x)?;
             let mut q = self.linear(l, Target::Q, &h, mode)?;
             let mut k = self.linear(l, Target::K, &h, mode)?;
             let mut v = self.linear(l, Target::V, &h, mode)?;
@@ -209,11 +216,11 @@ impl TrainablePolicy {
             let mut q = q.reshape((len, c.heads, c.head_dim))?;
             let mut k = k.reshape((len, c.kv_heads, c.head_dim))?;
             if let Some([qn, kn]) = &b.qk_norm {
-                q = rms_norm(&q, qn, c.rms_eps)?;
-                k = rms_norm(&k, kn, c.rms_eps)?;
+                q = RmsNorm::new(qn.clone(), c.rms_eps as f64).forward(&q)?;
+                k = RmsNorm::new(kn.clone(), c.rms_eps as f64).forward(&k)?;
             }
-            let q = self.rope(&q.transpose(0, 1)?.contiguous()?, &cos, &sin)?;
-            let k = self.rope(&k.transpose(0, 1)?.contiguous()?, &cos, &sin)?;
+            let q = rope.forward(&q.transpose(0, 1)?)?;
+            let k = rope.forward(&k.transpose(0, 1)?)?;
             let v = v
                 .reshape((len, c.kv_heads, c.head_dim))?
                 .transpose(0, 1)?
@@ -222,20 +229,20 @@ impl TrainablePolicy {
                 repeat_kv(&k, c.heads / c.kv_heads)?,
                 repeat_kv(&v, c.heads / c.kv_heads)?,
             );
-            let scores = q
-                .matmul(&k.t()?)?
-                .affine(1.0 / (c.head_dim as f64).sqrt(), 0.0)?
-                .broadcast_add(&mask)?;
-            let att = softmax_last(&scores)?.matmul(&v)?;
+            let att = Attention::new(mask.clone(), scale).forward(&q, &k, &v)?;
             let att = att.transpose(0, 1)?.reshape((len, c.q_dim()))?;
             x = x.add(&self.linear(l, Target::O, &att, mode)?)?;
 
-            let h = rms_norm(&x, &b.ffn_norm, c.rms_eps)?;
+            let h = RmsNorm::new(b.ffn_norm.clone(), c.rms_eps as f64).forward(&x)?;
             let g = self.linear(l, Target::Gate, &h, mode)?;
             let u = self.linear(l, Target::Up, &h, mode)?;
             x = x.add(&self.linear(l, Target::Down, &g.silu()?.mul(&u)?, mode)?)?;
         }
-        let x = rms_norm(&x.narrow(0, from, len - from)?, &self.norm, c.rms_eps)?;
+        let x = RmsNorm::new(self.norm.clone(), c.rms_eps as f64).forward(&x.narrow(
+            0,
+            from,
+            len - from,
+        )?)?;
         Head::new(self.output.clone(), gather).forward(&x)
     }
 
@@ -255,64 +262,6 @@ impl TrainablePolicy {
         }
         LoraLinear::new(base.weight(), scale).forward(x, p.a.as_tensor(), p.b.as_tensor())
     }
-
-    /// Rotates `x: [heads, len, head_dim]` as the engine does (same pairing, same angles).
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
-        let (heads, len, hd) = x.dims3()?;
-        let half = c.rope_dim / 2;
-        let rot = x.narrow(2, 0, c.rope_dim)?;
-        let rotated = match c.rope_style {
-            RopeStyle::Interleaved => {
-                let pairs = rot.reshape((heads, len, half, 2))?;
-                let (x0, x1) = (
-                    pairs.narrow(3, 0, 1)?.squeeze(3)?,
-                    pairs.narrow(3, 1, 1)?.squeeze(3)?,
-                );
-                let r0 = x0.broadcast_mul(cos)?.sub(&x1.broadcast_mul(sin)?)?;
-                let r1 = x0.broadcast_mul(sin)?.add(&x1.broadcast_mul(cos)?)?;
-                Tensor::stack(&[r0, r1], 3)?.reshape((heads, len, c.rope_dim))?
-            }
-            RopeStyle::Half => {
-                let (x0, x1) = (rot.narrow(2, 0, half)?, rot.narrow(2, half, half)?);
-                let r0 = x0.broadcast_mul(cos)?.sub(&x1.broadcast_mul(sin)?)?;
-                let r1 = x0.broadcast_mul(sin)?.add(&x1.broadcast_mul(cos)?)?;
-                Tensor::cat(&[r0, r1], 2)?
-            }
-        };
-        if c.rope_dim == hd {
-            Ok(rotated)
-        } else {
-            Tensor::cat(&[rotated, x.narrow(2, c.rope_dim, hd - c.rope_dim)?], 2)
-        }
-    }
-}
-
-/// RMSNorm over the last dimension, from differentiable ops.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    let inv = x
-        .sqr()?
-        .mean_keepdim(D::Minus1)?
-        .affine(1.0, eps as f64)?
-        .sqrt()?
-        .recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
-}
-
-/// Softmax over the last dimension, from differentiable ops.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let e = x
-        .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
-        .exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// 0 on and below the diagonal, a large negative number above it.
-fn causal_mask(len: usize) -> Result<Tensor> {
-    let v: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { -1e9 } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(v, (len, len), &Device::Cpu)
 }
 
 /// `[kv, len, d]` → `[kv·n, len, d]`, each key/value head repeated for its query heads.
