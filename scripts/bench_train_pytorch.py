@@ -98,6 +98,8 @@ def main():
     ours, theirs = [], []
     for r in range(args.rounds):
         theirs.append(torch_step(model, opt, batch))
+        # PyTorch's OpenMP threads spin for a while after their work; let them settle first.
+        time.sleep(2)
         out = subprocess.run([args.binary, "--model", path, "--threads", str(args.threads), "bench", "train",
                               "--json", "--samples", str(args.samples), "--tokens", str(args.tokens)],
                              check=True, capture_output=True, text=True).stdout
