@@ -237,3 +237,15 @@ fn a_missing_or_corrupt_model_file_is_a_clear_error() {
     let err = Model::load(&empty).expect_err("empty dir");
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+#[test]
+fn token_bytes_concatenate_to_the_text() {
+    let m = Model::tiny(9);
+    let text = "héllo <|im_end|> wörld 🦀";
+    let ids = m.tokenizer.encode(text).expect("encodes");
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&id| m.tokenizer.token_bytes(id))
+        .collect();
+    assert_eq!(bytes, text.as_bytes());
+}

@@ -335,3 +335,16 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
     m.mean_abs_delta = if sup_n > 0.0 { abs_delta / sup_n } else { 0.0 };
     Ok((loss, m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in [Method::Combined, Method::Rl, Method::Opd] {
+            assert_eq!(Method::parse(m.name()), Some(m));
+        }
+        assert_eq!(Method::parse("ppo"), None);
+    }
+}

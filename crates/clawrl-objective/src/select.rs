@@ -135,6 +135,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mode_names_round_trip() {
+        for m in [
+            SelectionMode::Sequence,
+            SelectionMode::Token,
+            SelectionMode::Random,
+            SelectionMode::Longest,
+        ] {
+            assert_eq!(SelectionMode::parse(m.name()), Some(m));
+        }
+        assert_eq!(SelectionMode::parse("best"), None);
+    }
+
+    #[test]
     fn overlap_counts_shared_tokens_per_position() {
         let student = vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]];
         let teachers = vec![

@@ -151,6 +151,26 @@ impl Trainer {
                 config.r, lc.rank
             )));
         }
+        let mut targets: Vec<Target> = config
+            .target_modules
+            .iter()
+            .map(|m| {
+                Target::parse(m).ok_or_else(|| {
+                    Error::Io(format!("{}: unknown target module {m}", path.display()))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut ours = lc.targets.clone();
+        targets.sort();
+        ours.sort();
+        if targets != ours {
+            return Err(Error::Io(format!(
+                "{}: the adapter wraps {:?}, the trainer {:?}",
+                path.display(),
+                config.target_modules,
+                ours
+            )));
+        }
         let weights = dir.join(WEIGHTS_FILE);
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)?;
         let perms = self.permutations();
