@@ -75,20 +75,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
 }
 
-/// `y ← y + a·x`.
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    #[cfg(target_arch = "x86_64")]
-    if simd_enabled() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { avx2::axpy(a, x, y) };
-        return;
-    }
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
-}
-
 fn scalar_q4_1(w: &BlockQ4_1, a: &BlockQ8_1) -> f32 {
     let mut sumi = 0i32;
     for j in 0..QK / 2 {
@@ -197,26 +183,6 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n, within both slices.
-            unsafe {
-                let yv = _mm256_loadu_ps(y.as_ptr().add(i));
-                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
-                _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_fmadd_ps(av, xv, yv));
-            }
-            i += 8;
-        }
-        while i < n {
-            y[i] += a * x[i];
-            i += 1;
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
     pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -295,17 +261,6 @@ mod tests {
                 (o - expect).abs() < 1e-3 * expect.abs().max(1.0),
                 "{o} vs {expect}"
             );
-        }
-    }
-
-    #[test]
-    fn axpy_adds_a_scaled_vector() {
-        let x = random(21, 12);
-        let mut y = random(21, 13);
-        let want: Vec<f32> = y.iter().zip(&x).map(|(y, x)| y + 0.5 * x).collect();
-        axpy(0.5, &x, &mut y);
-        for (a, b) in y.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-6);
         }
     }
 

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::dot::{axpy, dot_f32};
+use crate::dot::dot_f32;
 
 /// RMSNorm of every `w.len()`-long row of `x` into `out`: `out = x / rms(x) · w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -144,7 +144,9 @@ pub fn attention(
             o.fill(0.0);
             for (p, &s) in scores.iter().enumerate() {
                 let off = p * kv_stride + kvh * head_dim;
-                axpy(s, &v_cache[off..off + head_dim], o);
+                for (a, &v) in o.iter_mut().zip(&v_cache[off..off + head_dim]) {
+                    *a += s * v;
+                }
             }
         });
 }
