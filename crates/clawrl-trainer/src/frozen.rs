@@ -43,13 +43,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-linear takes f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-linear takes a contiguous input")
-        };
-        let x = &data[start..end];
+        let x = f32_input("frozen-linear", storage, layout)?;
         let (n, k) = layout.shape().dims2()?;
         let (input, output) = if self.transposed {
             (self.w.rows(), self.w.cols())
@@ -98,12 +92,13 @@ impl LoraLinear {
     }
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+/// A custom op's input as a contiguous f32 slice; `op` names the op in the error.
+pub(crate) fn f32_input<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
-        candle_core::bail!("lora-linear takes f32")
+        candle_core::bail!("{op} takes f32")
     };
     let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("lora-linear takes contiguous inputs")
+        candle_core::bail!("{op} takes contiguous inputs")
     };
     Ok(&data[start..end])
 }
@@ -122,7 +117,11 @@ impl candle_core::CustomOp3 for LoraLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, a, b) = (slice(xs, xl)?, slice(as_, al)?, slice(bs, bl)?);
+        let (x, a, b) = (
+            f32_input("lora-linear", xs, xl)?,
+            f32_input("lora-linear", as_, al)?,
+            f32_input("lora-linear", bs, bl)?,
+        );
         let (n, input) = xl.shape().dims2()?;
         let (rank, a_in) = al.shape().dims2()?;
         let (output, b_rank) = bl.shape().dims2()?;

@@ -9,15 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, Device, Layout, Result, Shape, Tensor};
 
+use crate::frozen::f32_input;
+
 /// A contiguous f32 view of a custom op's input as a fresh tensor (outside any graph).
 fn input(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("fused ops take f32")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused ops take contiguous inputs")
-    };
-    Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu)
+    Tensor::from_slice(f32_input("fused op", s, l)?, l.shape(), &Device::Cpu)
 }
 
 fn output(t: &Tensor) -> Result<(CpuStorage, Shape)> {

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use clawrl_kernels::ops::top_k;
 use clawrl_model::QMatrix;
+
+use crate::frozen::f32_input;
 use rayon::prelude::*;
 
 /// Which log-probs the head returns per position.
@@ -91,12 +93,7 @@ impl CustomOp1 for Head {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("the head takes f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("the head takes a contiguous input")
-        };
+        let x = f32_input("the head", storage, layout)?;
         let (t, hidden) = layout.shape().dims2()?;
         if hidden != self.w.cols() {
             candle_core::bail!("the head takes {} features, got {hidden}", self.w.cols());
@@ -116,7 +113,7 @@ impl CustomOp1 for Head {
             candle_core::bail!("a gathered id is outside the vocabulary of {vocab}");
         }
         let mut probs = vec![0f32; t * vocab];
-        self.w.matmul_f32(&data[start..end], t, &mut probs);
+        self.w.matmul_f32(x, t, &mut probs);
         // Per row: log-softmax, top-k and entropy, then the row becomes its softmax.
         let gather_top = matches!(&*self.gather, Gather::TokenAndTopK { .. });
         let per_row: Vec<Row> = probs
