@@ -6,7 +6,9 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use clawrl_model::{GenerateParams, Model, Sampling};
-use clawrl_trainer::{AdamWConfig, LoraConfig, TrainConfig, TrainSample, TrainablePolicy, Trainer};
+use clawrl_trainer::{
+    AdamWConfig, LoraConfig, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
+};
 use serde::Serialize;
 
 #[derive(Subcommand)]
@@ -28,6 +30,9 @@ pub(crate) struct TrainBench {
     /// LoRA rank.
     #[arg(long, default_value_t = 16)]
     rank: usize,
+    /// Full fine-tuning (every projection trains) instead of LoRA.
+    #[arg(long)]
+    full: bool,
     /// Measured steps (the median is reported) after one warm-up step.
     #[arg(long, default_value_t = 1)]
     steps: usize,
@@ -42,7 +47,8 @@ struct TrainReport {
     peak_rss_mb: f64,
     samples: usize,
     tokens: usize,
-    rank: usize,
+    /// `null` under full fine-tuning.
+    rank: Option<usize>,
     threads: usize,
 }
 
@@ -184,15 +190,16 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
             hint_prompt: Some(hint_prompt.clone()),
         })
         .collect();
-    let policy = TrainablePolicy::new(
-        model,
-        LoraConfig {
+    let tuning = if b.full {
+        Tuning::Full
+    } else {
+        Tuning::Lora(LoraConfig {
             rank: b.rank,
             alpha: 2.0 * b.rank as f64,
             ..Default::default()
-        },
-        0,
-    )?;
+        })
+    };
+    let policy = TrainablePolicy::with_tuning(model, tuning, 0)?;
     let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;
     let mut times = Vec::new();
     for step in 0..=b.steps {
@@ -215,7 +222,7 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
         peak_rss_mb: peak_rss_mb(),
         samples: b.samples,
         tokens: b.tokens,
-        rank: b.rank,
+        rank: (!b.full).then_some(b.rank),
         threads,
     };
     if b.json {

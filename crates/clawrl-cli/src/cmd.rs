@@ -229,6 +229,9 @@ pub(crate) struct ScoreArgs {
     /// {"prompts": [[{"role": "user", "content": "…"}], …] | "raw_prompts": ["…"],
     ///  "response": "…" | "response_ids": [..], "top_k": 4}
     input: Option<PathBuf>,
+    /// Score with this LoRA adapter (a PEFT directory) on top of the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -250,7 +253,7 @@ fn default_top_k() -> usize {
 
 #[derive(Serialize)]
 struct ScoreRow {
-    prompt_tokens: usize,
+    prompt_ids: Vec<u32>,
     logprobs: Vec<f32>,
     top_logprobs: Vec<Vec<(u32, f32)>>,
 }
@@ -283,12 +286,21 @@ pub(crate) fn score(args: ScoreArgs, model: &Model) -> Result<()> {
         (None, Some(ids)) => ids,
         _ => bail!("give exactly one of \"response\" (text) or \"response_ids\""),
     };
-    let rows = model.score(&prompts, &response, req.top_k)?;
+    let adapter = match &args.adapter {
+        Some(dir) => Some(
+            clawrl_trainer::load_adapter(model, dir, 0)
+                .with_context(|| format!("loading the adapter in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let rows = model
+        .policy(adapter.as_ref())
+        .score(&prompts, &response, req.top_k)?;
     let scores: Vec<ScoreRow> = rows
         .into_iter()
         .zip(&prompts)
         .map(|(row, p)| ScoreRow {
-            prompt_tokens: p.len(),
+            prompt_ids: p.clone(),
             logprobs: row.iter().map(|s| s.logprob).collect(),
             top_logprobs: row.into_iter().map(|s| s.top).collect(),
         })

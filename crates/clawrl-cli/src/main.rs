@@ -57,6 +57,9 @@ enum DemoCmd {
         /// Steps of each kind.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
         steps: u16,
+        /// Save the OPD-trained adapter into this directory (PEFT layout).
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
     },
 }
 
@@ -86,10 +89,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => cmd::generate(a, &model.load()?),
         Command::Score(a) => cmd::score(a, &model.load()?),
         Command::Bench(b) => bench::run(b, &model.load()?, threads),
-        Command::Demo(DemoCmd::Train { steps }) => {
+        Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;
             eprintln!("Learning demo on {}", m.source);
-            clawrl_trainer::demo::run(&m, usize::from(steps), |line| println!("{line}"))?;
+            clawrl_trainer::demo::run(&m, usize::from(steps), save.as_deref(), |line| {
+                println!("{line}")
+            })?;
             Ok(())
         }
     }

@@ -41,6 +41,19 @@ pub struct Block {
 }
 
 impl Block {
+    /// The projection `t`, to replace its weights (full fine-tuning publishes this way).
+    pub fn projection_mut(&mut self, t: Target) -> &mut QMatrix {
+        match t {
+            Target::Q => &mut self.wq,
+            Target::K => &mut self.wk,
+            Target::V => &mut self.wv,
+            Target::O => &mut self.wo,
+            Target::Gate => &mut self.gate,
+            Target::Up => &mut self.up,
+            Target::Down => &mut self.down,
+        }
+    }
+
     /// The projections an adapter can wrap, with their targets.
     pub fn projections(&self) -> [(Target, &QMatrix); 7] {
         [

@@ -3,6 +3,8 @@
 //! and overlap-guided selection prefers the on-topic hint. `clawrl demo train` runs it;
 //! the slow real-model test asserts on it.
 
+use std::path::Path;
+
 use clawrl_model::{Message, Model};
 use clawrl_objective::{SelectionMode, overlap, select};
 
@@ -37,8 +39,14 @@ pub struct DemoOutcome {
     pub chosen: usize,
 }
 
-/// Runs `steps` RL steps, `steps` OPD steps and one selection, calling `log` with each line.
-pub fn run(model: &Model, steps: usize, mut log: impl FnMut(&str)) -> Result<DemoOutcome> {
+/// Runs `steps` RL steps, `steps` OPD steps and one selection, calling `log` with each line;
+/// with `save`, the OPD-trained adapter is written there in PEFT's layout.
+pub fn run(
+    model: &Model,
+    steps: usize,
+    save: Option<&Path>,
+    mut log: impl FnMut(&str),
+) -> Result<DemoOutcome> {
     let lora = LoraConfig {
         rank: 8,
         alpha: 16.0,
@@ -136,6 +144,10 @@ pub fn run(model: &Model, steps: usize, mut log: impl FnMut(&str)) -> Result<Dem
         ));
     }
 
+    if let Some(dir) = save {
+        t.save_peft(dir, Some(&model.source))?;
+        log(&format!("  saved the OPD adapter to {}", dir.display()));
+    }
     drop(t);
 
     log("Selection: which hint explains the response? (sequence mode, k = 4)");

@@ -1,4 +1,4 @@
-//! LoRA hyper-parameters.
+//! What training updates: LoRA adapters (and their hyper-parameters) or every projection.
 
 pub use clawrl_model::Target;
 
@@ -31,4 +31,14 @@ impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
+}
+
+/// What training updates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tuning {
+    /// Low-rank adapters over the frozen base.
+    Lora(LoraConfig),
+    /// Full fine-tuning: every block's seven projections, in f32. The embedding, the output
+    /// head and the norms stay frozen (the head is tied to the embedding in the embedded model).
+    Full,
 }

@@ -1,6 +1,7 @@
 //! Adapters in Hugging Face PEFT's layout (`adapter_config.json` + `adapter_model.safetensors`,
 //! PEFT's tensor names), so they load in PEFT and vLLM; and training checkpoints (adapter,
-//! optimizer moments, step) written atomically and resumable.
+//! optimizer moments, step) written atomically and resumable. Under full fine-tuning the
+//! trained projections are saved instead, with Hugging Face's names (`model.safetensors`).
 //!
 //! GGUF Llama checkpoints store q/k rows permuted for adjacent-pair RoPE (llama.cpp's
 //! converter); PEFT expects Hugging Face's half-split order, so B of q_proj/k_proj is
@@ -11,16 +12,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use clawrl_model::RopeStyle;
+use clawrl_model::{LoraAdapter, Model, RopeStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::AdamWConfig;
 use crate::error::{Error, Result};
-use crate::lora::Target;
-use crate::trainer::Trainer;
+use crate::lora::{LoraConfig, Target};
+use crate::policy::TrainablePolicy;
+use crate::trainer::{TrainConfig, Trainer};
 
 const CONFIG_FILE: &str = "adapter_config.json";
 const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const FULL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 const LATEST: &str = "latest";
@@ -41,11 +44,17 @@ struct PeftConfig {
 }
 
 fn tensor_name(layer: usize, t: Target, part: &str) -> String {
-    format!(
-        "base_model.model.model.layers.{layer}.{}.{}.{part}.weight",
-        t.peft_parent(),
-        t.peft_name()
-    )
+    format!("base_model.model.{}", weight_name(layer, t, Some(part)))
+}
+
+/// Hugging Face's name of block `layer`'s projection `t` (or of its adapter `part`).
+fn weight_name(layer: usize, t: Target, part: Option<&str>) -> String {
+    let parent = t.peft_parent();
+    let name = t.peft_name();
+    match part {
+        Some(part) => format!("model.layers.{layer}.{parent}.{name}.{part}.weight"),
+        None => format!("model.layers.{layer}.{parent}.{name}.weight"),
+    }
 }
 
 /// Row order map between GGUF's interleaved q/k layout and Hugging Face's: `hf_row[g]` is the
@@ -86,21 +95,77 @@ fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     Ok(())
 }
 
-impl Trainer {
-    fn permutations(&self) -> Option<(Vec<u32>, Vec<u32>)> {
-        let c = self.policy.config();
-        (c.rope_style == RopeStyle::Interleaved).then(|| {
-            (
-                hf_rows(c.heads, c.head_dim),
-                hf_rows(c.kv_heads, c.head_dim),
-            )
+/// Reads a PEFT adapter saved for `model` (any rank and targets) as a serving snapshot with
+/// `version`.
+pub fn load_adapter(model: &Model, dir: &Path, version: u64) -> Result<LoraAdapter> {
+    let config = read_config(dir)?;
+    let lora = LoraConfig {
+        rank: config.r,
+        alpha: config.lora_alpha,
+        dropout: 0.0,
+        targets: targets(&config, &dir.join(CONFIG_FILE))?,
+    };
+    let policy = TrainablePolicy::new(model, lora, 0)?;
+    let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;
+    trainer.load_peft(dir)?;
+    Ok(trainer.policy.publish(version)?)
+}
+
+fn read_config(dir: &Path) -> Result<PeftConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+}
+
+fn targets(config: &PeftConfig, path: &Path) -> Result<Vec<Target>> {
+    config
+        .target_modules
+        .iter()
+        .map(|m| {
+            Target::parse(m)
+                .ok_or_else(|| Error::Io(format!("{}: unknown target module {m}", path.display())))
         })
+        .collect()
+}
+
+impl Trainer {
+    /// For q/k of a GGUF Llama, `hf[g]` is the Hugging Face row of our row `g`.
+    fn hf_rows_of(&self, t: Target) -> Option<Vec<u32>> {
+        let c = self.policy.config();
+        let heads = match t {
+            Target::Q => c.heads,
+            Target::K => c.kv_heads,
+            _ => return None,
+        };
+        (c.rope_style == RopeStyle::Interleaved).then(|| hf_rows(heads, c.head_dim))
+    }
+
+    /// `rows` (our row order) in Hugging Face's order.
+    fn to_hf(&self, t: Target, rows: &Tensor) -> Result<Tensor> {
+        let Some(hf) = self.hf_rows_of(t) else {
+            return Ok(rows.clone());
+        };
+        let mut inverse = vec![0u32; hf.len()];
+        for (g, &h) in hf.iter().enumerate() {
+            inverse[h as usize] = g as u32;
+        }
+        Ok(rows.index_select(&Tensor::new(inverse.as_slice(), &Device::Cpu)?, 0)?)
+    }
+
+    /// `rows` in Hugging Face's order, back in ours.
+    fn to_ours(&self, t: Target, rows: &Tensor) -> Result<Tensor> {
+        let Some(hf) = self.hf_rows_of(t) else {
+            return Ok(rows.clone());
+        };
+        Ok(rows.index_select(&Tensor::new(hf.as_slice(), &Device::Cpu)?, 0)?)
     }
 
     /// Saves the adapters in PEFT's layout into `dir` (created if needed).
     pub fn save_peft(&self, dir: &Path, base_model: Option<&str>) -> Result<()> {
+        let lc = self.policy.lora_config().ok_or_else(|| {
+            Error::Io("full fine-tuning has no adapter to save (save_full)".into())
+        })?;
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let lc = self.policy.lora_config();
         let config = PeftConfig {
             peft_type: "LORA".into(),
             task_type: "CAUSAL_LM".into(),
@@ -118,21 +183,10 @@ impl Trainer {
             base_model_name_or_path: base_model.map(str::to_string),
         };
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Io(e.to_string()))?;
-        let perms = self.permutations();
         let mut tensors = HashMap::new();
         for (&(l, t), p) in &self.policy.lora {
-            let mut b = p.b.as_tensor().clone();
-            if let (Some((q, k)), Target::Q | Target::K) = (&perms, t) {
-                // Row g of the GGUF layout goes to row hf[g] of Hugging Face's.
-                let hf = if t == Target::Q { q } else { k };
-                let mut inverse = vec![0u32; hf.len()];
-                for (g, &h) in hf.iter().enumerate() {
-                    inverse[h as usize] = g as u32;
-                }
-                b = b.index_select(&Tensor::new(inverse.as_slice(), &Device::Cpu)?, 0)?;
-            }
             tensors.insert(tensor_name(l, t, "lora_A"), p.a.as_tensor().clone());
-            tensors.insert(tensor_name(l, t, "lora_B"), b);
+            tensors.insert(tensor_name(l, t, "lora_B"), self.to_hf(t, p.b.as_tensor())?);
         }
         save_tensors(&tensors, &dir.join(WEIGHTS_FILE))?;
         write_atomic(&dir.join(CONFIG_FILE), &json)
@@ -141,25 +195,17 @@ impl Trainer {
     /// Loads adapters saved in PEFT's layout into this trainer's policy (same rank and targets).
     pub fn load_peft(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-        let config: PeftConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        let lc = self.policy.lora_config();
+        let config = read_config(dir)?;
+        let lc = self.policy.lora_config().ok_or_else(|| {
+            Error::Io("full fine-tuning loads weights (load_full), not an adapter".into())
+        })?;
         if config.r != lc.rank {
             return Err(Error::Io(format!(
                 "the adapter has rank {}, the trainer {}",
                 config.r, lc.rank
             )));
         }
-        let mut targets: Vec<Target> = config
-            .target_modules
-            .iter()
-            .map(|m| {
-                Target::parse(m).ok_or_else(|| {
-                    Error::Io(format!("{}: unknown target module {m}", path.display()))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let mut targets = targets(&config, &path)?;
         let mut ours = lc.targets.clone();
         targets.sort();
         ours.sort();
@@ -173,7 +219,6 @@ impl Trainer {
         }
         let weights = dir.join(WEIGHTS_FILE);
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)?;
-        let perms = self.permutations();
         for (&(l, t), p) in &self.policy.lora {
             let get = |part: &str| {
                 let name = tensor_name(l, t, part);
@@ -182,11 +227,7 @@ impl Trainer {
                     .cloned()
                     .ok_or_else(|| Error::Io(format!("{}: missing {name}", weights.display())))
             };
-            let (a, mut b) = (get("lora_A")?, get("lora_B")?);
-            if let (Some((q, k)), Target::Q | Target::K) = (&perms, t) {
-                let hf = if t == Target::Q { q } else { k };
-                b = b.index_select(&Tensor::new(hf.as_slice(), &Device::Cpu)?, 0)?;
-            }
+            let (a, b) = (get("lora_A")?, self.to_ours(t, &get("lora_B")?)?);
             if a.dims() != p.a.dims() || b.dims() != p.b.dims() {
                 return Err(Error::Io(format!(
                     "{}: block {l} {} has the wrong shape",
@@ -200,12 +241,53 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes a checkpoint (adapter, optimizer moments, step) under `root/step-N`, then points
-    /// `root/latest` at it; each file lands through a rename, so a crash leaves the previous
-    /// checkpoint whole. Returns the checkpoint's directory.
+    /// Saves full fine-tuning's projections into `dir/model.safetensors` with Hugging Face's
+    /// names (a partial state dict: the frozen embedding and norms are the base's).
+    pub fn save_full(&self, dir: &Path) -> Result<()> {
+        if self.policy.full.is_empty() {
+            return Err(Error::Io(
+                "a LoRA policy saves an adapter (save_peft), not weights".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut tensors = HashMap::new();
+        for (&(l, t), w) in &self.policy.full {
+            tensors.insert(weight_name(l, t, None), self.to_hf(t, w.as_tensor())?);
+        }
+        save_tensors(&tensors, &dir.join(FULL_FILE))
+    }
+
+    /// Loads projections saved by [`Self::save_full`] into this full fine-tuning policy.
+    pub fn load_full(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(FULL_FILE);
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        for (&(l, t), w) in &self.policy.full {
+            let name = weight_name(l, t, None);
+            let loaded = tensors
+                .get(&name)
+                .ok_or_else(|| Error::Io(format!("{}: missing {name}", path.display())))?;
+            let loaded = self.to_ours(t, loaded)?;
+            if loaded.dims() != w.dims() {
+                return Err(Error::Io(format!(
+                    "{}: {name} has the wrong shape",
+                    path.display()
+                )));
+            }
+            w.set(&loaded)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint (adapter or full weights, optimizer moments, step) under
+    /// `root/step-N`, then points `root/latest` at it; each file lands through a rename, so a
+    /// crash leaves the previous checkpoint whole. Returns the checkpoint's directory.
     pub fn save_checkpoint(&self, root: &Path) -> Result<PathBuf> {
         let dir = root.join(format!("step-{}", self.steps()));
-        self.save_peft(&dir, None)?;
+        if self.policy.full.is_empty() {
+            self.save_peft(&dir, None)?;
+        } else {
+            self.save_full(&dir)?;
+        }
         let (m, v, step) = self.optimizer.state();
         let mut tensors = HashMap::new();
         for (i, (m, v)) in m.iter().zip(v).enumerate() {
@@ -237,7 +319,11 @@ impl Trainer {
             return Ok(None);
         };
         let dir = root.join(name.trim());
-        self.load_peft(&dir)?;
+        if self.policy.full.is_empty() {
+            self.load_peft(&dir)?;
+        } else {
+            self.load_full(&dir)?;
+        }
         let opt = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), &Device::Cpu)?;
         let n = self.policy.vars().len();
         let take = |p: &str, i: usize| {

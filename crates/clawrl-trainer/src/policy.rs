@@ -1,19 +1,20 @@
-//! The trainable policy: the engine's base weights dequantized to f32 and frozen, LoRA
-//! adapters as variables, and a forward pass built only from ops that candle can
+//! The trainable policy: the engine's base weights frozen in their stored format, LoRA
+//! adapters (or, for full fine-tuning, every projection dequantized to f32) as variables, and a forward pass built only from ops that candle can
 //! differentiate (candle's fused rms_norm / softmax / rope kernels drop gradients silently).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle};
+use clawrl_kernels::quant::{QK, quantize_q8_0};
+use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::frozen::{FrozenLinear, LoraLinear};
 use crate::fused::{Attention, RmsNorm, Rope, causal_mask};
 use crate::head::{Gather, Head, HeadStats};
-use crate::lora::{LoraConfig, Target};
+use crate::lora::{LoraConfig, Target, Tuning};
 
 /// One wrapped projection: `W x + (α/r)·B(A x)`.
 pub struct LoraPair {
@@ -38,7 +39,8 @@ pub enum Mode {
     Train,
     /// Adapters on, no dropout.
     Eval,
-    /// Adapters off: the frozen base, the reference policy of the KL term.
+    /// Adapters (or fine-tuned weights) off: the frozen base, the reference policy of the KL
+    /// term.
     Reference,
 }
 
@@ -50,9 +52,11 @@ pub struct TrainablePolicy {
     output: Arc<QMatrix>,
     norm: Tensor,
     blocks: Vec<Block>,
-    /// Adapters by (block, target).
+    /// Adapters by (block, target); empty under full fine-tuning.
     pub lora: BTreeMap<(usize, Target), LoraPair>,
-    lora_config: LoraConfig,
+    /// Full fine-tuning's weights (`out × in`, f32) by (block, target); empty under LoRA.
+    pub full: BTreeMap<(usize, Target), Var>,
+    tuning: Tuning,
     cos: Tensor,
     sin: Tensor,
 }
@@ -65,15 +69,31 @@ impl TrainablePolicy {
     /// Wraps `model`'s weights (frozen, in their stored format) with fresh adapters drawn from
     /// `seed`.
     pub fn new(model: &Model, lora: LoraConfig, seed: u64) -> Result<Self> {
+        Self::with_tuning(model, Tuning::Lora(lora), seed)
+    }
+
+    /// Full fine-tuning of `model`: every projection becomes an f32 variable starting at the
+    /// base's (dequantized) values; the base stays as the frozen reference.
+    pub fn full(model: &Model) -> Result<Self> {
+        Self::with_tuning(model, Tuning::Full, 0)
+    }
+
+    /// The policy that `tuning` trains, adapters (if any) drawn from `seed`.
+    pub fn with_tuning(model: &Model, tuning: Tuning, seed: u64) -> Result<Self> {
         let c = model.config.clone();
         let w = &model.weights;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut blocks = Vec::with_capacity(c.layers);
-        let mut pairs = BTreeMap::new();
+        let (mut pairs, mut full) = (BTreeMap::new(), BTreeMap::new());
         for (l, b) in w.blocks.iter().enumerate() {
             let mut proj = BTreeMap::new();
             for (t, m) in b.projections() {
                 proj.insert(t, FrozenLinear::new(Arc::new(m.clone())));
+                let Tuning::Lora(lora) = &tuning else {
+                    let weight = f32_tensor(m.to_f32(), &[m.rows(), m.cols()])?;
+                    full.insert((l, t), Var::from_tensor(&weight)?);
+                    continue;
+                };
                 if lora.targets.contains(&t) {
                     // PEFT's default: A ~ U(−1/√in, 1/√in), B = 0.
                     let bound = 1.0 / (m.cols() as f32).sqrt();
@@ -119,7 +139,8 @@ impl TrainablePolicy {
             norm: f32_tensor(w.norm.clone(), &[w.norm.len()])?,
             blocks,
             lora: pairs,
-            lora_config: lora,
+            full,
+            tuning,
             cos: angles.cos()?,
             sin: angles.sin()?,
             config: c,
@@ -131,15 +152,31 @@ impl TrainablePolicy {
         &self.config
     }
 
-    /// The adapters' configuration.
-    pub fn lora_config(&self) -> &LoraConfig {
-        &self.lora_config
+    /// What training updates.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// The adapters' configuration; `None` under full fine-tuning.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        match &self.tuning {
+            Tuning::Lora(c) => Some(c),
+            Tuning::Full => None,
+        }
+    }
+
+    /// Dropout on the adapters' input while training (0 under full fine-tuning).
+    pub fn dropout(&self) -> f64 {
+        self.lora_config().map_or(0.0, |c| c.dropout)
     }
 
     /// An immutable snapshot of the adapters for the serving engine (never a copy of the base).
+    /// Full fine-tuning has no adapter: it publishes with [`Self::publish_full`].
     pub fn publish(&self, version: u64) -> Result<LoraAdapter> {
-        let mut out =
-            LoraAdapter::new(version, self.lora_config.scale() as f32, self.config.layers);
+        let Some(lora) = self.lora_config() else {
+            candle_core::bail!("full fine-tuning publishes weights (publish_full), not an adapter")
+        };
+        let mut out = LoraAdapter::new(version, lora.scale() as f32, self.config.layers);
         for (&(l, t), p) in &self.lora {
             let (a, b) = (p.a.as_tensor(), p.b.as_tensor());
             let (rank, input) = a.dims2()?;
@@ -158,11 +195,45 @@ impl TrainablePolicy {
         Ok(out)
     }
 
-    /// Every trainable variable (A then B of each adapter, in (block, target) order).
+    /// Full fine-tuning's snapshot: `base` with every projection replaced by the trained one,
+    /// requantized to Q8_0 for serving (f32 where a row does not fill whole Q8_0 blocks).
+    pub fn publish_full(&self, base: &Model) -> Result<Model> {
+        if self.full.is_empty() {
+            candle_core::bail!("a LoRA policy publishes an adapter (publish), not weights")
+        }
+        let mut weights = base.weights.clone();
+        for (&(l, t), w) in &self.full {
+            let (rows, cols) = w.dims2()?;
+            let data = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let storage = if cols % QK == 0 {
+                Storage::Q8_0(quantize_q8_0(&data))
+            } else {
+                Storage::F32(data)
+            };
+            let block = weights
+                .blocks
+                .get_mut(l)
+                .ok_or_else(|| candle_core::Error::Msg(format!("the base has no block {l}")))?;
+            *block.projection_mut(t) = QMatrix::new(rows, cols, storage)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+        Model::new(
+            base.config.clone(),
+            weights,
+            base.tokenizer.clone(),
+            base.template.clone(),
+            format!("{} (fine-tuned)", base.source),
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    /// Every trainable variable: A then B of each adapter, or each full weight, in (block,
+    /// target) order.
     pub fn vars(&self) -> Vec<Var> {
         self.lora
             .values()
             .flat_map(|p| [p.a.clone(), p.b.clone()])
+            .chain(self.full.values().cloned())
             .collect()
     }
 
@@ -248,13 +319,19 @@ impl TrainablePolicy {
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let base = &self.blocks[l].proj[&t];
-        let Some(p) = self.lora.get(&(l, t)).filter(|_| mode != Mode::Reference) else {
+        if mode == Mode::Reference {
+            return base.forward(x);
+        }
+        if let Some(w) = self.full.get(&(l, t)) {
+            return x.matmul(&w.as_tensor().t()?);
+        }
+        let (Some(p), Some(lora)) = (self.lora.get(&(l, t)), self.lora_config()) else {
             return base.forward(x);
         };
-        let scale = self.lora_config.scale();
-        if mode == Mode::Train && self.lora_config.dropout > 0.0 {
+        let scale = lora.scale();
+        if mode == Mode::Train && lora.dropout > 0.0 {
             // Dropout reaches the adapter's input only, so the adapter runs beside the base.
-            let dropped = dropout(x, self.lora_config.dropout)?;
+            let dropped = dropout(x, lora.dropout)?;
             let delta = dropped
                 .matmul(&p.a.as_tensor().t()?)?
                 .matmul(&p.b.as_tensor().t()?)?;

@@ -107,7 +107,7 @@ impl Trainer {
         };
         // Columns: ℓ(y_i), then ℓ over S_i = top-k of π_old. π_old is the policy before this
         // update: the same weights, and without dropout when there is dropout.
-        let (lp, lp_old, stats) = if self.policy.lora_config().dropout > 0.0 {
+        let (lp, lp_old, stats) = if self.policy.dropout() > 0.0 {
             let (old, stats) = self.policy.head(&tokens, from, by_token, Mode::Eval)?;
             let (lp, _) =
                 self.policy

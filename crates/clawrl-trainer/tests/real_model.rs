@@ -7,7 +7,8 @@ fn slow_each_signal_teaches_what_it_should_on_the_embedded_model() {
     let path =
         clawrl_model::default_model_path(&mut |_| {}).expect("the embedded model is fetched");
     let model = Model::load(&path).expect("loads");
-    let out = clawrl_trainer::demo::run(&model, 3, |line| eprintln!("{line}")).expect("demo runs");
+    let out =
+        clawrl_trainer::demo::run(&model, 3, None, |line| eprintln!("{line}")).expect("demo runs");
     // RL: the +1 response gained log-prob, the −1 response lost it.
     assert!(
         out.rewarded[3] > out.rewarded[0],
