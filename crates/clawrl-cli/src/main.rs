@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,8 @@ enum Command {
     Generate(cmd::GenerateArgs),
     /// Score a fixed response under one or more prompts (JSON in, JSON out).
     Score(cmd::ScoreArgs),
+    /// Serve the OpenAI-compatible API and learn from every next state in the background.
+    Serve(serve::ServeArgs),
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => cmd::chat(a, &model.load()?),
         Command::Generate(a) => cmd::generate(a, &model.load()?),
         Command::Score(a) => cmd::score(a, &model.load()?),
+        Command::Serve(a) => serve::serve(a, model.load()?),
         Command::Bench(b) => bench::run(b, &model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;

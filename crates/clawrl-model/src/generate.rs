@@ -153,8 +153,9 @@ impl Generation {
 }
 
 impl Model {
-    /// Generates a response to `prompt` (token ids), calling `on_token` with each token and the
-    /// text it adds once that text is final (held back while it could start a stop string).
+    /// Generates a response to `prompt` (token ids), calling `on_token` once per generated token
+    /// with the text that becomes final with it (text is held back while it could start a stop
+    /// string or ends inside a character); the pieces concatenate to the response text.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -223,6 +224,8 @@ impl Policy<'_> {
             let eog = !params.ignore_eos && self.model.tokenizer.is_end_of_generation(id);
             tokens.push(info);
             if eog {
+                // The end-of-turn token adds no text; what was held back is final now.
+                let _ = on_token(tokens.last().expect("just pushed"), &text[emitted..]);
                 break FinishReason::Stop;
             }
             let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
@@ -239,13 +242,16 @@ impl Policy<'_> {
             if let Some(at) = stop_at {
                 text.truncate(at);
             }
-            // Emit what can no longer change: not a partial UTF-8 character, nor a possible stop prefix.
-            let mut safe = if stop_at.is_some() {
+            let last = stop_at.is_some() || tokens.len() >= budget;
+            // Emit what can no longer change: not a partial UTF-8 character, nor a possible stop
+            // prefix; at the last token everything is final.
+            let mut safe = if last {
                 text.len()
             } else {
                 text.len().saturating_sub(hold)
             };
-            while safe > emitted
+            while !last
+                && safe > emitted
                 && (!text.is_char_boundary(safe) || text[..safe].ends_with('\u{FFFD}'))
             {
                 safe -= 1;
@@ -268,12 +274,6 @@ impl Policy<'_> {
             }
             logits = self.forward(&[id], &mut cache, 1)?;
         };
-        if finish == FinishReason::Stop
-            && emitted < text.len()
-            && let Some(last) = tokens.last()
-        {
-            let _ = on_token(last, &text[emitted..]);
-        }
         debug!(tokens = tokens.len(), ?finish, "generated");
         Ok(Generation {
             text,

@@ -148,6 +148,34 @@ fn same_seed_same_tokens_and_streamed_text_is_the_final_text() {
 }
 
 #[test]
+fn text_held_back_is_streamed_when_the_token_budget_ends_generation() {
+    // The tiny model often ends a budget inside a multi-byte character, or on a possible stop
+    // prefix: what was held back must still reach the stream.
+    let m = Model::tiny(7);
+    let prompt = m.chat_prompt(&[Message::user("hi")], None).expect("prompt");
+    for seed in 0..40 {
+        let params = GenerateParams {
+            max_tokens: 6,
+            sampling: Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed: Some(seed),
+            },
+            stop: vec!["zzzz".into()],
+            ..Default::default()
+        };
+        let mut streamed = String::new();
+        let g = m
+            .generate(&prompt, &params, |_, t| {
+                streamed.push_str(t);
+                ControlFlow::Continue(())
+            })
+            .expect("generates");
+        assert_eq!(streamed, g.text, "seed {seed}, {:?}", g.finish_reason);
+    }
+}
+
+#[test]
 fn a_stop_string_ends_generation_and_is_not_in_the_text() {
     let m = Model::tiny(6);
     let prompt = m.chat_prompt(&[Message::user("go")], None).expect("prompt");

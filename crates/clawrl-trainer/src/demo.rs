@@ -7,22 +7,13 @@ use std::path::Path;
 
 use clawrl_model::{Message, Model};
 use clawrl_objective::{SelectionMode, overlap, select};
+use clawrl_signals::with_hint;
 
 use crate::adamw::AdamWConfig;
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::policy::TrainablePolicy;
 use crate::trainer::{TrainConfig, TrainSample, Trainer};
-
-/// How the teacher prompt s_t ⊕ h is built (DESIGN.md §2): the hint appended to the last user
-/// message after a blank line, under a short marker.
-pub fn with_hint(messages: &[Message], hint: &str) -> Vec<Message> {
-    let mut out = messages.to_vec();
-    if let Some(last) = out.iter_mut().rev().find(|m| m.role == "user") {
-        last.content = format!("{}\n\n[user's hint / instruction]\n{hint}", last.content);
-    }
-    out
-}
 
 /// What the demonstration measured.
 #[derive(Clone, Debug, Default)]

@@ -283,10 +283,22 @@ impl Trainer {
     /// crash leaves the previous checkpoint whole. Returns the checkpoint's directory.
     pub fn save_checkpoint(&self, root: &Path) -> Result<PathBuf> {
         let dir = root.join(format!("step-{}", self.steps()));
+        self.save_checkpoint_to(&dir)?;
+        write_atomic(
+            &root.join(LATEST),
+            dir.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        )?;
+        Ok(dir)
+    }
+
+    /// Writes a checkpoint into `dir` (created if needed), each file through a rename.
+    pub fn save_checkpoint_to(&self, dir: &Path) -> Result<()> {
         if self.policy.full.is_empty() {
-            self.save_peft(&dir, None)?;
+            self.save_peft(dir, None)?;
         } else {
-            self.save_full(&dir)?;
+            self.save_full(dir)?;
         }
         let (m, v, step) = self.optimizer.state();
         let mut tensors = HashMap::new();
@@ -302,14 +314,7 @@ impl Trainer {
         write_atomic(
             &dir.join(STATE_FILE),
             &serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?,
-        )?;
-        write_atomic(
-            &root.join(LATEST),
-            dir.file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or_default(),
-        )?;
-        Ok(dir)
+        )
     }
 
     /// Resumes from the checkpoint `root/latest` points at; `Ok(None)` when there is none.
@@ -318,11 +323,15 @@ impl Trainer {
         let Ok(name) = std::fs::read_to_string(&latest) else {
             return Ok(None);
         };
-        let dir = root.join(name.trim());
+        self.resume_from(&root.join(name.trim())).map(Some)
+    }
+
+    /// Resumes from the checkpoint in `dir`; returns its step.
+    pub fn resume_from(&mut self, dir: &Path) -> Result<usize> {
         if self.policy.full.is_empty() {
-            self.load_peft(&dir)?;
+            self.load_peft(dir)?;
         } else {
-            self.load_full(&dir)?;
+            self.load_full(dir)?;
         }
         let opt = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), &Device::Cpu)?;
         let n = self.policy.vars().len();
@@ -340,7 +349,7 @@ impl Trainer {
         self.optimizer.restore(m, v, state.step)?;
         // Hyper-parameters changed at run time survive the restart too.
         self.optimizer.config = state.adamw.into();
-        Ok(Some(state.step))
+        Ok(state.step)
     }
 }
 

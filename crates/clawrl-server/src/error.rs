@@ -1,0 +1,154 @@
+//! Errors as OpenAI-style bodies: `{"error": {"message", "type", "param", "code"}}` with a 4xx
+//! status for anything the request got wrong.
+
+use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI's error type (`invalid_request_error`, `authentication_error`, …).
+    pub kind: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The offending field, when there is one.
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    /// 400: the request is malformed or invalid.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// 400 naming the field.
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param),
+            ..Self::invalid(message)
+        }
+    }
+
+    /// 401: no key or an unknown key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "authentication_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// 403: the key's role does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// 500: our fault; the message is logged and answered.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(%message, "internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            message,
+            param: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.status.as_u16(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<clawrl_store::Error> for ApiError {
+    fn from(e: clawrl_store::Error) -> Self {
+        match e {
+            clawrl_store::Error::NotFound(what) => Self::not_found(format!("{what} not found")),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        // OpenAI answers 400 for bodies of the wrong shape (axum says 422); a body too large
+        // (413) or of the wrong content type (415) keeps its status.
+        let status = match r.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            kind: "invalid_request_error",
+            message: r.body_text(),
+            param: None,
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are OpenAI-style errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// Handler results.
+pub type ApiResult<T> = Result<T, ApiError>;

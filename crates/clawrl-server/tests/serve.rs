@@ -1,0 +1,374 @@
+//! The live loop end to end on a real server (ephemeral port, real SQLite file, tiny model):
+//! chat, pairing, judging, samples, a training step, the new version served, roll back.
+
+mod common;
+
+use common::{assistant, start, user};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_answers_streamed_and_not_and_records_what_it_generated() {
+    let t = start().await;
+    let (status, models) = t.get("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], "tiny");
+
+    let (status, body) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("hello")], "max_tokens": 8, "logprobs": true, "top_logprobs": 3, "seed": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs");
+    let n = body["usage"]["completion_tokens"].as_u64().expect("usage") as usize;
+    assert_eq!(content.len(), n);
+    assert_eq!(content[0]["top_logprobs"].as_array().map(Vec::len), Some(3));
+    // The store holds the token ids and log-probs exactly as generated.
+    let turn_id = body["turn_id"].as_i64().expect("turn id");
+    let (_, turn) = t.get(&format!("/studio/turns/{turn_id}")).await;
+    let tokens = turn["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), n);
+    for (stored, sent) in tokens.iter().zip(content) {
+        assert_eq!(stored["logprob"], sent["logprob"]);
+    }
+    // Without a session id the request is its own, ended session.
+    assert_eq!(turn["turn"]["turn_type"], "main");
+
+    // Streaming: a chunk per token, the finish chunk, usage, then [DONE].
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", t.url))
+        .json(
+            &json!({"messages": [user("hi")], "max_tokens": 6, "stream": true,
+                      "stream_options": {"include_usage": true}, "session_id": "s", "seed": 2}),
+        )
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let mut text = String::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+    }
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("json chunk"))
+        .collect();
+    let usage = chunks.last().expect("usage chunk")["usage"].clone();
+    let generated = usage["completion_tokens"].as_u64().expect("usage") as usize;
+    let token_chunks = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"].get("content").is_some()
+                && c["choices"][0]["delta"].get("role").is_none()
+        })
+        .count();
+    assert_eq!(token_chunks, generated, "one chunk per token");
+    let finish = &chunks[chunks.len() - 2];
+    assert!(finish["choices"][0]["finish_reason"].is_string());
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (_, session) = t.get("/studio/sessions/s").await;
+    assert_eq!(
+        session["turns"][0]["response"].as_str(),
+        Some(streamed.as_str())
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_states_become_votes_samples_a_step_and_a_new_version_then_roll_back() {
+    let t = start().await;
+    let q = "What is two plus two?";
+    let first = t.chat("a", json!([user(q)])).await;
+    assert_eq!(first["policy_version"], 0);
+    let a1 = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    // The user corrects it: the next state of turn 1 carries a −1 vote and a hint.
+    t.chat(
+        "a",
+        json!([
+            user(q),
+            assistant(&a1),
+            user("No, answer with a single number.")
+        ]),
+    )
+    .await;
+    let turn1 = first["turn_id"].as_i64().expect("id");
+    let judged = t
+        .wait_for(&format!("/studio/turns/{turn1}"), |v| {
+            v["samples"].as_array().is_some_and(|s| !s.is_empty())
+        })
+        .await;
+    assert_eq!(judged["next_states"][0]["kind"], "reply");
+    assert_eq!(judged["votes"][0]["value"], -1);
+    assert_eq!(judged["votes"][0]["judge"], "rules");
+    assert_eq!(
+        judged["hints"][0]["text"],
+        "No, answer with a single number."
+    );
+    assert_eq!(judged["hints"][0]["status"], "accepted");
+    let sample = &judged["samples"][0];
+    assert_eq!(sample["advantage"], -1.0);
+    assert!(sample["hint_id"].is_i64(), "an OPD sample too: {sample}");
+    assert!(sample["selection"]["totals"].is_array());
+
+    // A satisfied user in another session: +1. Two samples = one batch.
+    let other = t.chat("b", json!([user("Name a colour.")])).await;
+    let a2 = other["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat(
+        "b",
+        json!([
+            user("Name a colour."),
+            assistant(&a2),
+            user("Thanks, perfect!")
+        ]),
+    )
+    .await;
+    let status = t
+        .wait_for("/studio/training", |v| v["policy_version"] == 1)
+        .await;
+    assert_eq!(status["steps"], 1);
+    assert_eq!(status["pending_samples"], 0);
+    let (_, steps) = t.get("/studio/steps").await;
+    let m = &steps["steps"][0]["metrics"];
+    assert_eq!(m["samples"], 2);
+    assert_eq!(m["rl_samples"], 2);
+    assert_eq!(m["opd_samples"], 1);
+    assert!(m["loss"].is_number() && m["grad_norm"].as_f64().unwrap_or(0.0) > 0.0);
+
+    // The new version answers the next request.
+    let after = t.chat("c", json!([user("hello again")])).await;
+    assert_eq!(after["policy_version"], 1);
+    assert_eq!(after["system_fingerprint"], "clawrl-v1");
+
+    // Roll back to the base.
+    let (status, body) = t.post("/studio/versions/0/activate", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let back = t.chat("d", json!([user("hello again")])).await;
+    assert_eq!(back["policy_version"], 0);
+    let (_, versions) = t.get("/studio/versions").await;
+    assert_eq!(versions["active"], 0);
+    assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+    let (status, _) = t.post("/studio/versions/9/activate", &json!({})).await;
+    assert_eq!(status, 404);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_and_annotator_hints_with_a_preview() {
+    let t = start().await;
+    let r = t
+        .chat("f", json!([user("Write a haiku about rain.")]))
+        .await;
+    let id = r["turn_id"].as_i64().expect("id");
+    let (status, body) = t
+        .post(
+            &format!("/studio/turns/{id}/feedback"),
+            &json!({"thumb": -1, "correction": "Use exactly three lines."}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let judged = t
+        .wait_for(&format!("/studio/turns/{id}"), |v| {
+            v["votes"].as_array().is_some_and(|s| !s.is_empty())
+        })
+        .await;
+    assert_eq!(judged["votes"][0]["value"], -1);
+    assert_eq!(judged["hints"][0]["text"], "Use exactly three lines.");
+
+    // A preview scores a candidate against the others without saving it.
+    let (status, preview) = t
+        .post(
+            &format!("/studio/turns/{id}/hints/preview"),
+            &json!({"text": "Mention the sound of rain."}),
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    let positions = judged["tokens"].as_array().map(Vec::len).unwrap_or(0);
+    let cand = &preview["candidate"];
+    assert_eq!(cand["overlap"].as_array().map(Vec::len), Some(positions));
+    assert_eq!(cand["delta"].as_array().map(Vec::len), Some(positions));
+    assert!(
+        cand["overlap"]
+            .as_array()
+            .expect("o")
+            .iter()
+            .all(|o| o.as_u64().is_some_and(|o| o <= 4))
+    );
+    assert_eq!(
+        preview["analysis"]["hints"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (_, again) = t.get(&format!("/studio/turns/{id}")).await;
+    assert_eq!(
+        again["hints"].as_array().map(Vec::len),
+        Some(1),
+        "a preview saves nothing"
+    );
+
+    // Add, accept (an OPD sample), and reject another.
+    let (status, added) = t
+        .post(
+            &format!("/studio/turns/{id}/hints"),
+            &json!({"text": "Mention the sound of rain."}),
+        )
+        .await;
+    assert_eq!(status, 201, "{added}");
+    let hint = added["hint"]["id"].as_i64().expect("hint id");
+    assert_eq!(added["hint"]["source"], "annotator");
+    let (status, accepted) = t
+        .post(&format!("/studio/hints/{hint}/accept"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{accepted}");
+    let (status, _) = t
+        .post(&format!("/studio/hints/{hint}/accept"), &json!({}))
+        .await;
+    assert_eq!(status, 409);
+    let (_, other) = t
+        .post(
+            &format!("/studio/turns/{id}/hints"),
+            &json!({"text": "Rhyme."}),
+        )
+        .await;
+    let other = other["hint"]["id"].as_i64().expect("id");
+    let (status, _) = t
+        .post(&format!("/studio/hints/{other}/reject"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, turn) = t.get(&format!("/studio/turns/{id}")).await;
+    let statuses: Vec<&str> = turn["hints"]
+        .as_array()
+        .expect("hints")
+        .iter()
+        .filter_map(|h| h["status"].as_str())
+        .collect();
+    assert!(statuses.contains(&"accepted") && statuses.contains(&"rejected"));
+    let (_, inspect) = t.get(&format!("/studio/turns/{id}/inspect")).await;
+    assert_eq!(
+        inspect["analysis"]["hints"].as_array().map(Vec::len),
+        Some(2),
+        "rejected hints are left out"
+    );
+    let (_, queue) = t.get("/studio/queue").await;
+    assert_eq!(queue["queue"][0]["turn_id"], id);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_settings_change_at_run_time_and_pause_holds_steps() {
+    let t = start().await;
+    let (status, s) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"method": "rl", "lr": 0.001, "batch_size": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["settings"]["method"], "rl");
+    assert_eq!(s["settings"]["batch_size"], 1);
+    let (status, _) = t
+        .post("/studio/training/settings", &json!({"method": "sgd"}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = t
+        .post("/studio/training/settings", &json!({"lr": -1}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = t
+        .post("/studio/training/settings", &json!({"learning_rate": 1}))
+        .await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (_, s) = t.get("/studio/training").await;
+    assert_eq!(
+        s["settings"]["lr"], 0.001,
+        "a refused change changes nothing"
+    );
+
+    t.post("/studio/training/pause", &json!({})).await;
+    let r = t.chat("p", json!([user("hi")])).await;
+    let a = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat("p", json!([user("hi"), assistant(&a), user("thank you")]))
+        .await;
+    t.wait_for("/studio/training", |v| v["pending_samples"] == 1)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, s) = t.get("/studio/training").await;
+    assert_eq!(s["steps"], 0, "paused: no step");
+    t.post("/studio/training/resume", &json!({})).await;
+    t.wait_for("/studio/training", |v| v["steps"] == 1).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_pending_samples_and_the_served_version() {
+    let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
+        c.training.batch_size = 1
+    })
+    .await;
+    let r = t.chat("r", json!([user("hi")])).await;
+    let a = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat("r", json!([user("hi"), assistant(&a), user("thanks")]))
+        .await;
+    t.wait_for("/studio/training", |v| v["policy_version"] == 1)
+        .await;
+    t.post("/studio/training/pause", &json!({})).await;
+    let r = t.chat("r2", json!([user("yo")])).await;
+    let a = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat(
+        "r2",
+        json!([user("yo"), assistant(&a), user("no, say hello")]),
+    )
+    .await;
+    t.wait_for("/studio/training", |v| v["pending_samples"] == 1)
+        .await;
+    let dir = t.stop().await;
+
+    // Same files, training paused at start: the sample waits and version 1 is served.
+    let t = common::start_with(dir, |c| {
+        c.training.batch_size = 1;
+        c.training.paused = true;
+    })
+    .await;
+    let (_, s) = t.get("/studio/training").await;
+    assert_eq!(s["policy_version"], 1);
+    assert_eq!(s["pending_samples"], 1);
+    let (_, sessions) = t.get("/studio/sessions").await;
+    assert_eq!(sessions["sessions"].as_array().map(Vec::len), Some(2));
+    t.post("/studio/training/resume", &json!({})).await;
+    t.wait_for("/studio/training", |v| v["policy_version"] == 2)
+        .await;
+    t.stop().await;
+}

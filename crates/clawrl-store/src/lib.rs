@@ -1,0 +1,1007 @@
+//! The store: one SQLite file (WAL mode, embedded migrations) that holds everything the loop
+//! did — sessions, turns with their token ids and log-probs as generated, next states, judge
+//! votes, hints, feedback, training samples, training steps, policy versions, settings and
+//! API keys. Every write that the server acknowledges is committed before the reply.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{FromRow, SqlitePool};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that should exist does not.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// Results of store operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Main-line turns are trained on; side turns (tool planning, summaries) only served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum TurnType {
+    /// Part of the conversation; its next state trains it.
+    Main,
+    /// Served, recorded, never trained on.
+    Side,
+}
+
+impl FromStr for TurnType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "main" => Ok(Self::Main),
+            "side" => Ok(Self::Side),
+            _ => Err(format!("turn_type must be \"main\" or \"side\", not {s:?}")),
+        }
+    }
+}
+
+/// What kind of next state s_{t+1} is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum NextKind {
+    /// The user's next main-line message.
+    Reply,
+    /// Explicit feedback: a thumb and/or a correction.
+    Feedback,
+    /// A tool's output.
+    Tool,
+}
+
+/// Where a hint came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum HintSource {
+    /// A judge's `[HINT_START]…[HINT_END]` or a correction the rules judge passed on.
+    Judge,
+    /// A person in the Studio.
+    Annotator,
+}
+
+/// A hint's review state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum HintStatus {
+    /// Not (yet) used.
+    Candidate,
+    /// Chosen: an OPD sample trains on it.
+    Accepted,
+    /// Turned down by a person.
+    Rejected,
+}
+
+/// What an API key may do; each role includes the ones before it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum Role {
+    /// Chat.
+    Client,
+    /// Chat, feedback and hints.
+    Annotator,
+    /// Everything: training control, keys, roll back.
+    Owner,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "client" => Ok(Self::Client),
+            "annotator" => Ok(Self::Annotator),
+            "owner" => Ok(Self::Owner),
+            _ => Err(format!(
+                "role must be \"client\", \"annotator\" or \"owner\", not {s:?}"
+            )),
+        }
+    }
+}
+
+/// A session.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Session {
+    /// Its id (client-chosen or generated).
+    pub id: String,
+    /// First request, ms since the epoch.
+    pub created_at: i64,
+    /// Latest request.
+    pub last_seen: i64,
+    /// Ended (by `session_done` or idling).
+    pub done: bool,
+    /// Turns recorded.
+    pub turns: i64,
+}
+
+/// A turn to record.
+#[derive(Clone, Debug)]
+pub struct NewTurn {
+    /// Its session.
+    pub session_id: String,
+    /// Main or side.
+    pub turn_type: TurnType,
+    /// The request's messages, s_t.
+    pub messages: serde_json::Value,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// The response text.
+    pub response: String,
+    /// The response's token ids, as generated.
+    pub response_ids: Vec<u32>,
+    /// Log-prob of each response token, as generated.
+    pub logprobs: Vec<f32>,
+    /// The student's top-k at each position, as generated.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
+    /// The policy version that answered.
+    pub policy_version: i64,
+    /// Why generation stopped.
+    pub finish_reason: String,
+}
+
+/// A recorded turn.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Turn {
+    /// Its id.
+    pub id: i64,
+    /// Its session.
+    pub session_id: String,
+    /// Main or side.
+    pub turn_type: TurnType,
+    /// The request's messages, s_t.
+    pub messages: Json<serde_json::Value>,
+    /// The prompt's token ids.
+    pub prompt_ids: Json<Vec<u32>>,
+    /// The response text.
+    pub response: String,
+    /// The response's token ids, as generated.
+    pub response_ids: Json<Vec<u32>>,
+    /// Log-prob of each response token.
+    pub logprobs: Json<Vec<f32>>,
+    /// Student top-k per position.
+    pub top_logprobs: Json<Vec<Vec<(u32, f32)>>>,
+    /// The policy version that answered.
+    pub policy_version: i64,
+    /// Why generation stopped.
+    pub finish_reason: String,
+    /// When, ms since the epoch.
+    pub created_at: i64,
+}
+
+/// A next state waiting for (or past) judging.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct NextState {
+    /// Its id.
+    pub id: i64,
+    /// The turn it follows.
+    pub turn_id: i64,
+    /// What it is.
+    pub kind: NextKind,
+    /// Its text (the reply, the correction, the tool output).
+    pub text: String,
+    /// Judged already.
+    pub judged: bool,
+    /// When.
+    pub created_at: i64,
+}
+
+/// A judge's vote.
+#[derive(Clone, Debug, Serialize, Deserialize, FromRow)]
+pub struct Vote {
+    /// The judge's name.
+    pub judge: String,
+    /// +1, −1 or 0.
+    pub value: i64,
+    /// The judge's raw answer.
+    pub raw: String,
+}
+
+/// A hint to record.
+#[derive(Clone, Debug)]
+pub struct NewHint {
+    /// The hint.
+    pub text: String,
+    /// Judge or annotator.
+    pub source: HintSource,
+    /// Who: the judge's name or the annotator's key name.
+    pub author: String,
+    /// Σ_i O[h,i] when scored.
+    pub overlap: Option<i64>,
+    /// Review state.
+    pub status: HintStatus,
+}
+
+/// A recorded hint.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Hint {
+    /// Its id.
+    pub id: i64,
+    /// The turn it corrects.
+    pub turn_id: i64,
+    /// The hint.
+    pub text: String,
+    /// Judge or annotator.
+    pub source: HintSource,
+    /// Who.
+    pub author: String,
+    /// Review state.
+    pub status: HintStatus,
+    /// Σ_i O[h,i] when scored.
+    pub overlap: Option<i64>,
+    /// When.
+    pub created_at: i64,
+}
+
+/// A sample to record.
+#[derive(Clone, Debug)]
+pub struct NewSample {
+    /// The turn it trains on.
+    pub turn_id: i64,
+    /// r_t for an RL sample.
+    pub advantage: Option<f64>,
+    /// Index (into the judgement's hints) or id of the chosen hint, for an OPD sample.
+    pub hint: Option<HintRef>,
+    /// s_t ⊕ h*, token ids.
+    pub hint_prompt_ids: Option<Vec<u32>>,
+    /// The selection's record (mode, k, O[h,i], totals, chosen).
+    pub selection: Option<serde_json::Value>,
+}
+
+/// Which hint a new sample uses.
+#[derive(Clone, Copy, Debug)]
+pub enum HintRef {
+    /// The i-th hint of the same judgement.
+    New(usize),
+    /// A hint already stored.
+    Stored(i64),
+}
+
+/// A sample as stored, with its turn's tokens (what the trainer needs).
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Sample {
+    /// Its id.
+    pub id: i64,
+    /// Its turn.
+    pub turn_id: i64,
+    /// r_t for RL.
+    pub advantage: Option<f64>,
+    /// The chosen hint for OPD.
+    pub hint_id: Option<i64>,
+    /// s_t ⊕ h*.
+    pub hint_prompt_ids: Option<Json<Vec<u32>>>,
+    /// The selection's record.
+    pub selection: Option<Json<serde_json::Value>>,
+    /// pending, trained or dropped.
+    pub status: String,
+    /// The step that trained it.
+    pub step: Option<i64>,
+    /// When.
+    pub created_at: i64,
+    /// The turn's prompt.
+    pub prompt_ids: Json<Vec<u32>>,
+    /// The turn's response.
+    pub response_ids: Json<Vec<u32>>,
+}
+
+/// A training step's record.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Step {
+    /// Row id (increasing; step numbers repeat after a roll back).
+    pub id: i64,
+    /// Step number.
+    pub step: i64,
+    /// The version it published.
+    pub policy_version: i64,
+    /// The objective's metrics and more (JSON).
+    pub metrics: Json<serde_json::Value>,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// When.
+    pub created_at: i64,
+}
+
+/// A policy version.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct Version {
+    /// Its number (0 is the base model).
+    pub version: i64,
+    /// The training step that made it.
+    pub step: i64,
+    /// Its checkpoint directory (none for the base).
+    pub checkpoint: Option<String>,
+    /// When.
+    pub created_at: i64,
+}
+
+/// A key's public record (never the key).
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct ApiKey {
+    /// Its id.
+    pub id: i64,
+    /// A name for people.
+    pub name: String,
+    /// Its rights.
+    pub role: Role,
+    /// When.
+    pub created_at: i64,
+}
+
+/// What a judge concluded about one next state, written in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct Judgement {
+    /// The judge's votes.
+    pub votes: Vec<Vote>,
+    /// Candidate hints (the chosen one accepted).
+    pub hints: Vec<NewHint>,
+    /// The sample the turn yields, if any.
+    pub sample: Option<NewSample>,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    // Serializing plain vectors and `Value`s cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// SHA-256 of a key, hex; only hashes are stored.
+fn hash_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Db(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the server acknowledges it.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the session if new and marks it seen now.
+    pub async fn touch_session(&self, id: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO sessions (id, created_at, last_seen) VALUES (?1, ?2, ?2)
+             ON CONFLICT(id) DO UPDATE SET last_seen = ?2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a session ended.
+    pub async fn end_session(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET done = 1 WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every open session not seen since `before` (ms); returns their ids.
+    pub async fn end_idle_sessions(&self, before: i64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "UPDATE sessions SET done = 1 WHERE done = 0 AND last_seen < ?1 RETURNING id",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Sessions, most recent first.
+    pub async fn sessions(&self, limit: i64, offset: i64) -> Result<Vec<Session>> {
+        Ok(sqlx::query_as(
+            "SELECT s.id, s.created_at, s.last_seen, s.done,
+                    (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS turns
+             FROM sessions s ORDER BY s.last_seen DESC LIMIT ?1 OFFSET ?2",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One session.
+    pub async fn session(&self, id: &str) -> Result<Session> {
+        sqlx::query_as(
+            "SELECT s.id, s.created_at, s.last_seen, s.done,
+                    (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS turns
+             FROM sessions s WHERE s.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("session {id:?}")))
+    }
+
+    /// Pairs a new main-line request with the session's latest main turn that has no next
+    /// state yet: `text` (the request's new user or tool content) becomes that turn's next
+    /// state. Returns (turn id, next state id) when there was such a turn.
+    pub async fn pair_next_state(
+        &self,
+        session_id: &str,
+        kind: NextKind,
+        text: &str,
+    ) -> Result<Option<(i64, i64)>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<(i64,)> = sqlx::query_as(
+            "SELECT t.id FROM turns t WHERE t.session_id = ?1 AND t.turn_type = 'main'
+               AND NOT EXISTS (SELECT 1 FROM next_states n WHERE n.turn_id = t.id
+                               AND n.kind IN ('reply', 'tool'))
+             ORDER BY t.id DESC LIMIT 1",
+        )
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((turn,)) = previous else {
+            return Ok(None);
+        };
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO next_states (turn_id, kind, text, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(turn)
+        .bind(kind)
+        .bind(text)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((turn, id)))
+    }
+
+    /// Records a served turn (creating its session if new).
+    pub async fn record_turn(&self, t: &NewTurn) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, created_at, last_seen) VALUES (?1, ?2, ?2)
+             ON CONFLICT(id) DO UPDATE SET last_seen = ?2",
+        )
+        .bind(&t.session_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO turns (session_id, turn_type, messages, prompt_ids, response,
+                                response_ids, logprobs, top_logprobs, policy_version,
+                                finish_reason, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+        )
+        .bind(&t.session_id)
+        .bind(t.turn_type)
+        .bind(json(&t.messages))
+        .bind(json(&t.prompt_ids))
+        .bind(&t.response)
+        .bind(json(&t.response_ids))
+        .bind(json(&t.logprobs))
+        .bind(json(&t.top_logprobs))
+        .bind(t.policy_version)
+        .bind(&t.finish_reason)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// One turn.
+    pub async fn turn(&self, id: i64) -> Result<Turn> {
+        sqlx::query_as("SELECT * FROM turns WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("turn {id}")))
+    }
+
+    /// A session's turns in order.
+    pub async fn turns_of(&self, session_id: &str) -> Result<Vec<Turn>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM turns WHERE session_id = ?1 ORDER BY id")
+                .bind(session_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Turns whose next state was judged, most recent first (the annotation queue).
+    pub async fn judged_turns(&self, limit: i64) -> Result<Vec<Turn>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM turns t WHERE EXISTS
+               (SELECT 1 FROM next_states n WHERE n.turn_id = t.id AND n.judged = 1)
+             ORDER BY t.id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records explicit feedback on a turn and makes it a next state to judge, atomically.
+    pub async fn record_feedback(
+        &self,
+        turn_id: i64,
+        thumb: Option<i8>,
+        correction: Option<&str>,
+        author: &str,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO feedback (turn_id, thumb, correction, author, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(turn_id)
+        .bind(thumb.map(i64::from))
+        .bind(correction)
+        .bind(author)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // The judge reads the feedback back as text: the thumb as a word, then the correction.
+        let mut text = match thumb {
+            Some(1) => "[thumbs up]".to_string(),
+            Some(_) => "[thumbs down]".to_string(),
+            None => String::new(),
+        };
+        if let Some(c) = correction {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(c);
+        }
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO next_states (turn_id, kind, text, created_at)
+             VALUES (?1, 'feedback', ?2, ?3) RETURNING id",
+        )
+        .bind(turn_id)
+        .bind(text)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Next states not judged yet, oldest first.
+    pub async fn unjudged(&self, limit: i64) -> Result<Vec<NextState>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM next_states WHERE judged = 0 ORDER BY id LIMIT ?1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Next states of a turn.
+    pub async fn next_states_of(&self, turn_id: i64) -> Result<Vec<NextState>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM next_states WHERE turn_id = ?1 ORDER BY id")
+                .bind(turn_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Writes a judgement (votes, hints, the sample) and marks the next state judged, in one
+    /// transaction. Returns the sample's id.
+    pub async fn record_judgement(
+        &self,
+        next_state_id: i64,
+        turn_id: i64,
+        j: &Judgement,
+    ) -> Result<Option<i64>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for v in &j.votes {
+            sqlx::query(
+                "INSERT INTO votes (turn_id, judge, value, raw, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(turn_id)
+            .bind(&v.judge)
+            .bind(v.value)
+            .bind(&v.raw)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut hint_ids = Vec::with_capacity(j.hints.len());
+        for h in &j.hints {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            )
+            .bind(turn_id)
+            .bind(&h.text)
+            .bind(h.source)
+            .bind(&h.author)
+            .bind(h.status)
+            .bind(h.overlap)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            hint_ids.push(id);
+        }
+        let sample = match &j.sample {
+            Some(s) => Some(insert_sample(&mut tx, s, &hint_ids, now).await?),
+            None => None,
+        };
+        sqlx::query("UPDATE next_states SET judged = 1 WHERE id = ?1")
+            .bind(next_state_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(sample)
+    }
+
+    /// Adds an annotator's candidate hint to a turn.
+    pub async fn add_hint(&self, turn_id: i64, h: &NewHint) -> Result<i64> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )
+        .bind(turn_id)
+        .bind(&h.text)
+        .bind(h.source)
+        .bind(&h.author)
+        .bind(h.status)
+        .bind(h.overlap)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// One hint.
+    pub async fn hint(&self, id: i64) -> Result<Hint> {
+        sqlx::query_as("SELECT * FROM hints WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("hint {id}")))
+    }
+
+    /// A turn's hints.
+    pub async fn hints_of(&self, turn_id: i64) -> Result<Vec<Hint>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM hints WHERE turn_id = ?1 ORDER BY id")
+                .bind(turn_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A turn's votes.
+    pub async fn votes_of(&self, turn_id: i64) -> Result<Vec<Vote>> {
+        Ok(
+            sqlx::query_as("SELECT judge, value, raw FROM votes WHERE turn_id = ?1 ORDER BY id")
+                .bind(turn_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Rejects a hint; its pending samples are dropped so they never train.
+    pub async fn reject_hint(&self, id: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE hints SET status = 'rejected' WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("hint {id}")));
+        }
+        sqlx::query(
+            "UPDATE samples SET status = 'dropped' WHERE hint_id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Accepts a stored hint and records the OPD sample it yields, atomically.
+    pub async fn accept_hint(&self, id: i64, sample: &NewSample) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE hints SET status = 'accepted' WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("hint {id}")));
+        }
+        let sample = insert_sample(&mut tx, sample, &[], now_ms()).await?;
+        tx.commit().await?;
+        Ok(sample)
+    }
+
+    /// Pending samples, oldest first, with their turns' tokens.
+    pub async fn pending_samples(&self, limit: i64) -> Result<Vec<Sample>> {
+        Ok(sqlx::query_as(
+            "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
+             JOIN turns t ON t.id = s.turn_id
+             WHERE s.status = 'pending' ORDER BY s.id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Pending samples.
+    pub async fn count_pending(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM samples WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// Samples of a turn.
+    pub async fn samples_of(&self, turn_id: i64) -> Result<Vec<Sample>> {
+        Ok(sqlx::query_as(
+            "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
+             JOIN turns t ON t.id = s.turn_id WHERE s.turn_id = ?1 ORDER BY s.id",
+        )
+        .bind(turn_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records a finished step in one transaction: its metrics, the version it published, and
+    /// its samples marked trained.
+    pub async fn record_step(
+        &self,
+        step: i64,
+        version: i64,
+        checkpoint: &str,
+        metrics: &serde_json::Value,
+        seconds: f64,
+        samples: &[i64],
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO train_steps (step, policy_version, metrics, seconds, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(step)
+        .bind(version)
+        .bind(json(metrics))
+        .bind(seconds)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO policy_versions (version, step, checkpoint, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(version)
+        .bind(step)
+        .bind(checkpoint)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for id in samples {
+            sqlx::query("UPDATE samples SET status = 'trained', step = ?1 WHERE id = ?2")
+                .bind(step)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Training steps, oldest first, after row id `after`.
+    pub async fn steps(&self, after: i64, limit: i64) -> Result<Vec<Step>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM train_steps WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Policy versions, oldest first.
+    pub async fn versions(&self) -> Result<Vec<Version>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM policy_versions ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// One policy version.
+    pub async fn version(&self, v: i64) -> Result<Version> {
+        sqlx::query_as("SELECT * FROM policy_versions WHERE version = ?1")
+            .bind(v)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("policy version {v}")))
+    }
+
+    /// A setting's value.
+    pub async fn setting(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let row: Option<(Json<serde_json::Value>,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(v,)| v.0))
+    }
+
+    /// Sets a setting.
+    pub async fn set_setting(&self, key: &str, value: &serde_json::Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = ?2",
+        )
+        .bind(key)
+        .bind(json(value))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a key's hash with its role (re-adding a key updates its role).
+    pub async fn add_key(&self, name: &str, key: &str, role: Role) -> Result<i64> {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO api_keys (name, key_hash, role, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(key_hash) DO UPDATE SET role = ?3, name = ?1 RETURNING id",
+        )
+        .bind(name)
+        .bind(hash_key(key))
+        .bind(role)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// The name and role of `key`, if it is known.
+    pub async fn key_role(&self, key: &str) -> Result<Option<(String, Role)>> {
+        Ok(
+            sqlx::query_as("SELECT name, role FROM api_keys WHERE key_hash = ?1")
+                .bind(hash_key(key))
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Keys (without the keys themselves).
+    pub async fn keys(&self) -> Result<Vec<ApiKey>> {
+        Ok(
+            sqlx::query_as("SELECT id, name, role, created_at FROM api_keys ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Deletes a key.
+    pub async fn delete_key(&self, id: i64) -> Result<()> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("key {id}")));
+        }
+        Ok(())
+    }
+
+    /// Counts of what the store holds, for `/metrics`.
+    pub async fn counts(&self) -> Result<Counts> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM sessions) AS sessions,
+                    (SELECT COUNT(*) FROM turns) AS turns,
+                    (SELECT COUNT(*) FROM votes) AS votes,
+                    (SELECT COUNT(*) FROM hints) AS hints,
+                    (SELECT COUNT(*) FROM samples) AS samples,
+                    (SELECT COUNT(*) FROM samples WHERE status = 'pending') AS pending_samples,
+                    (SELECT COUNT(*) FROM train_steps) AS steps",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
+
+/// Row counts.
+#[derive(Clone, Copy, Debug, Serialize, FromRow)]
+pub struct Counts {
+    /// Sessions.
+    pub sessions: i64,
+    /// Turns.
+    pub turns: i64,
+    /// Votes.
+    pub votes: i64,
+    /// Hints.
+    pub hints: i64,
+    /// Samples.
+    pub samples: i64,
+    /// Samples waiting for training.
+    pub pending_samples: i64,
+    /// Training steps.
+    pub steps: i64,
+}
+
+async fn insert_sample(
+    tx: &mut sqlx::SqliteConnection,
+    s: &NewSample,
+    hint_ids: &[i64],
+    now: i64,
+) -> Result<i64> {
+    let hint_id = match s.hint {
+        Some(HintRef::New(i)) => Some(
+            *hint_ids
+                .get(i)
+                .ok_or_else(|| Error::NotFound(format!("hint #{i} of the judgement")))?,
+        ),
+        Some(HintRef::Stored(id)) => Some(id),
+        None => None,
+    };
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO samples (turn_id, advantage, hint_id, hint_prompt_ids, selection, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+    )
+    .bind(s.turn_id)
+    .bind(s.advantage)
+    .bind(hint_id)
+    .bind(s.hint_prompt_ids.as_ref().map(json))
+    .bind(s.selection.as_ref().map(json))
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(id)
+}
