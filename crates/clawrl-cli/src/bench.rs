@@ -17,6 +17,8 @@ pub(crate) enum BenchCmd {
     Generate(GenerateBench),
     /// Time and peak memory of one hybrid (RL + OPD) LoRA training step.
     Train(TrainBench),
+    /// Concurrent sessions against the live server, idle and while training runs.
+    Serve(crate::bench_serve::ServeBench),
 }
 
 #[derive(Args)]
@@ -80,10 +82,11 @@ struct GenerateReport {
     simd: bool,
 }
 
-pub(crate) fn run(cmd: BenchCmd, model: &Model, threads: usize) -> Result<()> {
+pub(crate) fn run(cmd: BenchCmd, model: Model, threads: usize) -> Result<()> {
     match cmd {
-        BenchCmd::Generate(b) => generate(b, model, threads),
-        BenchCmd::Train(b) => train(b, model, threads),
+        BenchCmd::Generate(b) => generate(b, &model, threads),
+        BenchCmd::Train(b) => train(b, &model, threads),
+        BenchCmd::Serve(b) => crate::bench_serve::run(b, model, threads),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `clawrl`: the command line of ClawRL Studio.
 
 mod bench;
+mod bench_serve;
 mod cmd;
 mod serve;
 
@@ -92,7 +93,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => cmd::generate(a, &model.load()?),
         Command::Score(a) => cmd::score(a, &model.load()?),
         Command::Serve(a) => serve::serve(a, model.load()?),
-        Command::Bench(b) => bench::run(b, &model.load()?, threads),
+        Command::Bench(b) => bench::run(b, model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;
             eprintln!("Learning demo on {}", m.source);

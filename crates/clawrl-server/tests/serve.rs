@@ -372,3 +372,26 @@ async fn a_restart_keeps_pending_samples_and_the_served_version() {
         .await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_sessions_end_by_themselves_and_session_done_ends_one_now() {
+    let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
+        c.idle_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    t.chat("quiet", json!([user("hi")])).await;
+    let (_, s) = t.get("/studio/sessions/quiet").await;
+    assert_eq!(s["session"]["done"], false);
+    t.wait_for("/studio/sessions/quiet", |v| v["session"]["done"] == true).await;
+
+    let (status, _) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("bye")], "max_tokens": 4, "session_id": "over", "session_done": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, s) = t.get("/studio/sessions/over").await;
+    assert_eq!(s["session"]["done"], true);
+    t.stop().await;
+}
