@@ -1,6 +1,6 @@
 //! `clawrl bench …`: speed and memory, measured (never asserted in tests).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -65,6 +65,9 @@ pub(crate) struct GenerateBench {
     /// Measured runs (the median is reported) after one warm-up run.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Generate with this LoRA adapter (a PEFT directory) on top of the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -119,10 +122,18 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         ignore_eos: true,
         ..GenerateParams::default()
     };
+    let adapter = match &b.adapter {
+        Some(dir) => Some(
+            clawrl_trainer::load_adapter(model, dir, 0)
+                .with_context(|| format!("loading the adapter in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let policy = model.policy(adapter.as_ref());
     for run in 0..=b.runs {
         let t0 = Instant::now();
         let mut first: Option<Instant> = None;
-        let g = model.generate(&prompt, &params, |_, _| {
+        let g = policy.generate(&prompt, &params, |_, _| {
             first.get_or_insert_with(Instant::now);
             ControlFlow::Continue(())
         })?;

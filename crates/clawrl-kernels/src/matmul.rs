@@ -127,6 +127,8 @@ impl QMatrix {
         assert_eq!(y.len(), self.rows, "matvec output size");
         let chunk = self.row_chunk();
         match &self.storage {
+            // One chunk: no hand-over to the pool at all.
+            Storage::F32(w) if chunk >= self.rows => dot::rows_f32(w, self.cols, x, y),
             Storage::F32(w) => y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 let r0 = c * chunk;
                 dot::rows_f32(
@@ -267,8 +269,13 @@ impl QMatrix {
 
     fn row_chunk(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
-        // A few chunks per thread balance uneven cores without paying much scheduling.
-        self.rows.div_ceil(threads * 4).max(16)
+        // A few chunks per thread balance uneven cores without paying much scheduling; a chunk
+        // holds at least ~32k weights, so thin matrices (a LoRA's A and B) stay in one piece
+        // instead of paying a hand-over per few hundred products.
+        self.rows
+            .div_ceil(threads * 4)
+            .max(16)
+            .max((1 << 15) / self.cols.max(1))
     }
 }
 

@@ -234,6 +234,7 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
         idle_timeout: config.idle_timeout,
         events,
         counters: Counters::default(),
+        gate: clawrl_trainer::Gate::default(),
     });
     let setup = TrainerSetup {
         model,
@@ -241,6 +242,7 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
         checkpoints: config.checkpoints.clone(),
         seed: config.seed,
         threads: config.train_threads.max(1),
+        gate: state.gate.clone(),
     };
     let rt = tokio::runtime::Handle::current();
     let (trainer, live, setup) = {

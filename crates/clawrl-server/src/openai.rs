@@ -445,19 +445,24 @@ fn spawn_generation(
     let live = s.live();
     let (model, prompt, params) = (s.model.clone(), p.prompt.clone(), p.params.clone());
     let adapter = live.adapter.clone();
+    // Training pauses until the first token is out: time to first token is what a user feels.
+    let mut prefill = Some(s.gate.hold());
     let handle = tokio::task::spawn_blocking(move || {
         model
             .policy(adapter.as_deref())
-            .generate(&prompt, &params, |info, text| match &tx {
-                // A closed channel means the client went away: stop generating.
-                Some(tx) => match tx.blocking_send(Piece {
-                    text: text.to_string(),
-                    info: info.clone(),
-                }) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => ControlFlow::Break(()),
-                },
-                None => ControlFlow::Continue(()),
+            .generate(&prompt, &params, |info, text| {
+                prefill = None;
+                match &tx {
+                    // A closed channel means the client went away: stop generating.
+                    Some(tx) => match tx.blocking_send(Piece {
+                        text: text.to_string(),
+                        info: info.clone(),
+                    }) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()),
+                    },
+                    None => ControlFlow::Continue(()),
+                }
             })
     });
     (live.version, handle)

@@ -302,6 +302,8 @@ pub struct AppState {
     pub events: broadcast::Sender<Event>,
     /// Counters.
     pub counters: Counters,
+    /// Held while a request waits for its first token: training pauses meanwhile.
+    pub gate: clawrl_trainer::Gate,
 }
 
 impl AppState {

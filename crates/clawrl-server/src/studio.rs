@@ -144,16 +144,7 @@ pub async fn inspect(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<
         .filter(|h| h.status != HintStatus::Rejected)
         .collect();
     let texts: Vec<String> = hints.iter().map(|h| h.text.clone()).collect();
-    let settings = s.settings();
-    let a = analyse(
-        &s,
-        &t,
-        &messages_of(&t)?,
-        &texts,
-        settings.top_k,
-        settings.selection_mode(),
-    )
-    .await?;
+    let a = analyse_now(&s, &t, &texts).await?;
     let advantage = s
         .store
         .samples_of(id)
@@ -166,6 +157,24 @@ pub async fn inspect(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<
         "hint_ids": hints.iter().map(|h| h.id).collect::<Vec<_>>(),
         "analysis": a,
     })))
+}
+
+/// The turn under the live policy and the current settings, with `hints` as candidates.
+async fn analyse_now(
+    s: &Shared,
+    t: &clawrl_store::Turn,
+    hints: &[String],
+) -> ApiResult<crate::pipeline::Analysis> {
+    let settings = s.settings();
+    analyse(
+        s,
+        t,
+        &messages_of(t)?,
+        hints,
+        settings.top_k,
+        settings.selection_mode(),
+    )
+    .await
 }
 
 /// A hint's text.
@@ -219,16 +228,7 @@ pub async fn preview(
         .map(|h| h.text)
         .collect();
     texts.push(text);
-    let settings = s.settings();
-    let a = analyse(
-        &s,
-        &t,
-        &messages_of(&t)?,
-        &texts,
-        settings.top_k,
-        settings.selection_mode(),
-    )
-    .await?;
+    let a = analyse_now(&s, &t, &texts).await?;
     let candidate = a.hints.last().cloned();
     Ok(Json(json!({
         "turn_id": id,
@@ -247,16 +247,7 @@ pub async fn add_hint(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let text = hint_text(&b.text)?;
     let t = main_turn(&s, id).await?;
-    let settings = s.settings();
-    let a = analyse(
-        &s,
-        &t,
-        &messages_of(&t)?,
-        std::slice::from_ref(&text),
-        settings.top_k,
-        settings.selection_mode(),
-    )
-    .await?;
+    let a = analyse_now(&s, &t, std::slice::from_ref(&text)).await?;
     let hint_id = s
         .store
         .add_hint(

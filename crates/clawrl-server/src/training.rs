@@ -1,7 +1,8 @@
 //! TRAIN → PUBLISH (DESIGN.md §1): a thread of its own that takes a batch when `batch_size`
 //! samples are pending, steps the hybrid objective, checkpoints, records the step, and swaps
 //! the new adapter into serving between requests. It runs at a lower CPU priority in its own
-//! thread pool, so serving keeps answering while it works.
+//! thread pool, and pauses at every projection while a request waits for its first token, so
+//! serving keeps answering promptly while it works.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use clawrl_model::Model;
 use clawrl_objective::{Method, ObjectiveConfig};
 use clawrl_store::Sample;
 use clawrl_trainer::{
-    AdamWConfig, LoraConfig, StepMetrics, TrainConfig, TrainSample, TrainablePolicy, Trainer,
+    AdamWConfig, Gate, LoraConfig, StepMetrics, TrainConfig, TrainSample, TrainablePolicy, Trainer,
 };
 use serde_json::json;
 use tokio::runtime::Handle;
@@ -46,6 +47,8 @@ pub struct TrainerSetup {
     pub seed: u64,
     /// Threads of the training pool.
     pub threads: usize,
+    /// Held by serving while a request waits for its first token.
+    pub gate: Gate,
 }
 
 fn objective(s: &TrainingSettings) -> TrainConfig {
@@ -74,7 +77,8 @@ fn adamw(s: &TrainingSettings) -> AdamWConfig {
 }
 
 fn fresh(setup: &TrainerSetup, s: &TrainingSettings) -> clawrl_trainer::Result<Trainer> {
-    let policy = TrainablePolicy::new(&setup.model, setup.lora.clone(), setup.seed)?;
+    let mut policy = TrainablePolicy::new(&setup.model, setup.lora.clone(), setup.seed)?;
+    policy.set_gate(setup.gate.clone());
     Trainer::new(policy, adamw(s), objective(s))
 }
 

@@ -382,7 +382,8 @@ async fn quiet_sessions_end_by_themselves_and_session_done_ends_one_now() {
     t.chat("quiet", json!([user("hi")])).await;
     let (_, s) = t.get("/studio/sessions/quiet").await;
     assert_eq!(s["session"]["done"], false);
-    t.wait_for("/studio/sessions/quiet", |v| v["session"]["done"] == true).await;
+    t.wait_for("/studio/sessions/quiet", |v| v["session"]["done"] == true)
+        .await;
 
     let (status, _) = t
         .post(

@@ -404,6 +404,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so concurrent
+    /// writers queue on the busy timeout; a deferred transaction that reads first could fail at
+    /// its first write with "database is locked" instead.
+    async fn write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Creates the session if new and marks it seen now.
     pub async fn touch_session(&self, id: &str) -> Result<()> {
         let now = now_ms();
@@ -474,7 +483,7 @@ impl Store {
         text: &str,
     ) -> Result<Option<(i64, i64)>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let previous: Option<(i64,)> = sqlx::query_as(
             "SELECT t.id FROM turns t WHERE t.session_id = ?1 AND t.turn_type = 'main'
                AND NOT EXISTS (SELECT 1 FROM next_states n WHERE n.turn_id = t.id
@@ -504,7 +513,7 @@ impl Store {
     /// Records a served turn (creating its session if new).
     pub async fn record_turn(&self, t: &NewTurn) -> Result<i64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO sessions (id, created_at, last_seen) VALUES (?1, ?2, ?2)
              ON CONFLICT(id) DO UPDATE SET last_seen = ?2",
@@ -576,7 +585,7 @@ impl Store {
         author: &str,
     ) -> Result<i64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO feedback (turn_id, thumb, correction, author, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -623,14 +632,24 @@ impl Store {
         )
     }
 
+    /// The rows `sql` selects for `turn_id` (its only parameter).
+    async fn of_turn<T>(&self, sql: &str, turn_id: i64) -> Result<Vec<T>>
+    where
+        T: for<'r> FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        Ok(sqlx::query_as(sql)
+            .bind(turn_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Next states of a turn.
     pub async fn next_states_of(&self, turn_id: i64) -> Result<Vec<NextState>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM next_states WHERE turn_id = ?1 ORDER BY id")
-                .bind(turn_id)
-                .fetch_all(&self.pool)
-                .await?,
+        self.of_turn(
+            "SELECT * FROM next_states WHERE turn_id = ?1 ORDER BY id",
+            turn_id,
         )
+        .await
     }
 
     /// Writes a judgement (votes, hints, the sample) and marks the next state judged, in one
@@ -642,7 +661,7 @@ impl Store {
         j: &Judgement,
     ) -> Result<Option<i64>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for v in &j.votes {
             sqlx::query(
                 "INSERT INTO votes (turn_id, judge, value, raw, created_at)
@@ -714,27 +733,25 @@ impl Store {
 
     /// A turn's hints.
     pub async fn hints_of(&self, turn_id: i64) -> Result<Vec<Hint>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM hints WHERE turn_id = ?1 ORDER BY id")
-                .bind(turn_id)
-                .fetch_all(&self.pool)
-                .await?,
+        self.of_turn(
+            "SELECT * FROM hints WHERE turn_id = ?1 ORDER BY id",
+            turn_id,
         )
+        .await
     }
 
     /// A turn's votes.
     pub async fn votes_of(&self, turn_id: i64) -> Result<Vec<Vote>> {
-        Ok(
-            sqlx::query_as("SELECT judge, value, raw FROM votes WHERE turn_id = ?1 ORDER BY id")
-                .bind(turn_id)
-                .fetch_all(&self.pool)
-                .await?,
+        self.of_turn(
+            "SELECT judge, value, raw FROM votes WHERE turn_id = ?1 ORDER BY id",
+            turn_id,
         )
+        .await
     }
 
     /// Rejects a hint; its pending samples are dropped so they never train.
     pub async fn reject_hint(&self, id: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let done = sqlx::query("UPDATE hints SET status = 'rejected' WHERE id = ?1")
             .bind(id)
             .execute(&mut *tx)
@@ -754,7 +771,7 @@ impl Store {
 
     /// Accepts a stored hint and records the OPD sample it yields, atomically.
     pub async fn accept_hint(&self, id: i64, sample: &NewSample) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let done = sqlx::query("UPDATE hints SET status = 'accepted' WHERE id = ?1")
             .bind(id)
             .execute(&mut *tx)
@@ -789,13 +806,12 @@ impl Store {
 
     /// Samples of a turn.
     pub async fn samples_of(&self, turn_id: i64) -> Result<Vec<Sample>> {
-        Ok(sqlx::query_as(
+        self.of_turn(
             "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
              JOIN turns t ON t.id = s.turn_id WHERE s.turn_id = ?1 ORDER BY s.id",
+            turn_id,
         )
-        .bind(turn_id)
-        .fetch_all(&self.pool)
-        .await?)
+        .await
     }
 
     /// Records a finished step in one transaction: its metrics, the version it published, and
@@ -810,7 +826,7 @@ impl Store {
         samples: &[i64],
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO train_steps (step, policy_version, metrics, seconds, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",

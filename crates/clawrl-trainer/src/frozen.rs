@@ -10,6 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use clawrl_kernels::matmul::xwt;
 use clawrl_model::QMatrix;
 
+use crate::gate::Gate;
+
 /// `y = x·Wᵀ` (or `y = x·W` when `transposed`) with W frozen.
 #[derive(Clone)]
 pub struct FrozenLinear {
@@ -78,12 +80,14 @@ impl CustomOp1 for FrozenLinear {
 pub struct LoraLinear {
     w: Arc<QMatrix>,
     scale: f64,
+    gate: Gate,
 }
 
 impl LoraLinear {
-    /// The frozen weight `w` with an adapter scaled by `scale` (α / r).
-    pub fn new(w: Arc<QMatrix>, scale: f64) -> Self {
-        Self { w, scale }
+    /// The frozen weight `w` with an adapter scaled by `scale` (α / r); the backward waits at
+    /// `gate`.
+    pub fn new(w: Arc<QMatrix>, scale: f64, gate: Gate) -> Self {
+        Self { w, scale, gate }
     }
 
     /// Applies the layer to `x: [n, in]` with adapter `a: [r, in]`, `b: [out, r]`.
@@ -151,6 +155,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.gate.wait();
         let (x, a, b, dy) = (
             x.detach(),
             a.detach(),

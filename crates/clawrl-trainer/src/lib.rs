@@ -10,6 +10,7 @@ pub mod demo;
 mod error;
 mod frozen;
 mod fused;
+mod gate;
 mod head;
 mod lora;
 mod peft;
@@ -18,6 +19,7 @@ mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use error::{Error, Result};
+pub use gate::{Gate, Hold};
 pub use head::{Gather, HeadStats};
 pub use lora::{LoraConfig, Target, Tuning};
 pub use peft::load_adapter;

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::frozen::{FrozenLinear, LoraLinear};
 use crate::fused::{Attention, RmsNorm, Rope, causal_mask};
+use crate::gate::Gate;
 use crate::head::{Gather, Head, HeadStats};
 use crate::lora::{LoraConfig, Target, Tuning};
 
@@ -57,6 +58,7 @@ pub struct TrainablePolicy {
     /// Full fine-tuning's weights (`out × in`, f32) by (block, target); empty under LoRA.
     pub full: BTreeMap<(usize, Target), Var>,
     tuning: Tuning,
+    gate: Gate,
     cos: Tensor,
     sin: Tensor,
 }
@@ -141,6 +143,7 @@ impl TrainablePolicy {
             lora: pairs,
             full,
             tuning,
+            gate: Gate::default(),
             cos: angles.cos()?,
             sin: angles.sin()?,
             config: c,
@@ -150,6 +153,12 @@ impl TrainablePolicy {
     /// The model's shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Lets `gate`'s holders pause this policy's forward and backward passes at every
+    /// projection.
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = gate;
     }
 
     /// What training updates.
@@ -318,6 +327,7 @@ impl TrainablePolicy {
     }
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.gate.wait();
         let base = &self.blocks[l].proj[&t];
         if mode == Mode::Reference {
             return base.forward(x);
@@ -337,7 +347,11 @@ impl TrainablePolicy {
                 .matmul(&p.b.as_tensor().t()?)?;
             return base.forward(x)?.add(&delta.affine(scale, 0.0)?);
         }
-        LoraLinear::new(base.weight(), scale).forward(x, p.a.as_tensor(), p.b.as_tensor())
+        LoraLinear::new(base.weight(), scale, self.gate.clone()).forward(
+            x,
+            p.a.as_tensor(),
+            p.b.as_tensor(),
+        )
     }
 }
 

@@ -1,0 +1,205 @@
+//! The store on a real SQLite file: pairing, judgements, samples, steps, keys, concurrency and
+//! a reopen.
+
+use clawrl_store::{
+    HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, NewTurn, NextKind, Role, Store,
+    TurnType, Vote,
+};
+use serde_json::json;
+
+fn turn(session: &str, turn_type: TurnType) -> NewTurn {
+    NewTurn {
+        session_id: session.into(),
+        turn_type,
+        messages: json!([{"role": "user", "content": "hi"}]),
+        prompt_ids: vec![1, 2, 3],
+        response: "hello".into(),
+        response_ids: vec![4, 5],
+        logprobs: vec![-0.5, -1.5],
+        top_logprobs: vec![vec![(4, -0.5)], vec![(5, -1.5)]],
+        policy_version: 0,
+        finish_reason: "stop".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("nested/clawrl.sqlite");
+    let store = Store::open(&path).await.expect("opens");
+
+    // No earlier turn: nothing to pair.
+    assert_eq!(
+        store
+            .pair_next_state("s", NextKind::Reply, "x")
+            .await
+            .expect("pair"),
+        None
+    );
+    let t1 = store
+        .record_turn(&turn("s", TurnType::Main))
+        .await
+        .expect("turn");
+    let side = store
+        .record_turn(&turn("s", TurnType::Side))
+        .await
+        .expect("turn");
+    // The next main-line request pairs with the last main turn, not the side turn.
+    let (paired, ns) = store
+        .pair_next_state("s", NextKind::Reply, "no, shorter")
+        .await
+        .expect("pair")
+        .expect("paired");
+    assert_eq!(paired, t1);
+    assert_ne!(paired, side);
+    // Once paired, a turn takes no second reply.
+    assert_eq!(
+        store
+            .pair_next_state("s", NextKind::Reply, "again")
+            .await
+            .expect("pair"),
+        None
+    );
+    let stored = store.turn(t1).await.expect("turn");
+    assert_eq!(stored.response_ids.0, vec![4, 5]);
+    assert_eq!(stored.logprobs.0, vec![-0.5, -1.5]);
+
+    let pending = store.unjudged(10).await.expect("unjudged");
+    assert_eq!(pending.len(), 1);
+    let j = Judgement {
+        votes: vec![Vote {
+            judge: "rules".into(),
+            value: -1,
+            raw: "rules: correction".into(),
+        }],
+        hints: vec![
+            NewHint {
+                text: "Be shorter.".into(),
+                source: HintSource::Judge,
+                author: "rules".into(),
+                overlap: Some(7),
+                status: HintStatus::Accepted,
+            },
+            NewHint {
+                text: "Other.".into(),
+                source: HintSource::Judge,
+                author: "rules".into(),
+                overlap: Some(3),
+                status: HintStatus::Candidate,
+            },
+        ],
+        sample: Some(NewSample {
+            turn_id: t1,
+            advantage: Some(-1.0),
+            hint: Some(HintRef::New(0)),
+            hint_prompt_ids: Some(vec![1, 2, 3, 9]),
+            selection: Some(json!({"chosen": 0})),
+        }),
+    };
+    let sample = store
+        .record_judgement(ns, t1, &j)
+        .await
+        .expect("judged")
+        .expect("sample");
+    assert!(store.unjudged(10).await.expect("unjudged").is_empty());
+    let hints = store.hints_of(t1).await.expect("hints");
+    let samples = store.pending_samples(10).await.expect("samples");
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].hint_id, Some(hints[0].id));
+    assert_eq!(samples[0].prompt_ids.0, vec![1, 2, 3]);
+    assert_eq!(
+        samples[0].hint_prompt_ids.as_ref().map(|h| h.0.clone()),
+        Some(vec![1, 2, 3, 9])
+    );
+
+    // Rejecting the other hint drops nothing; rejecting the chosen one drops its sample.
+    store.reject_hint(hints[1].id).await.expect("reject");
+    assert_eq!(store.count_pending().await.expect("count"), 1);
+    let extra = store
+        .accept_hint(
+            hints[1].id,
+            &NewSample {
+                turn_id: t1,
+                advantage: None,
+                hint: Some(HintRef::Stored(hints[1].id)),
+                hint_prompt_ids: Some(vec![1]),
+                selection: None,
+            },
+        )
+        .await
+        .expect("accept");
+    store.reject_hint(hints[1].id).await.expect("reject");
+    assert_eq!(
+        store.count_pending().await.expect("count"),
+        1,
+        "sample {extra} dropped"
+    );
+
+    store
+        .record_step(1, 1, "/tmp/v1", &json!({"loss": 0.5}), 2.0, &[sample])
+        .await
+        .expect("step");
+    assert_eq!(store.count_pending().await.expect("count"), 0);
+    assert_eq!(store.versions().await.expect("versions").len(), 2);
+    assert!(store.reject_hint(999).await.is_err());
+
+    store
+        .add_key("owner", "secret-key-0123456789", Role::Owner)
+        .await
+        .expect("key");
+    assert_eq!(
+        store.key_role("secret-key-0123456789").await.expect("role"),
+        Some(("owner".into(), Role::Owner))
+    );
+    assert_eq!(store.key_role("nope").await.expect("role"), None);
+    drop(store);
+
+    let store = Store::open(&path).await.expect("reopens");
+    let c = store.counts().await.expect("counts");
+    assert_eq!(
+        (c.sessions, c.turns, c.votes, c.hints, c.samples, c.steps),
+        (1, 2, 1, 2, 2, 1)
+    );
+    assert_eq!(
+        store.steps(0, 10).await.expect("steps")[0].metrics.0["loss"],
+        0.5
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_queue_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db.sqlite"))
+        .await
+        .expect("opens");
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = format!("s{}", i % 4);
+            for _ in 0..5 {
+                store
+                    .pair_next_state(&session, NextKind::Reply, "thanks")
+                    .await?;
+                store.record_turn(&turn(&session, TurnType::Main)).await?;
+            }
+            Ok::<_, clawrl_store::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("no write failed");
+    }
+    let c = store.counts().await.expect("counts");
+    assert_eq!(c.turns, 80);
+    // However the writers interleaved, no turn got two next states.
+    let paired: Vec<i64> = store
+        .unjudged(1000)
+        .await
+        .expect("unjudged")
+        .iter()
+        .map(|n| n.turn_id)
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = paired.iter().collect();
+    assert_eq!(distinct.len(), paired.len());
+    assert!(!paired.is_empty() && paired.len() <= 76);
+}
