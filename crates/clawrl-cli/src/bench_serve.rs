@@ -190,8 +190,11 @@ async fn phase(b: &ServeBench, base: &str, tag: &str) -> (Vec<Timing>, usize) {
     (all, failed)
 }
 
+/// When each training step started and (once it has) ended.
+type StepTimes = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
+
 /// Intervals during which a training step ran, from the Studio's event stream.
-async fn watch_steps(base: String, steps: Arc<Mutex<Vec<(Instant, Option<Instant>)>>>) {
+async fn watch_steps(base: String, steps: StepTimes) {
     let Ok(resp) = reqwest::get(format!("{base}/studio/events")).await else {
         return;
     };
@@ -243,7 +246,7 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
             );
         }
         let (idle, failed_idle) = phase(&b, &base, "idle").await;
-        let steps = Arc::new(Mutex::new(Vec::new()));
+        let steps: StepTimes = Arc::new(Mutex::new(Vec::new()));
         let watcher = tokio::spawn(watch_steps(base.clone(), steps.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let http = reqwest::Client::new();
