@@ -396,3 +396,80 @@ async fn quiet_sessions_end_by_themselves_and_session_done_ends_one_now() {
     assert_eq!(s["session"]["done"], true);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_output_is_a_next_state_and_tools_reach_the_template() {
+    let t = start().await;
+    let tools = json!([{"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}]);
+    let (status, first) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("What is 6 × 7?")], "tools": tools, "max_tokens": 6, "session_id": "tool"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let id = first["turn_id"].as_i64().expect("id");
+    let (status, _) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [
+                user("What is 6 × 7?"),
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "Traceback: ZeroDivisionError"}
+            ], "tools": tools, "max_tokens": 6, "session_id": "tool"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let judged = t
+        .wait_for(&format!("/studio/turns/{id}"), |v| {
+            v["votes"].as_array().is_some_and(|v| !v.is_empty())
+        })
+        .await;
+    assert_eq!(judged["next_states"][0]["kind"], "tool");
+    assert_eq!(judged["votes"][0]["value"], -1);
+    let (status, bad) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("x")], "tools": {"not": "a list"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clawrl_server_can_be_the_judge_endpoint_of_another() {
+    use clawrl_signals::{HttpJudge, Judge, JudgeInput, NextKind};
+    let judge_server = start().await;
+    let url = format!("{}/v1", judge_server.url);
+    let conversation = [clawrl_model::Message::user("What is 2 + 2?")];
+    let verdict = tokio::task::spawn_blocking(move || {
+        let judge = HttpJudge::new(&url, "tiny", None).expect("client");
+        judge.judge(&JudgeInput {
+            conversation: &conversation,
+            response: "5",
+            next_state: "No, it is 4.",
+            kind: NextKind::Reply,
+        })
+    })
+    .await
+    .expect("thread")
+    .expect("the endpoint answers");
+    assert!((-1..=1).contains(&verdict.value));
+    // The judge prompt went through the real API and was recorded there.
+    let (_, sessions) = judge_server.get("/studio/sessions").await;
+    let id = sessions["sessions"][0]["id"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    let (_, session) = judge_server.get(&format!("/studio/sessions/{id}")).await;
+    let asked = session["turns"][0]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("");
+    assert!(asked.contains("You judge an AI assistant's answer") && asked.contains("No, it is 4."));
+    assert_eq!(
+        session["turns"][0]["response"].as_str(),
+        Some(verdict.raw.as_str())
+    );
+    judge_server.stop().await;
+}

@@ -195,3 +195,28 @@ impl Judge for HttpJudge {
         Ok(verdict_of(text.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_judge_answers_the_judge_prompt_with_a_verdict() {
+        let judge = ModelJudge::new(Arc::new(Model::tiny(3)), 0.7);
+        let conversation = [Message::user("What is 2 + 2?")];
+        let input = JudgeInput {
+            conversation: &conversation,
+            response: "5",
+            next_state: "No, it is 4.",
+            kind: NextKind::Reply,
+        };
+        let v = judge.judge(&input).expect("judges");
+        // The tiny model's words are noise: what matters is that they were read as a verdict.
+        assert!((-1..=1).contains(&v.value));
+        assert_eq!(v.value, parse_vote(&v.raw).unwrap_or(0));
+        assert!(judge.name().starts_with("model:"));
+        let prompt = &judge_prompt(&input)[0].content;
+        assert!(prompt.contains("\\boxed{1}") && prompt.contains("[HINT_START]"));
+        assert!(prompt.contains("the user's next message") && prompt.contains("No, it is 4."));
+    }
+}
