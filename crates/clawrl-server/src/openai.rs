@@ -320,8 +320,9 @@ fn prepare(s: &Shared, headers: &HeaderMap, req: ChatRequest) -> ApiResult<Prepa
         .map_err(|e| {
             ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
         })?;
+    // The prompt must leave room for one token; generation stops at the window's end.
     s.model
-        .check_context(prompt.len(), max_tokens.min(1))
+        .check_context(prompt.len(), 1)
         .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
     let next_state = next_state_of(&messages);
     Ok(Prepared {
