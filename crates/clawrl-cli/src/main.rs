@@ -4,6 +4,7 @@ mod bench;
 mod bench_serve;
 mod cmd;
 mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,9 @@ enum Command {
     Score(cmd::ScoreArgs),
     /// Serve the OpenAI-compatible API and learn from every next state in the background.
     Serve(serve::ServeArgs),
+    /// Simulated users chat with the live server: sessions until each persona's preference
+    /// is learned, per method, hint selection and seed.
+    Simulate(simulate::SimulateArgs),
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -93,6 +97,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => cmd::generate(a, &model.load()?),
         Command::Score(a) => cmd::score(a, &model.load()?),
         Command::Serve(a) => serve::serve(a, model.load()?),
+        Command::Simulate(a) => {
+            // A remote server brings its own model.
+            let m = if a.uses_url() {
+                None
+            } else {
+                Some(model.load()?)
+            };
+            simulate::simulate(a, m)
+        }
         Command::Bench(b) => bench::run(b, model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;

@@ -1,0 +1,351 @@
+//! `clawrl simulate`: simulated users chat with the live server; sessions until each persona's
+//! preference is adopted, per method, selection mode and seed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use clawrl_model::Model;
+use clawrl_server::{ServerConfig, TrainingSettings};
+use clawrl_sim::{
+    Persona, SessionOutcome, Simulation, Task, builtin_personas, load_tasks, sessions_to_preference,
+};
+use serde::Serialize;
+use serde_json::json;
+
+/// Where the shared task file sits relative to the project root.
+const DEFAULT_TASKS: &str = "../shared/data/gsm8k-test.json";
+
+#[derive(Args)]
+pub(crate) struct SimulateArgs {
+    /// Drive a running server instead of starting one in-process (its own settings apply).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// API key for --url.
+    #[arg(long, env = "CLAWRL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A persona file (repeatable). Default: the shipped student, TA and teacher.
+    #[arg(long, value_name = "FILE")]
+    persona: Vec<PathBuf>,
+    /// Tasks: a JSON array of {"question", "ground_truth_answer"}.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_TASKS)]
+    tasks: PathBuf,
+    /// Training method (repeatable for a sweep): combined, rl, opd.
+    #[arg(long, default_values_t = vec!["combined".to_string()])]
+    method: Vec<String>,
+    /// Hint selection (repeatable): sequence, token, random, longest.
+    #[arg(long, default_values_t = vec!["sequence".to_string()])]
+    selection: Vec<String>,
+    /// Seed (repeatable).
+    #[arg(long, default_values_t = vec![0u64])]
+    seed: Vec<u64>,
+    /// Sessions per persona before giving up (the metric is then null).
+    #[arg(long, default_value_t = 30)]
+    max_sessions: usize,
+    /// One policy for all personas, sessions interleaved (the default).
+    #[arg(long, conflicts_with = "separate")]
+    joint: bool,
+    /// One adapter (a fresh server) per persona.
+    #[arg(long)]
+    separate: bool,
+    /// One persona, one seed, 15 sessions.
+    #[arg(long)]
+    quick: bool,
+    /// Samples per training step.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// New tokens per answer.
+    #[arg(long, default_value_t = 160)]
+    max_tokens: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write results.json and table.md here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+impl SimulateArgs {
+    /// Whether a running server is driven (no local model needed).
+    pub(crate) fn uses_url(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
+#[derive(Serialize)]
+struct PersonaResult {
+    sessions_to_preference: Option<usize>,
+    sessions: Vec<SessionOutcome>,
+}
+
+#[derive(Serialize)]
+struct RunResult {
+    method: String,
+    selection: String,
+    seed: u64,
+    mode: &'static str,
+    personas: BTreeMap<String, PersonaResult>,
+}
+
+fn sessions(
+    rt: &tokio::runtime::Runtime,
+    sim: &Simulation,
+    personas: &[Persona],
+    tasks: &[Task],
+    max_sessions: usize,
+    log: &mut dyn FnMut(&SessionOutcome),
+) -> Result<BTreeMap<String, PersonaResult>> {
+    let mut by_persona: BTreeMap<String, Vec<SessionOutcome>> = BTreeMap::new();
+    // Personas take turns: session n of every persona before session n + 1 of any.
+    for n in 0..max_sessions {
+        for (p, persona) in personas.iter().enumerate() {
+            let task = (sim.seed as usize * 7919 + n * personas.len() + p) % tasks.len();
+            let o = rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?;
+            log(&o);
+            by_persona.entry(persona.name.clone()).or_default().push(o);
+        }
+    }
+    Ok(by_persona
+        .into_iter()
+        .map(|(name, s)| {
+            let first: Vec<bool> = s.iter().map(|o| o.first_satisfied).collect();
+            (
+                name,
+                PersonaResult {
+                    sessions_to_preference: sessions_to_preference(&first),
+                    sessions: s,
+                },
+            )
+        })
+        .collect())
+}
+
+fn server_config(
+    a: &SimulateArgs,
+    dir: &Path,
+    method: &str,
+    selection: &str,
+    seed: u64,
+) -> Result<ServerConfig> {
+    let mut c = ServerConfig::new("clawrl", dir);
+    c.bind = "127.0.0.1:0".parse()?;
+    c.seed = seed;
+    c.idle_timeout = std::time::Duration::from_secs(3600);
+    c.training = TrainingSettings {
+        batch_size: a.batch_size,
+        method: method.to_string(),
+        selection: selection.to_string(),
+        lr: a.lr,
+        ..TrainingSettings::default()
+    };
+    c.training
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(c)
+}
+
+pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
+    let mut personas = if a.persona.is_empty() {
+        builtin_personas()?
+    } else {
+        a.persona
+            .iter()
+            .map(|p| Persona::load(p))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let tasks = load_tasks(&a.tasks)
+        .context("reading the tasks (run from the project root, or pass --tasks FILE)")?;
+    let (mut seeds, mut max_sessions) = (a.seed.clone(), a.max_sessions);
+    if a.quick {
+        personas.truncate(1);
+        seeds.truncate(1);
+        max_sessions = max_sessions.min(15);
+    }
+    if max_sessions < 3 {
+        bail!("--max-sessions must be at least 3 (the metric needs three sessions in a row)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mode = if a.separate { "separate" } else { "joint" };
+    let mut log = |o: &SessionOutcome| {
+        if !a.json {
+            eprintln!(
+                "  {:>8} session {:>2} (v{}): first answer {}{}",
+                o.persona,
+                o.index,
+                o.policy_version,
+                if o.first_satisfied {
+                    "satisfied"
+                } else {
+                    "missed"
+                },
+                if o.first_satisfied {
+                    String::new()
+                } else {
+                    format!(" ({})", o.violations.join("; "))
+                }
+            );
+        }
+    };
+    let mut runs = Vec::new();
+    if let Some(url) = &a.url {
+        if a.method.len() > 1 || a.selection.len() > 1 {
+            bail!(
+                "--url drives one server with its own settings: sweep methods and selections in-process"
+            );
+        }
+        for &seed in &seeds {
+            let mut sim = Simulation::new(url, a.api_key.clone(), seed);
+            sim.max_tokens = a.max_tokens;
+            runs.push(RunResult {
+                method: "server's".into(),
+                selection: "server's".into(),
+                seed,
+                mode,
+                personas: sessions(&rt, &sim, &personas, &tasks, max_sessions, &mut log)?,
+            });
+        }
+    } else {
+        let model = Arc::new(model.context("no model")?);
+        for method in &a.method {
+            for selection in &a.selection {
+                for &seed in &seeds {
+                    if !a.json {
+                        eprintln!(
+                            "run: method {method}, selection {selection}, seed {seed}, {mode}"
+                        );
+                    }
+                    let groups: Vec<Vec<Persona>> = if a.separate {
+                        personas.iter().map(|p| vec![p.clone()]).collect()
+                    } else {
+                        vec![personas.clone()]
+                    };
+                    let mut results = BTreeMap::new();
+                    for group in groups {
+                        let dir = tempfile::tempdir().context("a scratch directory")?;
+                        let config = server_config(&a, dir.path(), method, selection, seed)?;
+                        let server = rt.block_on(clawrl_server::start(config, model.clone()))?;
+                        let mut sim =
+                            Simulation::new(&format!("http://{}", server.addr), None, seed);
+                        sim.max_tokens = a.max_tokens;
+                        let r = sessions(&rt, &sim, &group, &tasks, max_sessions, &mut log);
+                        rt.block_on(server.shutdown());
+                        results.extend(r?);
+                    }
+                    runs.push(RunResult {
+                        method: method.clone(),
+                        selection: selection.clone(),
+                        seed,
+                        mode,
+                        personas: results,
+                    });
+                }
+            }
+        }
+    }
+    let summary = summarize(&runs);
+    let table = table(&runs, &personas);
+    let report = json!({
+        "judge": "rules",
+        "mode": mode,
+        "max_sessions": max_sessions,
+        "sessions_to_preference": summary,
+        "runs": runs,
+    });
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        std::fs::write(dir.join("table.md"), &table)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}
+
+/// Mean sessions-to-preference per persona and method (over seeds and selections); a run that
+/// never adopted the preference counts as null and makes the mean null.
+fn summarize(runs: &[RunResult]) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
+    let mut acc: BTreeMap<String, BTreeMap<String, Vec<Option<usize>>>> = BTreeMap::new();
+    for r in runs {
+        let key = if r.selection == "sequence" {
+            r.method.clone()
+        } else {
+            format!("{}/{}", r.method, r.selection)
+        };
+        for (p, res) in &r.personas {
+            acc.entry(p.clone())
+                .or_default()
+                .entry(key.clone())
+                .or_default()
+                .push(res.sessions_to_preference);
+        }
+    }
+    acc.into_iter()
+        .map(|(p, m)| {
+            let m = m
+                .into_iter()
+                .map(|(k, v)| {
+                    let all: Option<Vec<usize>> = v.into_iter().collect();
+                    (
+                        k,
+                        all.map(|v| v.iter().sum::<usize>() as f64 / v.len() as f64),
+                    )
+                })
+                .collect();
+            (p, m)
+        })
+        .collect()
+}
+
+/// The paper's Tables 3 and 4 in shape: rows method (and selection), columns personas, the
+/// mean sessions until the preference is adopted (— where it never was).
+fn table(runs: &[RunResult], personas: &[Persona]) -> String {
+    let summary = summarize(runs);
+    let mut rows: Vec<String> = Vec::new();
+    for r in runs {
+        let key = if r.selection == "sequence" {
+            r.method.clone()
+        } else {
+            format!("{}/{}", r.method, r.selection)
+        };
+        if !rows.contains(&key) {
+            rows.push(key);
+        }
+    }
+    let mut out = String::from("| method |");
+    for p in personas {
+        out.push_str(&format!(" {} |", p.name));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(personas.len()));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&format!("| {row} |"));
+        for p in personas {
+            let v = summary
+                .get(&p.name)
+                .and_then(|m| m.get(&row))
+                .copied()
+                .flatten();
+            out.push_str(&match v {
+                Some(v) => format!(" {v:.1} |"),
+                None => " — |".to_string(),
+            });
+        }
+        out.push('\n');
+    }
+    out
+}

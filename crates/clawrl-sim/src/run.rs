@@ -1,0 +1,167 @@
+//! Driving the server as a user would, and the paper's metric.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::persona::{Persona, Task};
+use crate::{Error, Result};
+
+/// Consecutive satisfied sessions that count as "preference adopted".
+const RUN: usize = 3;
+
+/// The 1-based index of the first session of the first run of three consecutive sessions whose
+/// first answer satisfied the preference; `None` when there is no such run.
+pub fn sessions_to_preference(first_satisfied: &[bool]) -> Option<usize> {
+    first_satisfied
+        .windows(RUN)
+        .position(|w| w.iter().all(|&s| s))
+        .map(|i| i + 1)
+}
+
+/// What one session did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionOutcome {
+    /// 1-based session number within the run.
+    pub index: usize,
+    /// The persona.
+    pub persona: String,
+    /// The session id sent to the server.
+    pub session_id: String,
+    /// Which task it used.
+    pub task: usize,
+    /// The session's first answer met the preference.
+    pub first_satisfied: bool,
+    /// Some answer of the session met it.
+    pub satisfied: bool,
+    /// Answers the user read.
+    pub turns: usize,
+    /// The policy version of the first answer.
+    pub policy_version: i64,
+    /// Why the first answer missed (empty when it met the preference).
+    pub violations: Vec<String>,
+}
+
+/// A client of one server.
+pub struct Simulation {
+    http: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    /// New tokens per answer.
+    pub max_tokens: usize,
+    /// Sampling temperature of the answers.
+    pub temperature: f32,
+    /// Seed; each answer's sampler seed derives from it.
+    pub seed: u64,
+}
+
+impl Simulation {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`), with `key` if it needs one.
+    pub fn new(base: &str, key: Option<String>, seed: u64) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: format!("{}/v1/chat/completions", base.trim_end_matches('/')),
+            key,
+            max_tokens: 160,
+            temperature: 0.7,
+            seed,
+        }
+    }
+
+    async fn chat(&self, body: &Value) -> Result<Value> {
+        let mut req = self.http.post(&self.url).json(body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| Error::Server(e.to_string()))?;
+        let status = resp.status();
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Server(e.to_string()))?;
+        if !status.is_success() {
+            return Err(Error::Server(format!("{status}: {v}")));
+        }
+        Ok(v)
+    }
+
+    /// One session: the first message, then a correction after each answer that misses the
+    /// preference (up to the persona's `max_turns` answers), or thanks once one meets it. The
+    /// last reply goes to the server too, as the next state of the last answer, in a request
+    /// that ends the session.
+    pub async fn session(
+        &self,
+        persona: &Persona,
+        task: &Task,
+        task_index: usize,
+        index: usize,
+    ) -> Result<SessionOutcome> {
+        let session_id = format!("sim-{}-{}-{index}", persona.name, self.seed);
+        let mut messages = vec![json!({"role": "user", "content": persona.first_message(task)})];
+        let mut out = SessionOutcome {
+            index,
+            persona: persona.name.clone(),
+            session_id: session_id.clone(),
+            task: task_index,
+            first_satisfied: false,
+            satisfied: false,
+            turns: 0,
+            policy_version: 0,
+            violations: Vec::new(),
+        };
+        for turn in 0..persona.max_turns {
+            let r = self
+                .chat(&json!({
+                    "messages": messages,
+                    "max_tokens": self.max_tokens,
+                    "temperature": self.temperature,
+                    "seed": self.seed.wrapping_mul(1_000_003).wrapping_add((index * 16 + turn) as u64),
+                    "session_id": session_id,
+                }))
+                .await?;
+            let text = r["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let tokens = r["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+            let violations = persona.violations(&text, tokens);
+            if turn == 0 {
+                out.first_satisfied = violations.is_empty();
+                out.policy_version = r["policy_version"].as_i64().unwrap_or(0);
+                out.violations = violations.clone();
+            }
+            out.turns += 1;
+            messages.push(json!({"role": "assistant", "content": text}));
+            if violations.is_empty() {
+                out.satisfied = true;
+                messages.push(json!({"role": "user", "content": persona.replies.satisfied}));
+                break;
+            }
+            messages.push(json!({"role": "user", "content": persona.replies.correction}));
+        }
+        self.chat(&json!({
+            "messages": messages,
+            "max_tokens": 1,
+            "session_id": session_id,
+            "session_done": true,
+        }))
+        .await?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metric_is_the_start_of_the_first_run_of_three() {
+        let s = |v: &[u8]| v.iter().map(|&b| b == 1).collect::<Vec<_>>();
+        assert_eq!(sessions_to_preference(&s(&[1, 1, 1])), Some(1));
+        assert_eq!(
+            sessions_to_preference(&s(&[0, 1, 1, 0, 1, 1, 1, 0])),
+            Some(5)
+        );
+        assert_eq!(sessions_to_preference(&s(&[1, 1, 0, 1, 1])), None);
+        assert_eq!(sessions_to_preference(&[]), None);
+    }
+}

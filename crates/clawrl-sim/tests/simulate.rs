@@ -1,0 +1,94 @@
+//! A simulated user against the real server (tiny model, real SQLite file): sessions run as a
+//! client would run them, and every reply reaches the server as a next state.
+
+use std::sync::Arc;
+
+use clawrl_model::Model;
+use clawrl_sim::{Persona, Simulation, Task, sessions_to_preference};
+
+const PERSONA: &str = r#"
+name = "terse"
+first_message = "Question: {question}"
+max_turns = 2
+
+[preference]
+max_tokens = 3
+
+[replies]
+correction = "No, answer in at most three tokens."
+satisfied = "Thanks!"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_user_drives_the_server_like_a_client() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
+    config.bind = "127.0.0.1:0".parse().expect("addr");
+    config.training.paused = true;
+    let server = clawrl_server::start(config, Arc::new(Model::tiny(9)))
+        .await
+        .expect("server");
+    let base = format!("http://{}", server.addr);
+    let persona = Persona::from_toml(PERSONA, "terse.toml").expect("persona");
+    let task = Task {
+        question: "What is 2 + 2?".into(),
+        ground_truth_answer: "4".into(),
+    };
+    let mut sim = Simulation::new(&base, None, 5);
+    sim.max_tokens = 8;
+    let mut first = Vec::new();
+    for i in 1..=3 {
+        let o = sim.session(&persona, &task, 0, i).await.expect("session");
+        assert_eq!(o.index, i);
+        assert!(o.turns >= 1 && o.turns <= 2);
+        assert_eq!(o.first_satisfied, o.violations.is_empty());
+        first.push(o.first_satisfied);
+    }
+    assert_eq!(
+        sessions_to_preference(&first),
+        first.iter().all(|&s| s).then_some(1)
+    );
+
+    // Each session ended, and each answer's reply came back as a next state.
+    let http = reqwest::Client::new();
+    let sessions: serde_json::Value = http
+        .get(format!("{base}/studio/sessions"))
+        .send()
+        .await
+        .expect("sessions")
+        .json()
+        .await
+        .expect("json");
+    let list = sessions["sessions"].as_array().expect("list");
+    assert_eq!(list.len(), 3);
+    for s in list {
+        assert_eq!(s["done"], true);
+        let id = s["id"].as_str().expect("id");
+        let detail: serde_json::Value = http
+            .get(format!("{base}/studio/sessions/{id}"))
+            .send()
+            .await
+            .expect("session")
+            .json()
+            .await
+            .expect("json");
+        let turns = detail["turns"].as_array().expect("turns");
+        // The answers the user read, plus the closing request that carried the last reply.
+        assert!(turns.len() >= 2);
+        let first_turn = turns[0]["id"].as_i64().expect("id");
+        let t: serde_json::Value = http
+            .get(format!("{base}/studio/turns/{first_turn}"))
+            .send()
+            .await
+            .expect("turn")
+            .json()
+            .await
+            .expect("json");
+        let reply = t["next_states"][0]["text"].as_str().unwrap_or("");
+        assert!(
+            reply == "Thanks!" || reply.starts_with("No, answer"),
+            "{reply}"
+        );
+    }
+    server.shutdown().await;
+}
