@@ -62,10 +62,14 @@ pub(crate) struct SimulateArgs {
     /// New tokens per answer.
     #[arg(long, default_value_t = 160)]
     max_tokens: usize,
+    /// Start each session at once, without waiting for the server to judge and train what the
+    /// previous ones produced (training then yields to the back-to-back requests).
+    #[arg(long)]
+    no_wait: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
-    /// Write results.json and table.md here.
+    /// Write results.json, table.md and satisfaction.png here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -98,6 +102,7 @@ fn sessions(
     personas: &[Persona],
     tasks: &[Task],
     max_sessions: usize,
+    wait: bool,
     log: &mut dyn FnMut(&SessionOutcome),
 ) -> Result<BTreeMap<String, PersonaResult>> {
     let mut by_persona: BTreeMap<String, Vec<SessionOutcome>> = BTreeMap::new();
@@ -107,6 +112,9 @@ fn sessions(
             let task = (sim.seed as usize * 7919 + n * personas.len() + p) % tasks.len();
             let o = rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?;
             log(&o);
+            if wait {
+                rt.block_on(sim.wait_for_training())?;
+            }
             by_persona.entry(persona.name.clone()).or_default().push(o);
         }
     }
@@ -209,7 +217,15 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 selection: "server's".into(),
                 seed,
                 mode,
-                personas: sessions(&rt, &sim, &personas, &tasks, max_sessions, &mut log)?,
+                personas: sessions(
+                    &rt,
+                    &sim,
+                    &personas,
+                    &tasks,
+                    max_sessions,
+                    !a.no_wait,
+                    &mut log,
+                )?,
             });
         }
     } else {
@@ -235,7 +251,15 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                         let mut sim =
                             Simulation::new(&format!("http://{}", server.addr), None, seed);
                         sim.max_tokens = a.max_tokens;
-                        let r = sessions(&rt, &sim, &group, &tasks, max_sessions, &mut log);
+                        let r = sessions(
+                            &rt,
+                            &sim,
+                            &group,
+                            &tasks,
+                            max_sessions,
+                            !a.no_wait,
+                            &mut log,
+                        );
                         rt.block_on(server.shutdown());
                         results.extend(r?);
                     }
@@ -266,6 +290,11 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
             serde_json::to_string_pretty(&report)?,
         )?;
         std::fs::write(dir.join("table.md"), &table)?;
+        let png = clawrl_sim::satisfaction_png(
+            "first answer meets the preference (mean over personas and seeds)",
+            &curves(&runs),
+        );
+        std::fs::write(dir.join("satisfaction.png"), png)?;
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -275,16 +304,49 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     Ok(())
 }
 
+/// The row a run belongs to: its method, with the selection when it is not the default.
+fn row_key(r: &RunResult) -> String {
+    if r.selection == "sequence" {
+        r.method.clone()
+    } else {
+        format!("{}/{}", r.method, r.selection)
+    }
+}
+
+/// Per row, the fraction of sessions whose first answer met the preference, by session number.
+fn curves(runs: &[RunResult]) -> Vec<(String, Vec<f64>)> {
+    let mut acc: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in runs {
+        let key = row_key(r);
+        let i = match acc.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                acc.push((key, Vec::new()));
+                acc.len() - 1
+            }
+        };
+        for p in r.personas.values() {
+            for (n, o) in p.sessions.iter().enumerate() {
+                let sums = &mut acc[i].1;
+                if sums.len() <= n {
+                    sums.resize(n + 1, (0.0, 0.0));
+                }
+                sums[n].0 += f64::from(u8::from(o.first_satisfied));
+                sums[n].1 += 1.0;
+            }
+        }
+    }
+    acc.into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|(s, n)| s / n.max(1.0)).collect()))
+        .collect()
+}
+
 /// Mean sessions-to-preference per persona and method (over seeds and selections); a run that
 /// never adopted the preference counts as null and makes the mean null.
 fn summarize(runs: &[RunResult]) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
     let mut acc: BTreeMap<String, BTreeMap<String, Vec<Option<usize>>>> = BTreeMap::new();
     for r in runs {
-        let key = if r.selection == "sequence" {
-            r.method.clone()
-        } else {
-            format!("{}/{}", r.method, r.selection)
-        };
+        let key = row_key(r);
         for (p, res) in &r.personas {
             acc.entry(p.clone())
                 .or_default()
@@ -316,11 +378,7 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
     let summary = summarize(runs);
     let mut rows: Vec<String> = Vec::new();
     for r in runs {
-        let key = if r.selection == "sequence" {
-            r.method.clone()
-        } else {
-            format!("{}/{}", r.method, r.selection)
-        };
+        let key = row_key(r);
         if !rows.contains(&key) {
             rows.push(key);
         }

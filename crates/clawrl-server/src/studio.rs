@@ -403,6 +403,7 @@ async fn training_status(s: &Shared) -> ApiResult<Value> {
         "settings": s.settings(),
         "policy_version": s.live().version,
         "pending_samples": counts.pending_samples,
+        "unjudged": counts.unjudged,
         "samples": counts.samples,
         "steps": counts.steps,
     }))

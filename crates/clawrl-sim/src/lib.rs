@@ -4,9 +4,11 @@
 //! three consecutive sessions.
 
 mod persona;
+mod plot;
 mod run;
 
 pub use persona::{Persona, Preference, Replies, Task, builtin_personas, load_tasks};
+pub use plot::satisfaction_png;
 pub use run::{SessionOutcome, Simulation, sessions_to_preference};
 
 /// A simulation failure.

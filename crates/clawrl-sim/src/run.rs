@@ -44,6 +44,7 @@ pub struct SessionOutcome {
 /// A client of one server.
 pub struct Simulation {
     http: reqwest::Client,
+    base: String,
     url: String,
     key: Option<String>,
     /// New tokens per answer.
@@ -57,13 +58,50 @@ pub struct Simulation {
 impl Simulation {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`), with `key` if it needs one.
     pub fn new(base: &str, key: Option<String>, seed: u64) -> Self {
+        let base = base.trim_end_matches('/').to_string();
         Self {
             http: reqwest::Client::new(),
-            url: format!("{}/v1/chat/completions", base.trim_end_matches('/')),
+            url: format!("{base}/v1/chat/completions"),
+            base,
             key,
             max_tokens: 160,
             temperature: 0.7,
             seed,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| Error::Server(e.to_string()))?;
+        let status = resp.status();
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Server(e.to_string()))?;
+        if !status.is_success() {
+            return Err(Error::Server(format!("{status}: {v}")));
+        }
+        Ok(v)
+    }
+
+    /// Waits until the server has judged every next state and trained every full batch: the
+    /// pause a real user leaves between sessions. Back-to-back simulated sessions would
+    /// otherwise starve training, which yields to serving (and the result would measure the
+    /// machine's speed rather than the method). Needs a key with the annotator role.
+    pub async fn wait_for_training(&self) -> Result<()> {
+        loop {
+            let t = self.get("/studio/training").await?;
+            let batch = t["settings"]["batch_size"].as_i64().unwrap_or(1);
+            let paused = t["settings"]["paused"].as_bool().unwrap_or(false);
+            let unjudged = t["unjudged"].as_i64().unwrap_or(0);
+            let pending = t["pending_samples"].as_i64().unwrap_or(0);
+            if unjudged == 0 && (paused || pending < batch) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
 

@@ -43,14 +43,25 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
         assert!(o.turns >= 1 && o.turns <= 2);
         assert_eq!(o.first_satisfied, o.violations.is_empty());
         first.push(o.first_satisfied);
+        // Training is paused: waiting returns once every reply has been judged.
+        sim.wait_for_training().await.expect("waits");
     }
     assert_eq!(
         sessions_to_preference(&first),
         first.iter().all(|&s| s).then_some(1)
     );
 
-    // Each session ended, and each answer's reply came back as a next state.
+    // Each session ended, and each answer's reply came back as a next state and was judged.
     let http = reqwest::Client::new();
+    let status: serde_json::Value = http
+        .get(format!("{base}/studio/training"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["unjudged"], 0);
     let sessions: serde_json::Value = http
         .get(format!("{base}/studio/sessions"))
         .send()

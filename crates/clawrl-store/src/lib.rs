@@ -966,7 +966,8 @@ impl Store {
                     (SELECT COUNT(*) FROM hints) AS hints,
                     (SELECT COUNT(*) FROM samples) AS samples,
                     (SELECT COUNT(*) FROM samples WHERE status = 'pending') AS pending_samples,
-                    (SELECT COUNT(*) FROM train_steps) AS steps",
+                    (SELECT COUNT(*) FROM train_steps) AS steps,
+                    (SELECT COUNT(*) FROM next_states WHERE judged = 0) AS unjudged",
         )
         .fetch_one(&self.pool)
         .await?)
@@ -990,6 +991,8 @@ pub struct Counts {
     pub pending_samples: i64,
     /// Training steps.
     pub steps: i64,
+    /// Next states waiting for the judge.
+    pub unjudged: i64,
 }
 
 async fn insert_sample(
