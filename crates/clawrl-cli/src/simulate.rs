@@ -277,7 +277,8 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     let summary = summarize(&runs);
     let table = table(&runs, &personas);
     let report = json!({
-        "judge": "rules",
+        // The in-process server judges by rules; a remote one by whatever it was started with.
+        "judge": if a.url.is_some() { "the server's" } else { "rules" },
         "mode": mode,
         "max_sessions": max_sessions,
         "sessions_to_preference": summary,
@@ -290,10 +291,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
             serde_json::to_string_pretty(&report)?,
         )?;
         std::fs::write(dir.join("table.md"), &table)?;
-        let png = clawrl_sim::satisfaction_png(
-            "first answer meets the preference (mean over personas and seeds)",
-            &curves(&runs),
-        );
+        let png = clawrl_sim::satisfaction_png("first answer meets the preference", &curves(&runs));
         std::fs::write(dir.join("satisfaction.png"), png)?;
     }
     if a.json {
