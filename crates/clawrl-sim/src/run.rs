@@ -70,8 +70,8 @@ impl Simulation {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+    /// Sends `req` with the key, and reads a JSON body from a success.
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value> {
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
@@ -85,6 +85,11 @@ impl Simulation {
             return Err(Error::Server(format!("{status}: {v}")));
         }
         Ok(v)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// Waits until the server has judged every next state and trained every full batch: the
@@ -106,20 +111,7 @@ impl Simulation {
     }
 
     async fn chat(&self, body: &Value) -> Result<Value> {
-        let mut req = self.http.post(&self.url).json(body);
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.map_err(|e| Error::Server(e.to_string()))?;
-        let status = resp.status();
-        let v: Value = resp
-            .json()
-            .await
-            .map_err(|e| Error::Server(e.to_string()))?;
-        if !status.is_success() {
-            return Err(Error::Server(format!("{status}: {v}")));
-        }
-        Ok(v)
+        self.send(self.http.post(&self.url).json(body)).await
     }
 
     /// One session: the first message, then a correction after each answer that misses the
