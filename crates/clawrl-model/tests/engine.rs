@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use clawrl_model::{Error, FinishReason, GenerateParams, Message, Model, Sampling};
+use clawrl_model::{Error, FinishReason, GenerateParams, Generation, Message, Model, Sampling};
 
 fn greedy(max_tokens: usize) -> GenerateParams {
     GenerateParams {
@@ -120,6 +120,18 @@ fn top_k_beyond_the_vocabulary_and_an_empty_response_are_handled() {
     assert!(m.score(&[prompt], &[], 4).expect("scores")[0].is_empty());
 }
 
+/// Generates, collecting the streamed pieces.
+fn generate_streamed(m: &Model, prompt: &[u32], params: &GenerateParams) -> (Generation, String) {
+    let mut streamed = String::new();
+    let g = m
+        .generate(prompt, params, |_, t| {
+            streamed.push_str(t);
+            ControlFlow::Continue(())
+        })
+        .expect("generates");
+    (g, streamed)
+}
+
 #[test]
 fn same_seed_same_tokens_and_streamed_text_is_the_final_text() {
     let m = Model::tiny(5);
@@ -135,13 +147,7 @@ fn same_seed_same_tokens_and_streamed_text_is_the_final_text() {
         },
         ..Default::default()
     };
-    let mut streamed = String::new();
-    let a = m
-        .generate(&prompt, &params, |_, t| {
-            streamed.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .expect("generates");
+    let (a, streamed) = generate_streamed(&m, &prompt, &params);
     let b = m.generate(&prompt, &params, go).expect("generates");
     assert_eq!(a.token_ids(), b.token_ids());
     assert_eq!(streamed, a.text);
@@ -164,13 +170,7 @@ fn text_held_back_is_streamed_when_the_token_budget_ends_generation() {
             stop: vec!["zzzz".into()],
             ..Default::default()
         };
-        let mut streamed = String::new();
-        let g = m
-            .generate(&prompt, &params, |_, t| {
-                streamed.push_str(t);
-                ControlFlow::Continue(())
-            })
-            .expect("generates");
+        let (g, streamed) = generate_streamed(&m, &prompt, &params);
         assert_eq!(streamed, g.text, "seed {seed}, {:?}", g.finish_reason);
     }
 }
@@ -191,13 +191,7 @@ fn a_stop_string_ends_generation_and_is_not_in_the_text() {
         stop: vec![stop.clone()],
         ..greedy(30)
     };
-    let mut streamed = String::new();
-    let g = m
-        .generate(&prompt, &params, |_, t| {
-            streamed.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .expect("generates");
+    let (g, streamed) = generate_streamed(&m, &prompt, &params);
     assert_eq!(g.finish_reason, FinishReason::Stop);
     assert!(!g.text.contains(&stop));
     assert!(free.text.starts_with(&g.text));

@@ -612,59 +612,61 @@ pub async fn metrics(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     let c = s.store.counts().await?;
     let settings = s.settings();
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+    let rows: [(&str, &str, &str, f64); 13] = [
+        (
+            "completions_total",
+            "counter",
+            "Chat completions served since start.",
+            s.counters.completions.load(Relaxed) as f64,
+        ),
+        (
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated since start.",
+            s.counters.tokens.load(Relaxed) as f64,
+        ),
+        (
+            "stream_errors_total",
+            "counter",
+            "Streams that ended in an error.",
+            s.counters.errors.load(Relaxed) as f64,
+        ),
+        (
+            "train_steps_total",
+            "counter",
+            "Training steps since start.",
+            s.counters.steps.load(Relaxed) as f64,
+        ),
+        (
+            "policy_version",
+            "gauge",
+            "The policy version being served.",
+            s.live().version as f64,
+        ),
+        (
+            "training_paused",
+            "gauge",
+            "1 while training is paused.",
+            f64::from(u8::from(settings.paused)),
+        ),
+        ("sessions", "gauge", "Sessions stored.", c.sessions as f64),
+        ("turns", "gauge", "Turns stored.", c.turns as f64),
+        ("votes", "gauge", "Judge votes stored.", c.votes as f64),
+        ("hints", "gauge", "Hints stored.", c.hints as f64),
+        ("samples", "gauge", "Samples stored.", c.samples as f64),
+        (
+            "pending_samples",
+            "gauge",
+            "Samples waiting for training.",
+            c.pending_samples as f64,
+        ),
+        ("steps", "gauge", "Training steps stored.", c.steps as f64),
+    ];
+    for (name, kind, help, value) in rows {
         let _ = writeln!(
             out,
             "# HELP clawrl_{name} {help}\n# TYPE clawrl_{name} {kind}\nclawrl_{name} {value}"
         );
-    };
-    metric(
-        "completions_total",
-        "counter",
-        "Chat completions served since start.",
-        s.counters.completions.load(Relaxed) as f64,
-    );
-    metric(
-        "generated_tokens_total",
-        "counter",
-        "Tokens generated since start.",
-        s.counters.tokens.load(Relaxed) as f64,
-    );
-    metric(
-        "stream_errors_total",
-        "counter",
-        "Streams that ended in an error.",
-        s.counters.errors.load(Relaxed) as f64,
-    );
-    metric(
-        "train_steps_total",
-        "counter",
-        "Training steps since start.",
-        s.counters.steps.load(Relaxed) as f64,
-    );
-    metric(
-        "policy_version",
-        "gauge",
-        "The policy version being served.",
-        s.live().version as f64,
-    );
-    metric(
-        "training_paused",
-        "gauge",
-        "1 while training is paused.",
-        f64::from(u8::from(settings.paused)),
-    );
-    metric("sessions", "gauge", "Sessions stored.", c.sessions as f64);
-    metric("turns", "gauge", "Turns stored.", c.turns as f64);
-    metric("votes", "gauge", "Judge votes stored.", c.votes as f64);
-    metric("hints", "gauge", "Hints stored.", c.hints as f64);
-    metric("samples", "gauge", "Samples stored.", c.samples as f64);
-    metric(
-        "pending_samples",
-        "gauge",
-        "Samples waiting for training.",
-        c.pending_samples as f64,
-    );
-    metric("steps", "gauge", "Training steps stored.", c.steps as f64);
+    }
     Ok(([("content-type", "text/plain; version=0.0.4")], out))
 }

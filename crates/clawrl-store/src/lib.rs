@@ -111,20 +111,6 @@ pub enum Role {
     Owner,
 }
 
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "client" => Ok(Self::Client),
-            "annotator" => Ok(Self::Annotator),
-            "owner" => Ok(Self::Owner),
-            _ => Err(format!(
-                "role must be \"client\", \"annotator\" or \"owner\", not {s:?}"
-            )),
-        }
-    }
-}
-
 /// A session.
 #[derive(Clone, Debug, Serialize, FromRow)]
 pub struct Session {
