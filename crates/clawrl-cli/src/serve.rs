@@ -57,6 +57,10 @@ pub(crate) struct ServeArgs {
     /// Judge votes per next state (m); r_t is their majority.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     votes: u8,
+    /// Serve the Studio UI from this directory (the built `ui/dist`) at /ui/, for annotators
+    /// in a browser.
+    #[arg(long, value_name = "DIR")]
+    ui: Option<PathBuf>,
     /// Samples per training step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -87,12 +91,7 @@ pub(crate) struct ServeArgs {
 }
 
 fn data_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("CLAWRL_DATA_DIR") {
-        return Ok(PathBuf::from(d));
-    }
-    Ok(dirs::data_dir()
-        .context("no user data directory here; pass --db")?
-        .join("clawrl"))
+    clawrl_server::default_data_dir().context("no user data directory here; pass --db")
 }
 
 /// Runs the server until Ctrl-C.
@@ -145,6 +144,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
         ..LoraConfig::default()
     };
     config.train_threads = a.train_threads.max(1);
+    config.ui = a.ui;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

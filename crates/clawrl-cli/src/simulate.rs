@@ -51,8 +51,13 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     separate: bool,
     /// One persona, one seed, 15 sessions.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "full")]
     quick: bool,
+    /// The full benchmark: 15 sessions of every persona; `combined` with seeds 0, 1, 2, then
+    /// `rl`, `opd` and the `token`, `random`, `longest` selections with seed 0 (instead of
+    /// --method, --selection and --seed).
+    #[arg(long, conflicts_with_all = ["url", "method", "selection", "seed"])]
+    full: bool,
     /// Samples per training step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
@@ -168,11 +173,25 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     };
     let tasks = load_tasks(&a.tasks)
         .context("reading the tasks (run from the project root, or pass --tasks FILE)")?;
-    let (mut seeds, mut max_sessions) = (a.seed.clone(), a.max_sessions);
+    let mut max_sessions = a.max_sessions;
+    let mut configs: Vec<(String, String, u64)> = Vec::new();
+    for m in &a.method {
+        for s in &a.selection {
+            for &seed in &a.seed {
+                configs.push((m.clone(), s.clone(), seed));
+            }
+        }
+    }
+    let mut seeds = a.seed.clone();
     if a.quick {
         personas.truncate(1);
         seeds.truncate(1);
+        configs.retain(|c| Some(&c.2) == seeds.first());
         max_sessions = max_sessions.min(15);
+    }
+    if a.full {
+        max_sessions = 15;
+        configs = full_benchmark();
     }
     if max_sessions < 3 {
         bail!("--max-sessions must be at least 3 (the metric needs three sessions in a row)");
@@ -230,48 +249,42 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
         }
     } else {
         let model = Arc::new(model.context("no model")?);
-        for method in &a.method {
-            for selection in &a.selection {
-                for &seed in &seeds {
-                    if !a.json {
-                        eprintln!(
-                            "run: method {method}, selection {selection}, seed {seed}, {mode}"
-                        );
-                    }
-                    let groups: Vec<Vec<Persona>> = if a.separate {
-                        personas.iter().map(|p| vec![p.clone()]).collect()
-                    } else {
-                        vec![personas.clone()]
-                    };
-                    let mut results = BTreeMap::new();
-                    for group in groups {
-                        let dir = tempfile::tempdir().context("a scratch directory")?;
-                        let config = server_config(&a, dir.path(), method, selection, seed)?;
-                        let server = rt.block_on(clawrl_server::start(config, model.clone()))?;
-                        let mut sim =
-                            Simulation::new(&format!("http://{}", server.addr), None, seed);
-                        sim.max_tokens = a.max_tokens;
-                        let r = sessions(
-                            &rt,
-                            &sim,
-                            &group,
-                            &tasks,
-                            max_sessions,
-                            !a.no_wait,
-                            &mut log,
-                        );
-                        rt.block_on(server.shutdown());
-                        results.extend(r?);
-                    }
-                    runs.push(RunResult {
-                        method: method.clone(),
-                        selection: selection.clone(),
-                        seed,
-                        mode,
-                        personas: results,
-                    });
-                }
+        for (method, selection, seed) in &configs {
+            let seed = *seed;
+            if !a.json {
+                eprintln!("run: method {method}, selection {selection}, seed {seed}, {mode}");
             }
+            let groups: Vec<Vec<Persona>> = if a.separate {
+                personas.iter().map(|p| vec![p.clone()]).collect()
+            } else {
+                vec![personas.clone()]
+            };
+            let mut results = BTreeMap::new();
+            for group in groups {
+                let dir = tempfile::tempdir().context("a scratch directory")?;
+                let config = server_config(&a, dir.path(), method, selection, seed)?;
+                let server = rt.block_on(clawrl_server::start(config, model.clone()))?;
+                let mut sim = Simulation::new(&format!("http://{}", server.addr), None, seed);
+                sim.max_tokens = a.max_tokens;
+                let r = sessions(
+                    &rt,
+                    &sim,
+                    &group,
+                    &tasks,
+                    max_sessions,
+                    !a.no_wait,
+                    &mut log,
+                );
+                rt.block_on(server.shutdown());
+                results.extend(r?);
+            }
+            runs.push(RunResult {
+                method: method.clone(),
+                selection: selection.clone(),
+                seed,
+                mode,
+                personas: results,
+            });
         }
     }
     let summary = summarize(&runs);
@@ -404,4 +417,18 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The configurations of `--full`: (method, selection, seed).
+fn full_benchmark() -> Vec<(String, String, u64)> {
+    let mut c: Vec<(String, String, u64)> = (0..3)
+        .map(|seed| ("combined".into(), "sequence".into(), seed))
+        .collect();
+    for m in ["rl", "opd"] {
+        c.push((m.into(), "sequence".into(), 0));
+    }
+    for s in ["token", "random", "longest"] {
+        c.push(("combined".into(), s.into(), 0));
+    }
+    c
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
+use axum::response::Redirect;
 use axum::routing::{delete, get, post};
 use clawrl_model::Model;
 use clawrl_signals::{HttpJudge, Judge, ModelJudge, RulesJudge};
@@ -28,6 +29,7 @@ use clawrl_store::{Role, Store};
 use clawrl_trainer::LoraConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, oneshot};
+use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
@@ -105,6 +107,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Threads the training pool uses.
     pub train_threads: usize,
+    /// The built Studio UI (`ui/dist`), served at `/ui/` when set.
+    pub ui: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -124,7 +128,17 @@ impl ServerConfig {
             seed: 0,
             limits: Limits::default(),
             train_threads: 1,
+            ui: None,
         }
+    }
+}
+
+/// Where the database and checkpoints live by default: `$CLAWRL_DATA_DIR`, else `clawrl/` in
+/// the user's data directory.
+pub fn default_data_dir() -> Option<PathBuf> {
+    match std::env::var_os("CLAWRL_DATA_DIR") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => dirs::data_dir().map(|d| d.join("clawrl")),
     }
 }
 
@@ -190,6 +204,14 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
         .map_err(|e| Error::Config(e.message))?;
     if config.votes == 0 || config.votes > 16 {
         return Err(Error::Config("--votes must be 1..=16".into()));
+    }
+    if let Some(dir) = &config.ui
+        && !dir.join("index.html").is_file()
+    {
+        return Err(Error::Config(format!(
+            "{} has no index.html: build the UI first (npm --prefix ui ci && npm --prefix ui run build)",
+            dir.display()
+        )));
     }
     let store = Store::open(&config.db).await?;
     if let Some(key) = &config.owner_key {
@@ -259,7 +281,13 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
     let trainer = training::spawn(state.clone(), setup, trainer, control_rx)?;
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone());
+    let mut app = router(state.clone());
+    if let Some(dir) = &config.ui {
+        // The UI's files carry no data, so they need no key; everything they call does.
+        app = app
+            .nest_service("/ui", ServeDir::new(dir))
+            .route("/", get(|| async { Redirect::temporary("/ui/") }));
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -602,7 +602,9 @@ pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResu
 
 /// `GET /healthz`.
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
-    Json(json!({ "status": "ok", "model": s.model_id, "policy_version": s.live().version }))
+    Json(
+        json!({ "status": "ok", "model": s.model_id, "judge": s.judge.name(), "policy_version": s.live().version }),
+    )
 }
 
 /// `GET /metrics`: Prometheus text format.
