@@ -105,9 +105,12 @@ async function refresh(): Promise<void> {
   const r = await attempt(() => api<{ queue: Item[] }>("GET", "/studio/queue?limit=100"));
   if (!r) return;
   const keep = items[selected]?.turn_id;
+  // Re-render only what changed, so that nothing moves under the pointer needlessly.
+  const same = JSON.stringify(items) === JSON.stringify(r.queue);
   items = r.queue;
   const i = items.findIndex((x) => x.turn_id === keep);
   selected = i >= 0 ? i : 0;
+  if (same && list.childElementCount) return;
   renderList();
   renderDetail();
 }
@@ -162,7 +165,7 @@ function renderDetail(): void {
     h("h4", {}, "Next states"),
     h("ul", {}, it.next_states.map((n) => h("li", {}, h("span", { class: "pill" }, n.kind), " ", n.text))),
     h("h4", {}, "Votes"),
-    h("ul", {}, it.votes.map((v) => h("li", {}, h("span", { class: `pill ${v.value > 0 ? "good" : v.value < 0 ? "bad" : ""}` }, signed(v.value)), ` ${v.judge}: ${v.raw}`))),
+    h("ul", {}, it.votes.map((v) => h("li", {}, h("span", { class: `pill ${v.value > 0 ? "good" : v.value < 0 ? "bad" : ""}` }, signed(v.value)), ` ${v.raw.startsWith(`${v.judge}:`) ? v.raw : `${v.judge}: ${v.raw}`}`))),
     h("h4", {}, "Hints"),
     it.hints.length
       ? h(

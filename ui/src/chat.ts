@@ -72,6 +72,19 @@ export function mountChat(root: HTMLElement): void {
   });
 }
 
+/** A thumb icon drawn inline: emoji fonts are not everywhere. */
+function thumbIcon(): SVGSVGElement {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute(
+    "d",
+    "M2 21h4V9H2v12zm20-11c0-1.1-.9-2-2-2h-6.3l1-4.6v-.3c0-.4-.2-.8-.4-1.1L13.2 1 6.6 7.6C6.2 8 6 8.5 6 9v10c0 1.1.9 2 2 2h9c.8 0 1.5-.5 1.8-1.2l3-7.1c.1-.2.2-.5.2-.7v-2z",
+  );
+  svg.append(path);
+  return svg;
+}
+
 function addStatus(line: HTMLElement, text: string, kind = ""): void {
   line.append(h("span", { class: `pill ${kind}` }, text));
 }
@@ -154,13 +167,13 @@ function renderMeta(meta: HTMLElement, info: TurnInfo): void {
     }
   });
   form.append(box, submit);
-  const up = h("button", { class: "icon", title: "Good answer", "data-testid": "thumb-up" }, "👍");
+  const up = h("button", { class: "icon", title: "👍 Good answer", "aria-label": "thumbs up", "data-testid": "thumb-up" }, thumbIcon());
   up.addEventListener("click", async () => {
     if (await attempt(() => api("POST", `/studio/turns/${id}/feedback`, { thumb: 1 }))) {
       addStatus(status, "👍 sent", "good");
     }
   });
-  const down = h("button", { class: "icon", title: "Bad answer", "data-testid": "thumb-down" }, "👎");
+  const down = h("button", { class: "icon down", title: "👎 Bad answer", "aria-label": "thumbs down", "data-testid": "thumb-down" }, thumbIcon());
   down.addEventListener("click", () => openForm(-1));
   const correct = h("button", { title: "Write what it should have said", "data-testid": "correct" }, "Correct this");
   correct.addEventListener("click", () => openForm(undefined));

@@ -64,3 +64,8 @@ export function showToken(t: string): string {
 export function signed(v: number): string {
   return v > 0 ? `+${v}` : v < 0 ? `−${-v}` : "0";
 }
+
+/** "1 sample", "3 samples". */
+export function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}

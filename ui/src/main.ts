@@ -3,7 +3,7 @@
 import { api, connectEvents, onConnection, onEvent } from "./api.js";
 import { mountAnnotate, setAnnotateActive } from "./annotate.js";
 import { mountChat } from "./chat.js";
-import { fill, h } from "./dom.js";
+import { fill, h, plural } from "./dom.js";
 import { loadInspect, mountInspect } from "./inspect.js";
 import { mountSettings, showSettings } from "./settings.js";
 import { mountTrain, showTrain } from "./train.js";
@@ -48,7 +48,7 @@ function statusBar(): HTMLElement {
     const say: Record<string, string> = {
       turn: `turn #${e.turn_id} answered by v${e.policy_version}`,
       judged: `turn #${e.turn_id} judged`,
-      sample: `${e.pending} samples queued`,
+      sample: `${plural(e.pending, "sample")} queued`,
       train_started: `training step ${e.step}…`,
       trained: `step ${e.step} done → v${e.version}`,
       published: `serving v${e.version}`,

@@ -2,7 +2,7 @@
 // roll back, the method and its hyper-parameters, pause and resume.
 
 import { api, onEvent } from "./api.js";
-import { attempt, fill, h, toast } from "./dom.js";
+import { attempt, fill, h, plural, toast } from "./dom.js";
 
 type Metrics = Record<string, number>;
 interface Step {
@@ -82,7 +82,7 @@ export function mountTrain(root: HTMLElement): void {
   onEvent((e) => {
     if (e.type === "train_started") {
       progress.hidden = false;
-      fill(progress, h("span", { class: "spinner" }), ` Training step ${e.step} on ${e.samples} samples…`);
+      fill(progress, h("span", { class: "spinner" }), ` Training step ${e.step} on ${plural(e.samples, "sample")}…`);
     } else if (e.type === "trained") {
       progress.hidden = true;
       steps.push({ step: e.step, policy_version: e.version, seconds: e.metrics.seconds ?? 0, metrics: e.metrics });
@@ -106,7 +106,7 @@ async function refresh(all: boolean): Promise<void> {
   const t = await attempt(() => api("GET", "/studio/training"));
   if (t) {
     showStatus(t);
-    if (all) renderForm(t.settings);
+    syncForm(t.settings);
   }
   const v = await attempt(() => api("GET", "/studio/versions"));
   if (v) renderVersions(v.versions);
@@ -126,9 +126,9 @@ function showStatus(t: any): void {
     status,
     h("span", { class: "pill version" }, `serving v${t.policy_version}`),
     h("span", { class: `pill ${paused ? "bad" : "good"}` }, paused ? "paused" : "training on"),
-    h("span", { class: "pill", "data-testid": "pending" }, `${t.pending_samples} samples queued (batch ${t.settings.batch_size})`),
-    h("span", { class: "pill" }, `${t.unjudged} next states waiting for the judge`),
-    h("span", { class: "pill" }, `${t.steps} steps · ${t.samples} samples so far`),
+    h("span", { class: "pill", "data-testid": "pending" }, `${plural(t.pending_samples, "sample")} queued (batch ${t.settings.batch_size})`),
+    h("span", { class: "pill" }, `${plural(t.unjudged, "next state")} waiting for the judge`),
+    h("span", { class: "pill" }, `${plural(t.steps, "step")} · ${plural(t.samples, "sample")} so far`),
     h("span", { class: "pill" }, `method ${t.settings.method} · selection ${t.settings.selection}`),
   );
 }
@@ -156,6 +156,19 @@ function renderVersions(list: { version: number; step: number; created_at: numbe
       );
     }),
   );
+}
+
+/** Shows `settings` in the form, building it the first time; a field being edited keeps its
+ * text. */
+function syncForm(settings: Record<string, any>): void {
+  if (!form.elements.length) {
+    renderForm(settings);
+    return;
+  }
+  for (const [key] of FIELDS) {
+    const el = form.elements.namedItem(key) as HTMLInputElement | HTMLSelectElement | null;
+    if (el && el !== document.activeElement && settings[key] !== undefined) el.value = String(settings[key]);
+  }
 }
 
 function renderForm(settings: Record<string, any>): void {

@@ -285,16 +285,34 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 mode,
                 personas: results,
             });
+            // Every finished run is on disk at once: a long sweep stopped midway keeps them.
+            report(&a, mode, max_sessions, &runs, &personas)?;
         }
     }
-    let summary = summarize(&runs);
-    let table = table(&runs, &personas);
+    let (report, table) = report(&a, mode, max_sessions, &runs, &personas)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}
+
+/// The JSON report and the markdown table of `runs`, written to `--out` when given.
+fn report(
+    a: &SimulateArgs,
+    mode: &str,
+    max_sessions: usize,
+    runs: &[RunResult],
+    personas: &[Persona],
+) -> Result<(serde_json::Value, String)> {
+    let table = table(runs, personas);
     let report = json!({
         // The in-process server judges by rules; a remote one by whatever it was started with.
         "judge": if a.url.is_some() { "the server's" } else { "rules" },
         "mode": mode,
         "max_sessions": max_sessions,
-        "sessions_to_preference": summary,
+        "sessions_to_preference": summarize(runs),
         "runs": runs,
     });
     if let Some(dir) = &a.out {
@@ -304,15 +322,10 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
             serde_json::to_string_pretty(&report)?,
         )?;
         std::fs::write(dir.join("table.md"), &table)?;
-        let png = clawrl_sim::satisfaction_png("first answer meets the preference", &curves(&runs));
+        let png = clawrl_sim::satisfaction_png("first answer meets the preference", &curves(runs));
         std::fs::write(dir.join("satisfaction.png"), png)?;
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{table}");
-    }
-    Ok(())
+    Ok((report, table))
 }
 
 /// The row a run belongs to: its method, with the selection when it is not the default.

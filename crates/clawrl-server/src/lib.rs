@@ -154,6 +154,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The policy version being served.
+    pub fn policy_version(&self) -> i64 {
+        self.state.live().version
+    }
+
     /// Stops accepting, finishes open requests, stops the workers and the training thread
     /// (after its current step).
     pub async fn shutdown(mut self) {

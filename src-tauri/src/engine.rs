@@ -1,0 +1,151 @@
+//! The engine the window shows: the model loaded and the live-loop server started in-process,
+//! restarted on another model, and the serving adapter exported.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use clawrl_model::{FetchProgress, Model};
+use clawrl_server::{Server, ServerConfig, TrainingSettings};
+
+/// How the engine starts: flags and environment, fixed for the app's life.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The model at start (None: the embedded one).
+    pub model: Option<PathBuf>,
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// Where the database and checkpoints of the embedded model live.
+    pub data_dir: PathBuf,
+    /// Samples per training step.
+    pub batch_size: usize,
+    /// The built UI.
+    pub ui: PathBuf,
+}
+
+struct Running {
+    server: Server,
+    data_dir: PathBuf,
+}
+
+/// The server the window talks to, one at a time.
+pub struct Engine {
+    options: Options,
+    rt: tokio::runtime::Runtime,
+    running: Mutex<Option<Running>>,
+}
+
+impl Engine {
+    /// An engine that has not started yet.
+    pub fn new(options: Options) -> Result<Arc<Self>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Arc::new(Self {
+            options,
+            rt,
+            running: Mutex::new(None),
+        }))
+    }
+
+    /// Loads `model` (None: the one given at start, else the embedded one, fetched if needed)
+    /// and serves it, stopping the previous server first; returns the address.
+    pub fn start(&self, model: Option<PathBuf>, status: &dyn Fn(&str)) -> Result<SocketAddr> {
+        let previous = self.stop();
+        let path = match model.or_else(|| self.options.model.clone()) {
+            Some(p) => p,
+            None => clawrl_model::default_model_path(&mut |p| match p {
+                FetchProgress::Downloading => {
+                    status("Fetching the embedded model (SmolLM2-135M-Instruct, 98 MB)…")
+                }
+                FetchProgress::Extracting { done, total } => status(&format!(
+                    "Unpacking the model: {} of {} MB",
+                    done >> 20,
+                    total >> 20
+                )),
+                FetchProgress::Ready => status("Model ready."),
+            })?,
+        };
+        status(&format!("Loading {}…", path.display()));
+        let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        // Adapters fit one base model only: another model gets a database of its own.
+        let data_dir = if self.options.model.as_ref() == Some(&path) || self.options.model.is_none() && is_embedded(&path) {
+            self.options.data_dir.clone()
+        } else {
+            self.options.data_dir.join("models").join(stem(&path))
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut config = ServerConfig::new("clawrl", &data_dir);
+        config.bind = previous.unwrap_or_else(|| free_or_any(self.options.bind));
+        config.ui = Some(self.options.ui.clone());
+        config.training = TrainingSettings {
+            batch_size: self.options.batch_size,
+            ..TrainingSettings::default()
+        };
+        status("Starting the server…");
+        let server = self
+            .rt
+            .block_on(clawrl_server::start(config, Arc::new(model)))
+            .context("starting the server")?;
+        let addr = server.addr;
+        tracing::info!(%addr, model = %path.display(), data = %data_dir.display(), "engine started");
+        *self.lock() = Some(Running { server, data_dir });
+        Ok(addr)
+    }
+
+    /// Stops the server (after its current training step); returns where it listened.
+    pub fn stop(&self) -> Option<SocketAddr> {
+        let running = self.lock().take()?;
+        let addr = running.server.addr;
+        self.rt.block_on(running.server.shutdown());
+        Some(addr)
+    }
+
+    /// Copies the serving adapter (PEFT layout) into `to`; returns its version.
+    pub fn export_adapter(&self, to: &Path) -> Result<i64> {
+        let guard = self.lock();
+        let Some(r) = guard.as_ref() else {
+            bail!("the engine is not running");
+        };
+        let version = r.server.policy_version();
+        if version == 0 {
+            bail!("version 0 is the base model: there is no adapter to export yet");
+        }
+        let from = r.data_dir.join("checkpoints").join(format!("v{version}"));
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(from.join(f), to.join(f))
+                .with_context(|| format!("copying {} to {}", from.join(f).display(), to.display()))?;
+        }
+        Ok(version)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        // A panic elsewhere leaves the slot itself valid.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn is_embedded(path: &Path) -> bool {
+    path.file_name().and_then(|f| f.to_str()) == Some(clawrl_model::SMOLLM2_135M.file_name)
+}
+
+/// A directory name for a model file or folder.
+fn stem(path: &Path) -> String {
+    let s = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect()
+}
+
+/// `addr` when it is free, else any free port on the same interface (another server may
+/// already hold the default port).
+fn free_or_any(addr: SocketAddr) -> SocketAddr {
+    if addr.port() == 0 || TcpListener::bind(addr).is_ok() {
+        return addr;
+    }
+    tracing::warn!(%addr, "address in use; listening on a free port instead");
+    SocketAddr::new(addr.ip(), 0)
+}
