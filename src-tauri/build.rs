@@ -10,13 +10,25 @@ fn npm(ui: &Path, args: &[&str]) {
         .args(args)
         .current_dir(ui)
         .status()
-        .unwrap_or_else(|e| panic!("running npm {args:?} in {} (is Node.js installed?): {e}", ui.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running npm {args:?} in {} (is Node.js installed?): {e}",
+                ui.display()
+            )
+        });
     assert!(status.success(), "npm {args:?} failed in {}", ui.display());
 }
 
 fn main() {
     let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui");
-    for p in ["src", "static", "package.json", "package-lock.json", "tsconfig.json", "build.mjs"] {
+    for p in [
+        "src",
+        "static",
+        "package.json",
+        "package-lock.json",
+        "tsconfig.json",
+        "build.mjs",
+    ] {
         println!("cargo:rerun-if-changed={}", ui.join(p).display());
     }
     if !ui.join("node_modules").is_dir() {

@@ -71,7 +71,9 @@ impl Engine {
         status(&format!("Loading {}…", path.display()));
         let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
         // Adapters fit one base model only: another model gets a database of its own.
-        let data_dir = if self.options.model.as_ref() == Some(&path) || self.options.model.is_none() && is_embedded(&path) {
+        let data_dir = if self.options.model.as_ref() == Some(&path)
+            || self.options.model.is_none() && is_embedded(&path)
+        {
             self.options.data_dir.clone()
         } else {
             self.options.data_dir.join("models").join(stem(&path))
@@ -116,8 +118,9 @@ impl Engine {
         }
         let from = r.data_dir.join("checkpoints").join(format!("v{version}"));
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
-            std::fs::copy(from.join(f), to.join(f))
-                .with_context(|| format!("copying {} to {}", from.join(f).display(), to.display()))?;
+            std::fs::copy(from.join(f), to.join(f)).with_context(|| {
+                format!("copying {} to {}", from.join(f).display(), to.display())
+            })?;
         }
         Ok(version)
     }
@@ -136,7 +139,13 @@ fn is_embedded(path: &Path) -> bool {
 fn stem(path: &Path) -> String {
     let s = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

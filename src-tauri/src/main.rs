@@ -57,7 +57,9 @@ fn main() -> Result<()> {
     }
     let data_dir = match args.data_dir {
         Some(d) => d,
-        None => clawrl_server::default_data_dir().context("no user data directory: pass --data-dir")?,
+        None => {
+            clawrl_server::default_data_dir().context("no user data directory: pass --data-dir")?
+        }
     };
     let engine = Engine::new(Options {
         model: args.model,
@@ -72,10 +74,11 @@ fn main() -> Result<()> {
             let engine = engine.clone();
             move |app| {
                 app.set_menu(menu(app.handle())?)?;
-                let window = WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
-                    .title("ClawRL Studio")
-                    .inner_size(1280.0, 860.0)
-                    .build()?;
+                let window =
+                    WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
+                        .title("ClawRL Studio")
+                        .inner_size(1280.0, 860.0)
+                        .build()?;
                 let splash = window.url()?;
                 app.manage(Splash(splash));
                 let engine = engine.clone();
@@ -107,9 +110,27 @@ fn menu(app: &AppHandle) -> tauri::Result<Menu<tauri::Wry>> {
         "File",
         true,
         &[
-            &MenuItem::with_id(app, "open_model", "Open model file (GGUF)…", true, None::<&str>)?,
-            &MenuItem::with_id(app, "open_folder", "Open Hugging Face model folder…", true, None::<&str>)?,
-            &MenuItem::with_id(app, "export_adapter", "Export adapter (PEFT)…", true, None::<&str>)?,
+            &MenuItem::with_id(
+                app,
+                "open_model",
+                "Open model file (GGUF)…",
+                true,
+                None::<&str>,
+            )?,
+            &MenuItem::with_id(
+                app,
+                "open_folder",
+                "Open Hugging Face model folder…",
+                true,
+                None::<&str>,
+            )?,
+            &MenuItem::with_id(
+                app,
+                "export_adapter",
+                "Export adapter (PEFT)…",
+                true,
+                None::<&str>,
+            )?,
             &PredefinedMenuItem::separator(app)?,
             &PredefinedMenuItem::quit(app, None)?,
         ],
@@ -159,7 +180,11 @@ fn on_menu(app: &AppHandle, engine: &Arc<Engine>, id: &str) {
                         ),
                         Err(e) => (format!("{e:#}"), MessageDialogKind::Error),
                     };
-                    app.dialog().message(text).title("Export adapter").kind(kind).show(|_| {});
+                    app.dialog()
+                        .message(text)
+                        .title("Export adapter")
+                        .kind(kind)
+                        .show(|_| {});
                 });
         }
         _ => {}
@@ -178,7 +203,9 @@ fn show_engine(engine: &Engine, window: &WebviewWindow, model: Option<PathBuf>) 
     }
     let status = |text: &str, failed: bool| {
         let text = serde_json::to_string(text).unwrap_or_default();
-        let _ = window.eval(format!("window.setStatus && window.setStatus({text}, {failed})"));
+        let _ = window.eval(format!(
+            "window.setStatus && window.setStatus({text}, {failed})"
+        ));
     };
     match engine.start(model, &|t| status(t, false)) {
         Ok(addr) => match Url::parse(&format!("http://{addr}/ui/")) {

@@ -24,7 +24,15 @@ impl Drop for Guard {
 /// An X server of its own; returns it and its display (":N").
 fn xvfb() -> Result<(Guard, String)> {
     let mut child = Command::new(program("Xvfb", "apt-get install xvfb")?)
-        .args(["-displayfd", "1", "-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+        .args([
+            "-displayfd",
+            "1",
+            "-screen",
+            "0",
+            "1280x900x24",
+            "-nolisten",
+            "tcp",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -47,7 +55,12 @@ fn the_desktop_app_end_to_end() -> Result<()> {
     let (port, native) = (free_port()?, free_port()?);
     let driver = Guard(
         Command::new(tauri_driver)
-            .args(["--port", &port.to_string(), "--native-port", &native.to_string()])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
             .env("DISPLAY", &display)
             // What the app reads at start: a fresh database, any free port.
             .env("CLAWRL_DATA_DIR", data.path())

@@ -207,13 +207,21 @@ async function decide(hintId: number, what: "accept" | "reject"): Promise<void> 
   }
 }
 
-async function previewHint(): Promise<void> {
+/** The selected turn and the hint being written, or a message saying what is missing. */
+function hintDraft(): { it: Item; text: string } | undefined {
   const it = items[selected];
   const text = hintBox.value.trim();
   if (!it || !text) {
     toast("Select a turn and write a hint first.", "error");
-    return;
+    return undefined;
   }
+  return { it, text };
+}
+
+async function previewHint(): Promise<void> {
+  const draft = hintDraft();
+  if (!draft) return;
+  const { it, text } = draft;
   fill(previewBox, h("p", { class: "muted" }, "Scoring the teacher under this hint…"));
   const r = await attempt(() =>
     api<{ analysis: Analysis; candidate: { overlap_total: number; delta_clipped: number }; would_be_chosen: boolean }>(
@@ -248,12 +256,9 @@ async function previewHint(): Promise<void> {
 }
 
 async function addHint(): Promise<void> {
-  const it = items[selected];
-  const text = hintBox.value.trim();
-  if (!it || !text) {
-    toast("Select a turn and write a hint first.", "error");
-    return;
-  }
+  const draft = hintDraft();
+  if (!draft) return;
+  const { it, text } = draft;
   const r = await attempt(() => api("POST", `/studio/turns/${it.turn_id}/hints`, { text }));
   if (r) {
     hintBox.value = "";

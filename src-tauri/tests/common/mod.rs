@@ -47,7 +47,10 @@ impl Driver {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let r: Value = req.send().with_context(|| format!("WebDriver {path}"))?.json()?;
+        let r: Value = req
+            .send()
+            .with_context(|| format!("WebDriver {path}"))?
+            .json()?;
         if let Some(e) = r["value"]["error"].as_str() {
             bail!("WebDriver {path}: {e}: {}", r["value"]["message"]);
         }
@@ -88,7 +91,11 @@ impl Driver {
     pub fn click(&self, css: &str) -> Result<()> {
         for _ in 0..5 {
             let id = self.find(css, Duration::from_secs(30))?;
-            match self.cmd(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))) {
+            match self.cmd(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                Some(json!({})),
+            ) {
                 Err(e) if e.to_string().contains("stale element") => {
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -101,7 +108,11 @@ impl Driver {
     /// Replaces the text of the input matching `css` by typing `text`.
     pub fn type_into(&self, css: &str, text: &str) -> Result<()> {
         let id = self.find(css, Duration::from_secs(30))?;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({})))?;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )?;
         self.cmd(
             reqwest::Method::POST,
             &format!("/element/{id}/value"),
@@ -150,7 +161,10 @@ impl Driver {
             }
             if start.elapsed() > timeout {
                 let page = self.js("return document.body.innerText.slice(0, 2000)")?;
-                bail!("waited {timeout:?} for {what}; the page shows:\n{}", page.as_str().unwrap_or(""));
+                bail!(
+                    "waited {timeout:?} for {what}; the page shows:\n{}",
+                    page.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -259,14 +273,26 @@ fn text_of(testid: &str) -> String {
 /// a training step and its new version, a roll back, a token inspected, the settings; a
 /// screenshot of every view.
 pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
-    d.find("[data-testid=chat-input]", LONG).context("the Studio UI never appeared")?;
-    d.wait("the live event stream", &text_is("connection", "t === 'live'"), SHORT)?;
+    d.find("[data-testid=chat-input]", LONG)
+        .context("the Studio UI never appeared")?;
+    d.wait(
+        "the live event stream",
+        &text_is("connection", "t === 'live'"),
+        SHORT,
+    )?;
 
     // Train every sample at once, through the Train view's form.
     d.click("[data-testid=tab-train]")?;
-    d.type_into("form[data-testid=train-settings] input[name=batch_size]", "1")?;
+    d.type_into(
+        "form[data-testid=train-settings] input[name=batch_size]",
+        "1",
+    )?;
     d.click("[data-testid=settings-save]")?;
-    d.wait("batch size 1 applied", &text_is("pending", "t.includes('(batch 1)')"), SHORT)?;
+    d.wait(
+        "batch size 1 applied",
+        &text_is("pending", "t.includes('(batch 1)')"),
+        SHORT,
+    )?;
 
     // Chat: a streamed answer, with the version that gave it.
     d.click("[data-testid=tab-chat]")?;
@@ -279,15 +305,25 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
          return v && t && !t.classList.contains('streaming') ? t.textContent : ''",
         LONG,
     )?;
-    assert!(!answer.as_str().unwrap_or("").trim().is_empty(), "an empty answer");
+    assert!(
+        !answer.as_str().unwrap_or("").trim().is_empty(),
+        "an empty answer"
+    );
     assert_eq!(d.js(&text_of("turn-version"))?, json!("v0"));
     d.screenshot(&shots.join("chat.png"))?;
 
     // 👎 with a correction: judged −1, the correction becomes a hint, a sample trains.
     d.click("[data-testid=thumb-down]")?;
-    d.type_into("[data-testid=correction-text]", "Answer with one word only.")?;
+    d.type_into(
+        "[data-testid=correction-text]",
+        "Answer with one word only.",
+    )?;
     d.click("[data-testid=correction-send]")?;
-    d.wait("the judge's vote", &text_is("turn-status", "t.includes('judged −1')"), LONG)?;
+    d.wait(
+        "the judge's vote",
+        &text_is("turn-status", "t.includes('judged −1')"),
+        LONG,
+    )?;
 
     // Annotate: a candidate hint previewed (overlap per token), added, accepted.
     d.click("[data-testid=tab-annotate]")?;
@@ -295,7 +331,10 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     d.type_into("[data-testid=hint-text]", "Reply with a single word.")?;
     d.click("[data-testid=hint-preview]")?;
     let summary = d.wait("the hint preview", &text_of("preview-summary"), LONG)?;
-    assert!(summary.as_str().unwrap_or("").contains("overlap total"), "{summary}");
+    assert!(
+        summary.as_str().unwrap_or("").contains("overlap total"),
+        "{summary}"
+    );
     d.find("[data-testid=hint-preview-result] .tok", SHORT)?;
     d.screenshot(&shots.join("annotate.png"))?;
     d.click("[data-testid=hint-add]")?;
@@ -350,7 +389,11 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
 
     // Settings: the model and judge being served.
     d.click("[data-testid=tab-settings]")?;
-    d.wait("the model id", &text_is("model-id", "t === 'clawrl'"), SHORT)?;
+    d.wait(
+        "the model id",
+        &text_is("model-id", "t === 'clawrl'"),
+        SHORT,
+    )?;
     d.screenshot(&shots.join("settings.png"))?;
     Ok(())
 }
