@@ -2,11 +2,11 @@
 //! 5×7 bitmap font for the labels, and a PNG written with stored (uncompressed) deflate blocks.
 
 /// Canvas size.
-const W: usize = 720;
+const W: usize = 800;
 const H: usize = 420;
 /// Plot area inside the canvas.
 const LEFT: usize = 60;
-const RIGHT: usize = 200;
+const RIGHT: usize = 280;
 const TOP: usize = 30;
 const BOTTOM: usize = 50;
 
