@@ -121,6 +121,12 @@ impl Driver {
         Ok(())
     }
 
+    /// Types `text` into the field matching `field` and clicks `button`: a form sent.
+    pub fn send(&self, field: &str, text: &str, button: &str) -> Result<()> {
+        self.type_into(field, text)?;
+        self.click(button)
+    }
+
     /// Moves the pointer onto the element matching `css` (a real hover).
     pub fn hover(&self, css: &str) -> Result<()> {
         let id = self.find(css, Duration::from_secs(30))?;
@@ -283,11 +289,11 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
 
     // Train every sample at once, through the Train view's form.
     d.click("[data-testid=tab-train]")?;
-    d.type_into(
+    d.send(
         "form[data-testid=train-settings] input[name=batch_size]",
         "1",
+        "[data-testid=settings-save]",
     )?;
-    d.click("[data-testid=settings-save]")?;
     d.wait(
         "batch size 1 applied",
         &text_is("pending", "t.includes('(batch 1)')"),
@@ -296,8 +302,11 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
 
     // Chat: a streamed answer, with the version that gave it.
     d.click("[data-testid=tab-chat]")?;
-    d.type_into("[data-testid=chat-input]", "Name one fruit.")?;
-    d.click("[data-testid=chat-send]")?;
+    d.send(
+        "[data-testid=chat-input]",
+        "Name one fruit.",
+        "[data-testid=chat-send]",
+    )?;
     let answer = d.wait(
         "the streamed answer",
         "const v = document.querySelector('[data-testid=turn-version]'); \
@@ -314,11 +323,11 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
 
     // 👎 with a correction: judged −1, the correction becomes a hint, a sample trains.
     d.click("[data-testid=thumb-down]")?;
-    d.type_into(
+    d.send(
         "[data-testid=correction-text]",
         "Answer with one word only.",
+        "[data-testid=correction-send]",
     )?;
-    d.click("[data-testid=correction-send]")?;
     d.wait(
         "the judge's vote",
         &text_is("turn-status", "t.includes('judged −1')"),
@@ -328,8 +337,11 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     // Annotate: a candidate hint previewed (overlap per token), added, accepted.
     d.click("[data-testid=tab-annotate]")?;
     d.find("[data-testid=queue] li[data-turn]", LONG)?;
-    d.type_into("[data-testid=hint-text]", "Reply with a single word.")?;
-    d.click("[data-testid=hint-preview]")?;
+    d.send(
+        "[data-testid=hint-text]",
+        "Reply with a single word.",
+        "[data-testid=hint-preview]",
+    )?;
     let summary = d.wait("the hint preview", &text_of("preview-summary"), LONG)?;
     assert!(
         summary.as_str().unwrap_or("").contains("overlap total"),
