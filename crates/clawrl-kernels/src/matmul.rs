@@ -304,11 +304,7 @@ fn rayon_par() -> Parallelism {
 
 /// `X·Wᵀ` for `x: m × k` and `w: n × k` (both row-major f32), as a new `m × n` matrix.
 pub fn xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    assert!(x.len() == m * k && w.len() == n * k, "xwt sizes");
-    let mut out = vec![0f32; m * n];
-    // SAFETY: out is m × n with row stride n; x and w hold m·k and n·k values.
-    unsafe { gemm_xwt(m, n, k, x, w, out.as_mut_ptr(), n, rayon_par()) };
-    out
+    matmul(Operand::plain(x), Operand::transposed(w), m, n, k, true)
 }
 
 /// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `x: m × k`, `w: n × k`; `out` has row stride `ld`.
@@ -352,6 +348,91 @@ unsafe fn gemm_xwt(
             par,
         )
     }
+}
+
+/// A row-major f32 matrix as a GEMM operand, read as stored or transposed.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    data: &'a [f32],
+    transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// The matrix as stored.
+    pub fn plain(data: &'a [f32]) -> Self {
+        Self {
+            data,
+            transposed: false,
+        }
+    }
+
+    /// The matrix's transpose (no copy).
+    pub fn transposed(data: &'a [f32]) -> Self {
+        Self {
+            data,
+            transposed: true,
+        }
+    }
+
+    /// Column and row strides of the `rows × cols` matrix this operand reads.
+    fn strides(&self, rows: usize, cols: usize) -> (isize, isize) {
+        if self.transposed {
+            (rows as isize, 1)
+        } else {
+            (1, cols as isize)
+        }
+    }
+}
+
+/// `A·B` for operands read as `a: m × k` and `b: k × n`, as a new row-major `m × n` matrix;
+/// `parallel` splits the work across rayon's threads.
+///
+/// # Panics
+/// If an operand does not hold exactly its shape's values.
+pub fn matmul(a: Operand, b: Operand, m: usize, n: usize, k: usize, parallel: bool) -> Vec<f32> {
+    assert!(
+        a.data.len() == m * k && b.data.len() == k * n,
+        "matmul: operands of {} and {} values for {m}×{k} · {k}×{n}",
+        a.data.len(),
+        b.data.len()
+    );
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    let (a_cs, a_rs) = a.strides(m, k);
+    let (b_cs, b_rs) = b.strides(k, n);
+    let par = if parallel {
+        rayon_par()
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the strides describe a (m×k) and b (k×n) within their checked lengths, and out
+    // is m×n row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    };
+    out
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use clawrl_kernels::matmul::xwt;
+use clawrl_kernels::matmul::{Operand, matmul, xwt};
 use clawrl_model::QMatrix;
 
+use crate::fused::with_values;
 use crate::gate::Gate;
 
 /// `y = x·Wᵀ` (or `y = x·W` when `transposed`) with W frozen.
@@ -156,23 +157,59 @@ impl candle_core::CustomOp3 for LoraLinear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         self.gate.wait();
-        let (x, a, b, dy) = (
-            x.detach(),
-            a.detach(),
-            b.detach(),
-            dy.detach().contiguous()?,
-        );
-        let dyb = dy.matmul(&b)?;
-        let through_w = dy.apply_op1(FrozenLinear {
-            w: self.w.clone(),
-            transposed: true,
+        let (n, input) = x.dims2()?;
+        let (rank, output) = (a.dim(0)?, b.dim(0)?);
+        let s = self.scale as f32;
+        let (dx, da, db) = with_values(x, |x| {
+            with_values(a, |a| {
+                with_values(b, |b| {
+                    with_values(dy, |dy| {
+                        let dyb =
+                            matmul(Operand::plain(dy), Operand::plain(b), n, rank, output, true);
+                        let mut dx = vec![0f32; n * input];
+                        self.w.matmul_transposed(dy, n, &mut dx);
+                        let dx_a = matmul(
+                            Operand::plain(&dyb),
+                            Operand::plain(a),
+                            n,
+                            input,
+                            rank,
+                            true,
+                        );
+                        for (d, e) in dx.iter_mut().zip(&dx_a) {
+                            *d += s * e;
+                        }
+                        let mut da = matmul(
+                            Operand::transposed(&dyb),
+                            Operand::plain(x),
+                            rank,
+                            input,
+                            n,
+                            true,
+                        );
+                        let xa = xwt(x, a, n, rank, input);
+                        let mut db = matmul(
+                            Operand::transposed(dy),
+                            Operand::plain(&xa),
+                            output,
+                            rank,
+                            n,
+                            true,
+                        );
+                        for v in da.iter_mut().chain(db.iter_mut()) {
+                            *v *= s;
+                        }
+                        Ok((dx, da, db))
+                    })
+                })
+            })
         })?;
-        let dx = through_w.add(&dyb.matmul(&a)?.affine(self.scale, 0.0)?)?;
-        let da = dyb.t()?.matmul(&x)?.affine(self.scale, 0.0)?;
-        let db = dy
-            .t()?
-            .matmul(&x.matmul(&a.t()?)?)?
-            .affine(self.scale, 0.0)?;
+        let cpu = &candle_core::Device::Cpu;
+        let (dx, da, db) = (
+            Tensor::from_vec(dx, (n, input), cpu)?,
+            Tensor::from_vec(da, (rank, input), cpu)?,
+            Tensor::from_vec(db, (output, rank), cpu)?,
+        );
         Ok((Some(dx), Some(da), Some(db)))
     }
 }

@@ -1,50 +1,69 @@
-//! Fused RMSNorm, RoPE and causal attention, each one graph node with its own backward.
+//! Fused RMSNorm, RoPE, SwiGLU and causal attention, each one graph node with its own
+//! backward, computed by the engine's kernels on plain slices.
 //!
 //! Composed from candle's elementwise ops these keep 5–10 intermediate tensors per call in the
-//! graph, and candle's own fused kernels have no backward at all (they drop gradients
-//! silently). Each op here computes its forward on fresh tensors outside the graph and gives
-//! the input gradient in closed form.
+//! graph, each a pass over memory, a fresh allocation and a wake-up of candle's thread pool;
+//! candle's own fused kernels have no backward at all (they drop gradients silently). Each op
+//! here runs its forward in one pass outside the graph and gives its inputs' gradients in
+//! closed form.
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape};
+use candle_core::{Storage, Tensor};
+use clawrl_kernels::matmul::{Operand, matmul};
+use clawrl_kernels::ops::{self, causal_softmax, causal_softmax_backward};
+use rayon::prelude::*;
 
 use crate::frozen::f32_input;
 
-/// A contiguous f32 view of a custom op's input as a fresh tensor (outside any graph).
-fn input(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    Tensor::from_slice(f32_input("fused op", s, l)?, l.shape(), &Device::Cpu)
+/// Rows one parallel task takes: enough work to outweigh handing it to a thread.
+const ROWS_PER_TASK: usize = 16;
+/// Elements one parallel task of an element-wise op takes.
+const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// Runs `f` on a tensor's values as one contiguous f32 slice, without copying when the
+/// tensor already is contiguous.
+pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("the trainer runs on the CPU")
+    };
+    f(f32_input("a fused op", s, layout)?)
 }
 
-fn output(t: &Tensor) -> Result<(CpuStorage, Shape)> {
-    let shape = t.shape().clone();
-    Ok((CpuStorage::F32(t.flatten_all()?.to_vec1::<f32>()?), shape))
+fn tensor(values: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(values, shape.clone(), &Device::Cpu)
+}
+
+/// `out = f(x)` row by row in parallel, for rows of `width` values.
+fn rows_map(x: &[f32], width: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let chunk = width * ROWS_PER_TASK;
+    out.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .enumerate()
+        .for_each(|(i, (o, x))| f(i * ROWS_PER_TASK, x, o));
+    out
 }
 
 /// RMSNorm over the last dimension with a frozen weight: `y = x / rms(x) · w`.
 #[derive(Clone)]
 pub struct RmsNorm {
-    w: Tensor,
-    eps: f64,
+    w: Arc<[f32]>,
+    eps: f32,
 }
 
 impl RmsNorm {
     /// A norm with weight `w` (frozen) and epsilon `eps`.
-    pub fn new(w: Tensor, eps: f64) -> Self {
+    pub fn new(w: Arc<[f32]>, eps: f32) -> Self {
         Self { w, eps }
     }
 
     /// Normalises `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(self.clone())
-    }
-
-    fn inv_rms(&self, x: &Tensor) -> Result<Tensor> {
-        x.sqr()?
-            .mean_keepdim(D::Minus1)?
-            .affine(1.0, self.eps)?
-            .sqrt()?
-            .recip()
     }
 }
 
@@ -54,78 +73,72 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = input(s, l)?;
-        output(
-            &x.broadcast_mul(&self.inv_rms(&x)?)?
-                .broadcast_mul(&self.w)?,
-        )
+        let x = f32_input("rms-norm", s, l)?;
+        if x.len() % self.w.len() != 0 {
+            candle_core::bail!(
+                "rms-norm: rows of {} values, weight of {}",
+                x.len(),
+                self.w.len()
+            )
+        }
+        let y = rows_map(x, self.w.len(), |_, x, y| {
+            ops::rms_norm(x, &self.w, self.eps, y)
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        // With g = dy·w and r = 1/rms(x): dx = r·g − x·r³·mean(g·x).
-        let x = x.detach();
-        let r = self.inv_rms(&x)?;
-        let g = dy.detach().broadcast_mul(&self.w)?;
-        let m = g.mul(&x)?.mean_keepdim(D::Minus1)?;
-        let dx = g
-            .broadcast_mul(&r)?
-            .sub(&x.broadcast_mul(&r.powf(3.0)?.mul(&m)?)?)?;
-        Ok(Some(dx))
+        let dx = with_values(x, |x| {
+            with_values(dy, |dy| {
+                let width = self.w.len();
+                let mut dx = vec![0f32; x.len()];
+                let chunk = width * ROWS_PER_TASK;
+                dx.par_chunks_mut(chunk)
+                    .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+                    .for_each(|(dx, (x, dy))| {
+                        ops::rms_norm_backward(x, &self.w, self.eps, dy, dx);
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(tensor(dx, x.shape())?))
     }
 }
 
-/// Rotary embedding of `[heads, len, head_dim]` by precomputed `[len, dim/2]` cos/sin.
+/// Rotary embedding of `[len, heads, head_dim]` (position = row), by the engine's table.
 #[derive(Clone)]
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-    dim: usize,
-    interleaved: bool,
+    table: Arc<ops::Rope>,
 }
 
 impl Rope {
-    /// Rotates the first `dim` dimensions of each head; `interleaved` pairs (2i, 2i+1), else
-    /// (i, i + dim/2).
-    pub fn new(cos: Tensor, sin: Tensor, dim: usize, interleaved: bool) -> Self {
-        Self {
-            cos,
-            sin,
-            dim,
-            interleaved,
-        }
+    /// Rotates by `table` (whose positions cover every row this op will see).
+    pub fn new(table: Arc<ops::Rope>) -> Self {
+        Self { table }
     }
 
-    /// Rotates `x`.
+    /// Rotates `x: [len, heads, head_dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(self.clone())
     }
 
-    /// The rotation by `sin_sign·θ` (the backward of a rotation is the rotation back).
-    fn rotate(&self, x: &Tensor, sin_sign: f64) -> Result<Tensor> {
-        let (heads, len, hd) = x.dims3()?;
-        let half = self.dim / 2;
-        let sin = self.sin.affine(sin_sign, 0.0)?;
-        let rot = x.narrow(2, 0, self.dim)?;
-        let rotated = if self.interleaved {
-            let pairs = rot.reshape((heads, len, half, 2))?;
-            let (x0, x1) = (
-                pairs.narrow(3, 0, 1)?.squeeze(3)?,
-                pairs.narrow(3, 1, 1)?.squeeze(3)?,
-            );
-            let r0 = x0.broadcast_mul(&self.cos)?.sub(&x1.broadcast_mul(&sin)?)?;
-            let r1 = x0.broadcast_mul(&sin)?.add(&x1.broadcast_mul(&self.cos)?)?;
-            Tensor::stack(&[r0, r1], 3)?.reshape((heads, len, self.dim))?
-        } else {
-            let (x0, x1) = (rot.narrow(2, 0, half)?, rot.narrow(2, half, half)?);
-            let r0 = x0.broadcast_mul(&self.cos)?.sub(&x1.broadcast_mul(&sin)?)?;
-            let r1 = x0.broadcast_mul(&sin)?.add(&x1.broadcast_mul(&self.cos)?)?;
-            Tensor::cat(&[r0, r1], 2)?
-        };
-        if self.dim == hd {
-            Ok(rotated)
-        } else {
-            Tensor::cat(&[rotated, x.narrow(2, self.dim, hd - self.dim)?], 2)
+    /// `x` rotated forward (`inverse` false) or back, with the shape `[len, heads, head_dim]`.
+    fn rotate(&self, x: &[f32], shape: &Shape, inverse: bool) -> Result<Vec<f32>> {
+        let (len, heads, head_dim) = shape.dims3()?;
+        if len > self.table.max_positions() {
+            candle_core::bail!(
+                "rope: {len} positions, the table has {}",
+                self.table.max_positions()
+            )
         }
+        Ok(rows_map(x, heads * head_dim, |pos0, x, y| {
+            y.copy_from_slice(x);
+            if inverse {
+                self.table.apply_inverse(y, heads, head_dim, pos0);
+            } else {
+                self.table.apply(y, heads, head_dim, pos0);
+            }
+        }))
     }
 }
 
@@ -135,38 +148,95 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        output(&self.rotate(&input(s, l)?, 1.0)?)
+        let y = self.rotate(f32_input("rope", s, l)?, l.shape(), false)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.rotate(&dy.detach().contiguous()?, -1.0)?))
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_values(dy, |dy| self.rotate(dy, x.shape(), true))?;
+        Ok(Some(tensor(dx, x.shape())?))
     }
 }
 
-/// 0 on and below the diagonal, −∞ above: position i sees positions ≤ i.
-pub fn causal_mask(len: usize) -> Result<Tensor> {
-    let v: Vec<f32> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(v, (len, len), &Device::Cpu)
+/// The SwiGLU gate `silu(g) · u`, element-wise.
+#[derive(Clone, Copy)]
+pub struct SwiGlu;
+
+impl SwiGlu {
+    /// `silu(g) · u` for `g` and `u` of one shape.
+    pub fn forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
+    }
 }
 
-/// Causal softmax attention of `q, k, v: [heads, len, d]` (k and v already repeated for
-/// grouped queries). Keeps the attention weights P for the backward:
-/// `dV = Pᵀ·dO`, `dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32_input("swiglu", gs, gl)?, f32_input("swiglu", us, ul)?);
+        if gl.shape() != ul.shape() {
+            candle_core::bail!(
+                "swiglu: gate {:?} and up {:?} differ",
+                gl.shape(),
+                ul.shape()
+            )
+        }
+        let mut y = g.to_vec();
+        y.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(u.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(y, u)| ops::silu_mul(y, u));
+        Ok((CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with_values(g, |g| {
+            with_values(u, |u| {
+                with_values(dy, |dy| {
+                    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                    let n = ELEMENTS_PER_TASK;
+                    dg.par_chunks_mut(n)
+                        .zip(du.par_chunks_mut(n))
+                        .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
+                        .for_each(|((dg, du), ((g, u), dy))| {
+                            ops::silu_mul_backward(g, u, dy, dg, du);
+                        });
+                    Ok((dg, du))
+                })
+            })
+        })?;
+        Ok((Some(tensor(dg, g.shape())?), Some(tensor(du, u.shape())?)))
+    }
+}
+
+/// Causal softmax attention of `q: [heads, len, d]` over `k, v: [kv_heads, len, d]`, query head
+/// `h` reading key/value head `h / (heads / kv_heads)` (grouped queries, no copies). Keeps
+/// the attention weights P for the backward: `dV = Pᵀ·dO`, `dS = s·P ⊙ (dP − rowsum(P ⊙ dP))`
+/// with `dP = dO·Vᵀ`, `dQ = dS·K`, `dK = dSᵀ·Q`, summed over a key/value head's queries.
 #[derive(Clone)]
 pub struct Attention {
-    scale: f64,
-    mask: Tensor,
-    probs: Arc<Mutex<Option<Tensor>>>,
+    scale: f32,
+    probs: Arc<Mutex<Vec<Vec<f32>>>>,
 }
 
 impl Attention {
-    /// Attention under `mask` (see [`causal_mask`]) with scores scaled by `scale`.
-    pub fn new(mask: Tensor, scale: f64) -> Self {
+    /// Attention with scores scaled by `scale`.
+    pub fn new(scale: f32) -> Self {
         Self {
             scale,
-            mask,
             probs: Arc::default(),
         }
     }
@@ -176,6 +246,16 @@ impl Attention {
         q.contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, self.clone())
     }
+}
+
+/// `(heads, kv_heads, len, d)` of an attention call, checked.
+fn attention_dims(q: &Shape, k: &Shape, v: &Shape) -> Result<(usize, usize, usize, usize)> {
+    let (heads, len, d) = q.dims3()?;
+    let (kv_heads, k_len, k_d) = k.dims3()?;
+    if k != v || k_len != len || k_d != d || kv_heads == 0 || heads % kv_heads != 0 {
+        candle_core::bail!("attention: q {q:?}, k {k:?} and v {v:?} do not fit together")
+    }
+    Ok((heads, kv_heads, len, d))
 }
 
 impl CustomOp3 for Attention {
@@ -192,20 +272,43 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (input(qs, ql)?, input(ks, kl)?, input(vs, vl)?);
-        let scores = q
-            .matmul(&k.t()?)?
-            .affine(self.scale, 0.0)?
-            .broadcast_add(&self.mask)?;
-        let e = scores
-            .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
-            .exp()?;
-        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        let out = p.matmul(&v)?;
-        if let Ok(mut saved) = self.probs.lock() {
-            *saved = Some(p);
+        let (heads, kv_heads, len, d) = attention_dims(ql.shape(), kl.shape(), vl.shape())?;
+        let (q, k, v) = (
+            f32_input("attention", qs, ql)?,
+            f32_input("attention", ks, kl)?,
+            f32_input("attention", vs, vl)?,
+        );
+        let group = heads / kv_heads;
+        let block = len * d;
+        let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..heads)
+            .into_par_iter()
+            .map(|h| {
+                let q = &q[h * block..(h + 1) * block];
+                let kv = (h / group) * block;
+                let (k, v) = (&k[kv..kv + block], &v[kv..kv + block]);
+                let mut p = matmul(
+                    Operand::plain(q),
+                    Operand::transposed(k),
+                    len,
+                    len,
+                    d,
+                    false,
+                );
+                causal_softmax(&mut p, len, self.scale);
+                let o = matmul(Operand::plain(&p), Operand::plain(v), len, d, len, false);
+                (p, o)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(heads * block);
+        let mut probs = Vec::with_capacity(heads);
+        for (p, o) in per_head {
+            out.extend_from_slice(&o);
+            probs.push(p);
         }
-        output(&out)
+        if let Ok(mut saved) = self.probs.lock() {
+            *saved = probs;
+        }
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
     fn bwd(
@@ -213,30 +316,88 @@ impl CustomOp3 for Attention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        out: &Tensor,
+        _out: &Tensor,
         d_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let p = self
-            .probs
-            .lock()
-            .ok()
-            .and_then(|p| p.clone())
-            .ok_or_else(|| {
-                candle_core::Error::Msg("attention backward before its forward".into())
-            })?;
-        let (q, k, v, out, d_out) = (
-            q.detach(),
-            k.detach(),
-            v.detach(),
-            out.detach(),
-            d_out.detach().contiguous()?,
-        );
-        let dv = p.t()?.matmul(&d_out)?;
-        let dp = d_out.matmul(&v.t()?)?;
-        let row = d_out.mul(&out)?.sum_keepdim(D::Minus1)?;
-        let ds = p.mul(&dp.broadcast_sub(&row)?)?;
-        let dq = ds.matmul(&k)?.affine(self.scale, 0.0)?;
-        let dk = ds.t()?.matmul(&q)?.affine(self.scale, 0.0)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let (heads, kv_heads, len, d) = attention_dims(q.shape(), k.shape(), v.shape())?;
+        let probs = self.probs.lock().map_err(|_| {
+            candle_core::Error::Msg("attention's saved weights are poisoned".into())
+        })?;
+        if probs.len() != heads {
+            candle_core::bail!("attention backward before its forward")
+        }
+        let group = heads / kv_heads;
+        let block = len * d;
+        let grads: Vec<[Vec<f32>; 3]> = with_values(q, |q| {
+            with_values(k, |k| {
+                with_values(v, |v| {
+                    with_values(d_out, |d_out| {
+                        Ok((0..heads)
+                            .into_par_iter()
+                            .map(|h| {
+                                let (q, d_o) = (
+                                    &q[h * block..(h + 1) * block],
+                                    &d_out[h * block..(h + 1) * block],
+                                );
+                                let kv = (h / group) * block;
+                                let (k, v) = (&k[kv..kv + block], &v[kv..kv + block]);
+                                let p = &probs[h];
+                                let dv = matmul(
+                                    Operand::transposed(p),
+                                    Operand::plain(d_o),
+                                    len,
+                                    d,
+                                    len,
+                                    false,
+                                );
+                                let mut ds = matmul(
+                                    Operand::plain(d_o),
+                                    Operand::transposed(v),
+                                    len,
+                                    len,
+                                    d,
+                                    false,
+                                );
+                                causal_softmax_backward(p, &mut ds, len, self.scale);
+                                let dq = matmul(
+                                    Operand::plain(&ds),
+                                    Operand::plain(k),
+                                    len,
+                                    d,
+                                    len,
+                                    false,
+                                );
+                                let dk = matmul(
+                                    Operand::transposed(&ds),
+                                    Operand::plain(q),
+                                    len,
+                                    d,
+                                    len,
+                                    false,
+                                );
+                                [dq, dk, dv]
+                            })
+                            .collect())
+                    })
+                })
+            })
+        })?;
+        let mut dq = Vec::with_capacity(heads * block);
+        let (mut dk, mut dv) = (vec![0f32; kv_heads * block], vec![0f32; kv_heads * block]);
+        for (h, [q_h, k_h, v_h]) in grads.into_iter().enumerate() {
+            dq.extend_from_slice(&q_h);
+            let kv = (h / group) * block;
+            for (acc, g) in dk[kv..kv + block].iter_mut().zip(&k_h) {
+                *acc += g;
+            }
+            for (acc, g) in dv[kv..kv + block].iter_mut().zip(&v_h) {
+                *acc += g;
+            }
+        }
+        Ok((
+            Some(tensor(dq, q.shape())?),
+            Some(tensor(dk, k.shape())?),
+            Some(tensor(dv, v.shape())?),
+        ))
     }
 }

@@ -1,18 +1,20 @@
 //! The trainable policy: the engine's base weights frozen in their stored format, LoRA
-//! adapters (or, for full fine-tuning, every projection dequantized to f32) as variables, and a forward pass built only from ops that candle can
-//! differentiate (candle's fused rms_norm / softmax / rope kernels drop gradients silently).
+//! adapters (or, for full fine-tuning, every projection dequantized to f32) as variables, and a
+//! forward pass built from ops with a backward (candle's fused rms_norm / softmax / rope
+//! kernels drop gradients silently; ours in [`crate::fused`] carry them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use clawrl_kernels::ops;
 use clawrl_kernels::quant::{QK, quantize_q8_0};
-use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, RopeStyle, Storage};
+use clawrl_model::{LoraAdapter, LoraWeights, Model, ModelConfig, QMatrix, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::frozen::{FrozenLinear, LoraLinear};
-use crate::fused::{Attention, RmsNorm, Rope, causal_mask};
+use crate::fused::{Attention, RmsNorm, Rope, SwiGlu};
 use crate::gate::Gate;
 use crate::head::{Gather, Head, HeadStats};
 use crate::lora::{LoraConfig, Target, Tuning};
@@ -26,11 +28,11 @@ pub struct LoraPair {
 }
 
 struct Block {
-    attn_norm: Tensor,
-    ffn_norm: Tensor,
+    attn_norm: Arc<[f32]>,
+    ffn_norm: Arc<[f32]>,
     proj: BTreeMap<Target, FrozenLinear>,
     qkv_bias: Option<[Tensor; 3]>,
-    qk_norm: Option<[Tensor; 2]>,
+    qk_norm: Option<[Arc<[f32]>; 2]>,
 }
 
 /// How a forward pass treats the adapters.
@@ -51,7 +53,7 @@ pub struct TrainablePolicy {
     embed: Arc<QMatrix>,
     /// The output projection (the embedding when tied).
     output: Arc<QMatrix>,
-    norm: Tensor,
+    norm: Arc<[f32]>,
     blocks: Vec<Block>,
     /// Adapters by (block, target); empty under full fine-tuning.
     pub lora: BTreeMap<(usize, Target), LoraPair>,
@@ -59,8 +61,7 @@ pub struct TrainablePolicy {
     pub full: BTreeMap<(usize, Target), Var>,
     tuning: Tuning,
     gate: Gate,
-    cos: Tensor,
-    sin: Tensor,
+    rope: Arc<ops::Rope>,
 }
 
 fn f32_tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -109,27 +110,19 @@ impl TrainablePolicy {
             }
             let vec = |v: &Vec<f32>| f32_tensor(v.clone(), &[v.len()]);
             blocks.push(Block {
-                attn_norm: vec(&b.attn_norm)?,
-                ffn_norm: vec(&b.ffn_norm)?,
+                attn_norm: b.attn_norm.as_slice().into(),
+                ffn_norm: b.ffn_norm.as_slice().into(),
                 proj,
                 qkv_bias: match &b.qkv_bias {
                     Some([q, k, v]) => Some([vec(q)?, vec(k)?, vec(v)?]),
                     None => None,
                 },
-                qk_norm: match &b.qk_norm {
-                    Some([q, k]) => Some([vec(q)?, vec(k)?]),
-                    None => None,
-                },
+                qk_norm: b
+                    .qk_norm
+                    .as_ref()
+                    .map(|[q, k]| [q.as_slice().into(), k.as_slice().into()]),
             });
         }
-        let half = c.rope_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / c.rope_dim as f32))
-            .collect();
-        let angles: Vec<f32> = (0..c.context_length)
-            .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
-            .collect();
-        let angles = f32_tensor(angles, &[c.context_length, half])?;
         let embed = Arc::new(w.embed.clone());
         let output = match &w.output {
             Some(o) => Arc::new(o.clone()),
@@ -138,14 +131,18 @@ impl TrainablePolicy {
         Ok(Self {
             embed,
             output,
-            norm: f32_tensor(w.norm.clone(), &[w.norm.len()])?,
+            norm: w.norm.as_slice().into(),
             blocks,
             lora: pairs,
             full,
             tuning,
             gate: Gate::default(),
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            rope: Arc::new(ops::Rope::new(
+                c.rope_dim,
+                c.rope_theta,
+                c.rope_style,
+                c.context_length,
+            )),
             config: c,
         })
     }
@@ -275,16 +272,11 @@ impl TrainablePolicy {
             self.embed.dequantize_rows(t as usize, row);
         }
         let mut x = f32_tensor(rows, &[len, c.hidden])?;
-        let mask = causal_mask(len)?;
-        let rope = Rope::new(
-            self.cos.narrow(0, 0, len)?.contiguous()?,
-            self.sin.narrow(0, 0, len)?.contiguous()?,
-            c.rope_dim,
-            c.rope_style == RopeStyle::Interleaved,
-        );
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let rope = Rope::new(self.rope.clone());
+        let attention_scale = 1.0 / (c.head_dim as f32).sqrt();
+        let norm = |w: &Arc<[f32]>| RmsNorm::new(w.clone(), c.rms_eps);
         for (l, b) in self.blocks.iter().enumerate() {
-            let h = RmsNorm::new(b.attn_norm.clone(), c.rms_eps as f64).forward(&x)?;
+            let h = norm(&b.attn_norm).forward(&x)?;
             let mut q = self.linear(l, Target::Q, &h, mode)?;
             let mut k = self.linear(l, Target::K, &h, mode)?;
             let mut v = self.linear(l, Target::V, &h, mode)?;
@@ -296,33 +288,23 @@ impl TrainablePolicy {
             let mut q = q.reshape((len, c.heads, c.head_dim))?;
             let mut k = k.reshape((len, c.kv_heads, c.head_dim))?;
             if let Some([qn, kn]) = &b.qk_norm {
-                q = RmsNorm::new(qn.clone(), c.rms_eps as f64).forward(&q)?;
-                k = RmsNorm::new(kn.clone(), c.rms_eps as f64).forward(&k)?;
+                q = norm(qn).forward(&q)?;
+                k = norm(kn).forward(&k)?;
             }
-            let q = rope.forward(&q.transpose(0, 1)?)?;
-            let k = rope.forward(&k.transpose(0, 1)?)?;
-            let v = v
-                .reshape((len, c.kv_heads, c.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let (k, v) = (
-                repeat_kv(&k, c.heads / c.kv_heads)?,
-                repeat_kv(&v, c.heads / c.kv_heads)?,
-            );
-            let att = Attention::new(mask.clone(), scale).forward(&q, &k, &v)?;
+            // Rotated as `[len, heads, d]` rows, then laid out by head for attention.
+            let q = rope.forward(&q)?.transpose(0, 1)?;
+            let k = rope.forward(&k)?.transpose(0, 1)?;
+            let v = v.reshape((len, c.kv_heads, c.head_dim))?.transpose(0, 1)?;
+            let att = Attention::new(attention_scale).forward(&q, &k, &v)?;
             let att = att.transpose(0, 1)?.reshape((len, c.q_dim()))?;
             x = x.add(&self.linear(l, Target::O, &att, mode)?)?;
 
-            let h = RmsNorm::new(b.ffn_norm.clone(), c.rms_eps as f64).forward(&x)?;
+            let h = norm(&b.ffn_norm).forward(&x)?;
             let g = self.linear(l, Target::Gate, &h, mode)?;
             let u = self.linear(l, Target::Up, &h, mode)?;
-            x = x.add(&self.linear(l, Target::Down, &g.silu()?.mul(&u)?, mode)?)?;
+            x = x.add(&self.linear(l, Target::Down, &SwiGlu::forward(&g, &u)?, mode)?)?;
         }
-        let x = RmsNorm::new(self.norm.clone(), c.rms_eps as f64).forward(&x.narrow(
-            0,
-            from,
-            len - from,
-        )?)?;
+        let x = norm(&self.norm).forward(&x.narrow(0, from, len - from)?)?;
         Head::new(self.output.clone(), gather).forward(&x)
     }
 
@@ -353,18 +335,6 @@ impl TrainablePolicy {
             p.b.as_tensor(),
         )
     }
-}
-
-/// `[kv, len, d]` → `[kv·n, len, d]`, each key/value head repeated for its query heads.
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (kv, len, d) = x.dims3()?;
-    x.unsqueeze(1)?
-        .broadcast_as((kv, n, len, d))?
-        .contiguous()?
-        .reshape((kv * n, len, d))
 }
 
 fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
