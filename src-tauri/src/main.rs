@@ -44,6 +44,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: the first statement of main, before any other thread exists.
+    unsafe { clawrl_trainer::keep_candle_on_the_calling_thread() };
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -72,6 +72,8 @@ enum DemoCmd {
 }
 
 fn main() {
+    // SAFETY: the first statement of main, before any other thread exists.
+    unsafe { clawrl_trainer::keep_candle_on_the_calling_thread() };
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {

@@ -510,6 +510,33 @@ mod tests {
     }
 
     #[test]
+    fn matmul_reads_each_operand_plain_or_transposed() {
+        let (m, n, k) = (5, 4, 3);
+        let (a, b) = (random(m * k, 12), random(k * n, 13));
+        let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| x[r * cols + c]))
+                .collect()
+        };
+        // Reference A·B with A: m×k and B: k×n, as rows of B's transpose.
+        let expect = reference(&transpose(&b, k, n), n, k, &a, m);
+        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+        for (lhs, rhs) in [
+            (Operand::plain(&a), Operand::plain(&b)),
+            (Operand::transposed(&at), Operand::plain(&b)),
+            (Operand::plain(&a), Operand::transposed(&bt)),
+            (Operand::transposed(&at), Operand::transposed(&bt)),
+        ] {
+            for parallel in [false, true] {
+                let got = matmul(lhs, rhs, m, n, k, parallel);
+                for (x, y) in got.iter().zip(&expect) {
+                    assert!((x - y).abs() < 1e-5, "{lhs:?} · {rhs:?}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_shapes_are_refused() {
         assert!(QMatrix::new(2, 3, Storage::F32(vec![0.0; 5])).is_err());
         assert!(QMatrix::new(1, 40, Storage::Q8_0(vec![BlockQ8_0::default()])).is_err());

@@ -160,49 +160,22 @@ impl candle_core::CustomOp3 for LoraLinear {
         let (n, input) = x.dims2()?;
         let (rank, output) = (a.dim(0)?, b.dim(0)?);
         let s = self.scale as f32;
-        let (dx, da, db) = with_values(x, |x| {
-            with_values(a, |a| {
-                with_values(b, |b| {
-                    with_values(dy, |dy| {
-                        let dyb =
-                            matmul(Operand::plain(dy), Operand::plain(b), n, rank, output, true);
-                        let mut dx = vec![0f32; n * input];
-                        self.w.matmul_transposed(dy, n, &mut dx);
-                        let dx_a = matmul(
-                            Operand::plain(&dyb),
-                            Operand::plain(a),
-                            n,
-                            input,
-                            rank,
-                            true,
-                        );
-                        for (d, e) in dx.iter_mut().zip(&dx_a) {
-                            *d += s * e;
-                        }
-                        let mut da = matmul(
-                            Operand::transposed(&dyb),
-                            Operand::plain(x),
-                            rank,
-                            input,
-                            n,
-                            true,
-                        );
-                        let xa = xwt(x, a, n, rank, input);
-                        let mut db = matmul(
-                            Operand::transposed(dy),
-                            Operand::plain(&xa),
-                            output,
-                            rank,
-                            n,
-                            true,
-                        );
-                        for v in da.iter_mut().chain(db.iter_mut()) {
-                            *v *= s;
-                        }
-                        Ok((dx, da, db))
-                    })
-                })
-            })
+        let (dx, da, db) = with_values([x, a, b, dy], |[x, a, b, dy]| {
+            let (plain, transposed) = (Operand::plain, Operand::transposed);
+            let dyb = matmul(plain(dy), plain(b), n, rank, output, true);
+            let mut dx = vec![0f32; n * input];
+            self.w.matmul_transposed(dy, n, &mut dx);
+            let dyb_a = matmul(plain(&dyb), plain(a), n, input, rank, true);
+            for (d, e) in dx.iter_mut().zip(&dyb_a) {
+                *d += s * e;
+            }
+            let mut da = matmul(transposed(&dyb), plain(x), rank, input, n, true);
+            let xa = xwt(x, a, n, rank, input);
+            let mut db = matmul(transposed(dy), plain(&xa), output, rank, n, true);
+            for v in da.iter_mut().chain(db.iter_mut()) {
+                *v *= s;
+            }
+            Ok((dx, da, db))
         })?;
         let cpu = &candle_core::Device::Cpu;
         let (dx, da, db) = (

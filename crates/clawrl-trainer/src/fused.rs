@@ -22,15 +22,29 @@ const ROWS_PER_TASK: usize = 16;
 /// Elements one parallel task of an element-wise op takes.
 const ELEMENTS_PER_TASK: usize = 16 * 1024;
 
-/// Runs `f` on a tensor's values as one contiguous f32 slice, without copying when the
-/// tensor already is contiguous.
-pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("the trainer runs on the CPU")
-    };
-    f(f32_input("a fused op", s, layout)?)
+/// Runs `f` on the tensors' values, each as one contiguous f32 slice (no copy when a tensor
+/// already is contiguous): how a backward reads its inputs.
+pub(crate) fn with_values<R, const N: usize>(
+    tensors: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let tensors = tensors.map(Tensor::contiguous);
+    let mut owned = Vec::with_capacity(N);
+    for t in tensors {
+        owned.push(t?);
+    }
+    let guards: Vec<_> = owned.iter().map(Tensor::storage_and_layout).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        let Storage::Cpu(s) = &**storage else {
+            candle_core::bail!("the trainer runs on the CPU")
+        };
+        slices.push(f32_input("a fused op", s, layout)?);
+    }
+    let slices: [&[f32]; N] = slices
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg("with_values: a tensor went missing".into()))?;
+    f(slices)
 }
 
 fn tensor(values: Vec<f32>, shape: &Shape) -> Result<Tensor> {
@@ -88,18 +102,13 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_values(x, |x| {
-            with_values(dy, |dy| {
-                let width = self.w.len();
-                let mut dx = vec![0f32; x.len()];
-                let chunk = width * ROWS_PER_TASK;
-                dx.par_chunks_mut(chunk)
-                    .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-                    .for_each(|(dx, (x, dy))| {
-                        ops::rms_norm_backward(x, &self.w, self.eps, dy, dx);
-                    });
-                Ok(dx)
-            })
+        let dx = with_values([x, dy], |[x, dy]| {
+            let mut dx = vec![0f32; x.len()];
+            let chunk = self.w.len() * ROWS_PER_TASK;
+            dx.par_chunks_mut(chunk)
+                .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+                .for_each(|(dx, (x, dy))| ops::rms_norm_backward(x, &self.w, self.eps, dy, dx));
+            Ok(dx)
         })?;
         Ok(Some(tensor(dx, x.shape())?))
     }
@@ -153,7 +162,7 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_values(dy, |dy| self.rotate(dy, x.shape(), true))?;
+        let dx = with_values([dy], |[dy]| self.rotate(dy, x.shape(), true))?;
         Ok(Some(tensor(dx, x.shape())?))
     }
 }
@@ -203,20 +212,14 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = with_values(g, |g| {
-            with_values(u, |u| {
-                with_values(dy, |dy| {
-                    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
-                    let n = ELEMENTS_PER_TASK;
-                    dg.par_chunks_mut(n)
-                        .zip(du.par_chunks_mut(n))
-                        .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
-                        .for_each(|((dg, du), ((g, u), dy))| {
-                            ops::silu_mul_backward(g, u, dy, dg, du);
-                        });
-                    Ok((dg, du))
-                })
-            })
+        let (dg, du) = with_values([g, u, dy], |[g, u, dy]| {
+            let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+            let n = ELEMENTS_PER_TASK;
+            dg.par_chunks_mut(n)
+                .zip(du.par_chunks_mut(n))
+                .zip(g.par_chunks(n).zip(u.par_chunks(n)).zip(dy.par_chunks(n)))
+                .for_each(|((dg, du), ((g, u), dy))| ops::silu_mul_backward(g, u, dy, dg, du));
+            Ok((dg, du))
         })?;
         Ok((Some(tensor(dg, g.shape())?), Some(tensor(du, u.shape())?)))
     }
@@ -328,59 +331,43 @@ impl CustomOp3 for Attention {
         }
         let group = heads / kv_heads;
         let block = len * d;
-        let grads: Vec<[Vec<f32>; 3]> = with_values(q, |q| {
-            with_values(k, |k| {
-                with_values(v, |v| {
-                    with_values(d_out, |d_out| {
-                        Ok((0..heads)
-                            .into_par_iter()
-                            .map(|h| {
-                                let (q, d_o) = (
-                                    &q[h * block..(h + 1) * block],
-                                    &d_out[h * block..(h + 1) * block],
-                                );
-                                let kv = (h / group) * block;
-                                let (k, v) = (&k[kv..kv + block], &v[kv..kv + block]);
-                                let p = &probs[h];
-                                let dv = matmul(
-                                    Operand::transposed(p),
-                                    Operand::plain(d_o),
-                                    len,
-                                    d,
-                                    len,
-                                    false,
-                                );
-                                let mut ds = matmul(
-                                    Operand::plain(d_o),
-                                    Operand::transposed(v),
-                                    len,
-                                    len,
-                                    d,
-                                    false,
-                                );
-                                causal_softmax_backward(p, &mut ds, len, self.scale);
-                                let dq = matmul(
-                                    Operand::plain(&ds),
-                                    Operand::plain(k),
-                                    len,
-                                    d,
-                                    len,
-                                    false,
-                                );
-                                let dk = matmul(
-                                    Operand::transposed(&ds),
-                                    Operand::plain(q),
-                                    len,
-                                    d,
-                                    len,
-                                    false,
-                                );
-                                [dq, dk, dv]
-                            })
-                            .collect())
-                    })
+        let grads: Vec<[Vec<f32>; 3]> = with_values([q, k, v, d_out], |[q, k, v, d_out]| {
+            Ok((0..heads)
+                .into_par_iter()
+                .map(|h| {
+                    let head = h * block..(h + 1) * block;
+                    let (q, d_o) = (&q[head.clone()], &d_out[head]);
+                    let kv = (h / group) * block..(h / group + 1) * block;
+                    let (k, v, p) = (&k[kv.clone()], &v[kv], &probs[h]);
+                    let dv = matmul(
+                        Operand::transposed(p),
+                        Operand::plain(d_o),
+                        len,
+                        d,
+                        len,
+                        false,
+                    );
+                    let mut ds = matmul(
+                        Operand::plain(d_o),
+                        Operand::transposed(v),
+                        len,
+                        len,
+                        d,
+                        false,
+                    );
+                    causal_softmax_backward(p, &mut ds, len, self.scale);
+                    let dq = matmul(Operand::plain(&ds), Operand::plain(k), len, d, len, false);
+                    let dk = matmul(
+                        Operand::transposed(&ds),
+                        Operand::plain(q),
+                        len,
+                        d,
+                        len,
+                        false,
+                    );
+                    [dq, dk, dv]
                 })
-            })
+                .collect())
         })?;
         let mut dq = Vec::with_capacity(heads * block);
         let (mut dk, mut dv) = (vec![0f32; kv_heads * block], vec![0f32; kv_heads * block]);
