@@ -226,12 +226,10 @@ impl QMatrix {
         if let Storage::F32(w) = &self.storage {
             // SAFETY: sizes checked by the callers; `w` is rows × cols row-major.
             unsafe {
-                gemm_xwt(
-                    t,
-                    self.rows,
-                    self.cols,
-                    x,
-                    w,
+                gemm_into(
+                    Operand::plain(x),
+                    Operand::transposed(w),
+                    [t, self.rows, self.cols],
                     y.as_mut_ptr(),
                     self.rows,
                     rayon_par(),
@@ -252,12 +250,10 @@ impl QMatrix {
                 // row, so the parallel writes never overlap.
                 unsafe {
                     let out = out.get();
-                    gemm_xwt(
-                        t,
-                        n,
-                        self.cols,
-                        x,
-                        &buf,
+                    gemm_into(
+                        Operand::plain(x),
+                        Operand::transposed(&buf),
+                        [t, n, self.cols],
                         out.add(r0),
                         self.rows,
                         Parallelism::None,
@@ -307,49 +303,6 @@ pub fn xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     matmul(Operand::plain(x), Operand::transposed(w), m, n, k, true)
 }
 
-/// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `x: m × k`, `w: n × k`; `out` has row stride `ld`.
-///
-/// # Safety
-/// `out` must be valid for writes at `i·ld + j` for every `i < m`, `j < n`.
-#[allow(clippy::too_many_arguments)] // the shape of gemm's own call
-unsafe fn gemm_xwt(
-    m: usize,
-    n: usize,
-    k: usize,
-    x: &[f32],
-    w: &[f32],
-    out: *mut f32,
-    ld: usize,
-    par: Parallelism,
-) {
-    debug_assert!(x.len() >= m * k && w.len() >= n * k);
-    // SAFETY: strides describe x (m×k row-major), wᵀ (k×n read from n×k row-major) and
-    // out (m×n with row stride ld), all within bounds by the caller's contract.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out,
-            1,
-            ld as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 /// A row-major f32 matrix as a GEMM operand, read as stored or transposed.
 #[derive(Clone, Copy, Debug)]
 pub struct Operand<'a> {
@@ -397,26 +350,46 @@ pub fn matmul(a: Operand, b: Operand, m: usize, n: usize, k: usize, parallel: bo
         b.data.len()
     );
     let mut out = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 {
-        return out;
-    }
-    let (a_cs, a_rs) = a.strides(m, k);
-    let (b_cs, b_rs) = b.strides(k, n);
     let par = if parallel {
         rayon_par()
     } else {
         Parallelism::None
     };
-    // SAFETY: the strides describe a (m×k) and b (k×n) within their checked lengths, and out
-    // is m×n row-major.
+    // SAFETY: out is m × n row-major; the operands' lengths were checked.
+    unsafe { gemm_into(a, b, [m, n, k], out.as_mut_ptr(), n, par) };
+    out
+}
+
+/// `out[i, j] = Σ_p a[i, p] · b[p, j]` for operands read as `a: m × k` and `b: k × n`;
+/// `out` has row stride `ld`.
+///
+/// # Safety
+/// `out` must be valid for writes at `i·ld + j` for every `i < m`, `j < n`, and the operands
+/// must hold at least their shapes' values.
+unsafe fn gemm_into(
+    a: Operand,
+    b: Operand,
+    [m, n, k]: [usize; 3],
+    out: *mut f32,
+    ld: usize,
+    par: Parallelism,
+) {
+    debug_assert!(a.data.len() >= m * k && b.data.len() >= k * n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (a_cs, a_rs) = a.strides(m, k);
+    let (b_cs, b_rs) = b.strides(k, n);
+    // SAFETY: the strides describe a (m×k) and b (k×n) within their data, and the caller
+    // vouches for out.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
-            n as isize,
+            ld as isize,
             false,
             a.data.as_ptr(),
             a_cs,
@@ -431,8 +404,7 @@ pub fn matmul(a: Operand, b: Operand, m: usize, n: usize, k: usize, parallel: bo
             false,
             par,
         )
-    };
-    out
+    }
 }
 
 #[cfg(test)]
