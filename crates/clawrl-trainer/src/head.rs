@@ -114,32 +114,36 @@ impl CustomOp1 for Head {
         }
         let mut probs = vec![0f32; t * vocab];
         self.w.matmul_f32(x, t, &mut probs);
-        // Per row: log-softmax, top-k and entropy, then the row becomes its softmax.
+        // Per row: top-k and the gathered entries on the logits (the log-softmax keeps their
+        // order), then one exponential pass: e_v = exp(z_v − max), Σe and Σe·(z_v − max), so
+        // that ℓ(v) = z_v − lse and the entropy H = ln Σe − Σe·(z − max)/Σe; then the row
+        // becomes its softmax.
         let gather_top = matches!(&*self.gather, Gather::TokenAndTopK { .. });
         let per_row: Vec<Row> = probs
             .par_chunks_mut(vocab)
             .zip(rows.into_par_iter())
             .map(|(z, mut ids)| {
-                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
-                let lse = max + sum.ln() as f32;
-                for v in z.iter_mut() {
-                    *v -= lse;
-                }
                 let top: Vec<u32> = top_k(z, k).into_iter().map(|(i, _)| i).collect();
                 if gather_top {
                     ids.extend_from_slice(&top);
                 }
-                let lp: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
-                let mut entropy = 0f64;
+                let picked: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
+                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (mut sum, mut weighted) = (0f64, 0f64);
                 for v in z.iter_mut() {
-                    let p = v.exp();
-                    if p > 0.0 {
-                        entropy -= (p * *v) as f64;
-                    }
-                    *v = p;
+                    let shifted = *v - max;
+                    let e = shifted.exp();
+                    sum += e as f64;
+                    weighted += (e * shifted) as f64;
+                    *v = e;
                 }
-                (ids, lp, entropy, top)
+                let inv = (1.0 / sum) as f32;
+                for v in z.iter_mut() {
+                    *v *= inv;
+                }
+                let lse = max + sum.ln() as f32;
+                let lp = picked.iter().map(|&z| z - lse).collect();
+                (ids, lp, sum.ln() - weighted / sum, top)
             })
             .collect();
         let m = per_row.first().map_or(0, |r| r.0.len());
@@ -186,5 +190,44 @@ impl CustomOp1 for Head {
             (t, self.w.cols()),
             &candle_core::Device::Cpu,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clawrl_model::Storage;
+
+    #[test]
+    fn gathered_log_probs_top_k_and_entropy_match_a_direct_softmax() -> Result<()> {
+        // W = identity (4 words, 4 features): the logits are the hidden states themselves.
+        let mut eye = vec![0f32; 16];
+        for i in 0..4 {
+            eye[i * 5] = 1.0;
+        }
+        let w = QMatrix::new(4, 4, Storage::F32(eye))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let logits = [[2.0f32, -1.0, 0.5, 0.5], [-3.0, 1.0, 1.0, 0.0]];
+        let h = Tensor::new(&logits, &candle_core::Device::Cpu)?;
+        let gather = Gather::TokenAndTopK {
+            tokens: vec![1, 3],
+            k: 2,
+        };
+        let (lp, stats) = Head::new(Arc::new(w), gather).forward(&h)?;
+        let lp = lp.to_vec2::<f32>()?;
+        let mut entropy = 0.0;
+        for (row, z) in logits.iter().enumerate() {
+            let lse = z.iter().map(|v| v.exp()).sum::<f32>().ln();
+            let ids = &stats.ids[row];
+            for (j, &id) in ids.iter().enumerate() {
+                assert!((lp[row][j] - (z[id as usize] - lse)).abs() < 1e-6);
+            }
+            entropy -= z.iter().map(|v| (v - lse).exp() * (v - lse)).sum::<f32>() as f64;
+        }
+        // Ties go to the lower index.
+        assert_eq!(stats.ids, vec![vec![1, 0, 2], vec![3, 1, 2]]);
+        assert_eq!(stats.top_k, vec![vec![0, 2], vec![1, 2]]);
+        assert!((stats.entropy_sum - entropy).abs() < 1e-5);
+        Ok(())
     }
 }
