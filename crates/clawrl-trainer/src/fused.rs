@@ -261,6 +261,22 @@ fn attention_dims(q: &Shape, k: &Shape, v: &Shape) -> Result<(usize, usize, usiz
     Ok((heads, kv_heads, len, d))
 }
 
+/// One head's product `a·b` (`m × k` by `k × n`) on the calling thread: the heads already run
+/// in parallel.
+fn head_product(a: Operand, b: Operand, m: usize, n: usize, k: usize) -> Vec<f32> {
+    matmul(a, b, m, n, k, false)
+}
+
+/// `m` read as stored, as an operand of [`head_product`].
+fn plain(m: &[f32]) -> Operand<'_> {
+    Operand::plain(m)
+}
+
+/// `m` read transposed, as an operand of [`head_product`].
+fn transposed(m: &[f32]) -> Operand<'_> {
+    Operand::transposed(m)
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "causal-attention"
@@ -289,16 +305,9 @@ impl CustomOp3 for Attention {
                 let q = &q[h * block..(h + 1) * block];
                 let kv = (h / group) * block;
                 let (k, v) = (&k[kv..kv + block], &v[kv..kv + block]);
-                let mut p = matmul(
-                    Operand::plain(q),
-                    Operand::transposed(k),
-                    len,
-                    len,
-                    d,
-                    false,
-                );
+                let mut p = head_product(plain(q), transposed(k), len, len, d);
                 causal_softmax(&mut p, len, self.scale);
-                let o = matmul(Operand::plain(&p), Operand::plain(v), len, d, len, false);
+                let o = head_product(plain(&p), plain(v), len, d, len);
                 (p, o)
             })
             .collect();
@@ -339,32 +348,11 @@ impl CustomOp3 for Attention {
                     let (q, d_o) = (&q[head.clone()], &d_out[head]);
                     let kv = (h / group) * block..(h / group + 1) * block;
                     let (k, v, p) = (&k[kv.clone()], &v[kv], &probs[h]);
-                    let dv = matmul(
-                        Operand::transposed(p),
-                        Operand::plain(d_o),
-                        len,
-                        d,
-                        len,
-                        false,
-                    );
-                    let mut ds = matmul(
-                        Operand::plain(d_o),
-                        Operand::transposed(v),
-                        len,
-                        len,
-                        d,
-                        false,
-                    );
+                    let dv = head_product(transposed(p), plain(d_o), len, d, len);
+                    let mut ds = head_product(plain(d_o), transposed(v), len, len, d);
                     causal_softmax_backward(p, &mut ds, len, self.scale);
-                    let dq = matmul(Operand::plain(&ds), Operand::plain(k), len, d, len, false);
-                    let dk = matmul(
-                        Operand::transposed(&ds),
-                        Operand::plain(q),
-                        len,
-                        d,
-                        len,
-                        false,
-                    );
+                    let dq = head_product(plain(&ds), plain(k), len, d, len);
+                    let dk = head_product(transposed(&ds), plain(q), len, d, len);
                     [dq, dk, dv]
                 })
                 .collect())
