@@ -207,11 +207,7 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
     let tuning = if b.full {
         Tuning::Full
     } else {
-        Tuning::Lora(LoraConfig {
-            rank: b.rank,
-            alpha: 2.0 * b.rank as f64,
-            ..Default::default()
-        })
+        Tuning::Lora(LoraConfig::with_rank(b.rank))
     };
     let policy = TrainablePolicy::with_tuning(model, tuning, 0)?;
     let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;

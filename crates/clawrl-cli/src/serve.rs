@@ -138,11 +138,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
         paused: a.paused,
         ..TrainingSettings::default()
     };
-    config.lora = LoraConfig {
-        rank: a.rank,
-        alpha: 2.0 * a.rank as f64,
-        ..LoraConfig::default()
-    };
+    config.lora = LoraConfig::with_rank(a.rank);
     config.train_threads = a.train_threads.max(1);
     config.ui = a.ui;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,7 @@ use clawrl_server::{ServerConfig, TrainingSettings};
 use clawrl_sim::{
     Persona, SessionOutcome, Simulation, Task, builtin_personas, load_tasks, sessions_to_preference,
 };
+use clawrl_trainer::LoraConfig;
 use serde::Serialize;
 use serde_json::json;
 
@@ -64,6 +65,12 @@ pub(crate) struct SimulateArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// k of the top-k supports (hint selection and OPD).
+    #[arg(long, default_value_t = 4)]
+    top_k: usize,
+    /// LoRA rank (α is twice the rank).
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
     /// New tokens per answer.
     #[arg(long, default_value_t = 160)]
     max_tokens: usize,
@@ -154,11 +161,16 @@ fn server_config(
         method: method.to_string(),
         selection: selection.to_string(),
         lr: a.lr,
+        top_k: a.top_k,
         ..TrainingSettings::default()
     };
     c.training
         .validate()
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if a.rank == 0 {
+        bail!("--rank must be at least 1");
+    }
+    c.lora = LoraConfig::with_rank(a.rank);
     Ok(c)
 }
 
@@ -311,6 +323,11 @@ fn report(
         // The in-process server judges by rules; a remote one by whatever it was started with.
         "judge": if a.url.is_some() { "the server's" } else { "rules" },
         "mode": mode,
+        // What the in-process servers trained with (a remote server's own settings apply).
+        "training": if a.url.is_some() { serde_json::Value::Null } else { json!({
+            "batch_size": a.batch_size, "lr": a.lr, "top_k": a.top_k, "lora_rank": a.rank,
+            "max_tokens": a.max_tokens,
+        }) },
         "max_sessions": max_sessions,
         "sessions_to_preference": summarize(runs),
         "runs": runs,

@@ -38,11 +38,7 @@ pub fn run(
     save: Option<&Path>,
     mut log: impl FnMut(&str),
 ) -> Result<DemoOutcome> {
-    let lora = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        ..Default::default()
-    };
+    let lora = LoraConfig::with_rank(8);
     // RL's gradient is the whole sequence's; OPD's is spread over k tokens per position and
     // needs a larger step to show in a few steps.
     let (rl_adamw, opd_adamw) = (

@@ -27,6 +27,15 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// The default adapter at rank `rank`, α = 2r as in the default (so the scale α / r stays 2).
+    pub fn with_rank(rank: usize) -> Self {
+        Self {
+            rank,
+            alpha: 2.0 * rank as f64,
+            ..Self::default()
+        }
+    }
+
     /// α / r.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64

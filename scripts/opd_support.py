@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Whether a persona's phrases can be reached by top-k OPD: are their first words in the support?
+
+Top-k OPD (DESIGN.md §2) moves probability only among S_i = top-k of the student at each
+response position. A phrase the persona requires can be raised only where its first word is in
+S_i. For N of the persona's tasks this samples the student's answer (as the simulation does:
+temperature 0.7, 160 tokens), scores it under the plain prompt (student) and under the prompt
+with the persona's correction as the hint (teacher, the rules judge's hint), and counts the
+response positions whose top-k holds the first word of a required phrase, for k = 4 and 16.
+
+    python3 scripts/opd_support.py crates/clawrl-sim/personas/teacher.toml 12
+
+Needs the release binary (`cargo build --release -p clawrl-cli`) and the fetched model.
+"""
+
+import json
+import math
+import subprocess
+import sys
+import tomllib
+
+HINT_MARKER = "[user's hint / instruction]"
+CLAWRL = "target/release/clawrl"
+
+
+def run(args: list[str], stdin: str | None = None) -> dict:
+    out = subprocess.run([CLAWRL, *args], input=stdin, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def first_token_ids(phrases: list[str]) -> set[int]:
+    """Token ids that open a phrase: capitalised or not, after a space or not."""
+    ids = set()
+    for p in phrases:
+        w = p.split()[0]
+        for v in (w, w.capitalize(), " " + w, " " + w.capitalize()):
+            r = run(["score", "-"], json.dumps({"raw_prompts": ["x"], "response": v, "top_k": 1}))
+            ids.add(r["response_ids"][0])
+    return ids
+
+
+def main() -> None:
+    persona_file, n = sys.argv[1], int(sys.argv[2])
+    tasks = json.load(open("../shared/data/gsm8k-test.json"))
+    p = tomllib.load(open(persona_file, "rb"))
+    phrases = [x.lower() for x in p["preference"]["require_any"]]
+    if not phrases:
+        sys.exit("this persona has no require_any phrases")
+    warm = first_token_ids(phrases)
+    correction = p["replies"]["correction"]
+    positions = 0
+    # Positions where a phrase's first word is in: the student's top-4, its top-16, the
+    # teacher's top-4, the teacher's top-1; and the probability of those words (where they are
+    # in the top-16 that `clawrl score` returns) under the teacher and the student.
+    in_q4 = in_q16 = in_p4 = top1_p = 0
+    p_teacher = p_student = 0.0
+    for i in range(n):
+        t = tasks[(i * 7919) % len(tasks)]
+        q = p["first_message"].replace("{question}", t["question"])
+        q = q.replace("{answer}", t["ground_truth_answer"])
+        g = run(["generate", "--json", "--max-tokens", "160", "--seed", str(i), q])
+        req = {
+            "prompts": [
+                [{"role": "user", "content": q}],
+                [{"role": "user", "content": f"{q}\n\n{HINT_MARKER}\n{correction}"}],
+            ],
+            "response_ids": g["token_ids"],
+            "top_k": 16,
+        }
+        student, teacher = run(["score", "-"], json.dumps(req))["scores"]
+        for s, te in zip(student["top_logprobs"], teacher["top_logprobs"]):
+            positions += 1
+            sq = [tok for tok, _ in s]
+            sp = [tok for tok, _ in te]
+            in_q4 += bool(warm & set(sq[:4]))
+            in_q16 += bool(warm & set(sq))
+            in_p4 += bool(warm & set(sp[:4]))
+            top1_p += sp[0] in warm
+            p_student += sum(math.exp(lp) for tok, lp in s if tok in warm)
+            p_teacher += sum(math.exp(lp) for tok, lp in te if tok in warm)
+    print(json.dumps({
+        "answers": n,
+        "positions": positions,
+        "phrase_start_in_student_top4": in_q4,
+        "phrase_start_in_student_top16": in_q16,
+        "phrase_start_in_teacher_top4": in_p4,
+        "phrase_start_teacher_top1": top1_p,
+        "mean_p_phrase_start_student_top16": p_student / max(positions, 1),
+        "mean_p_phrase_start_teacher_top16": p_teacher / max(positions, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
