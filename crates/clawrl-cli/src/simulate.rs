@@ -208,6 +208,12 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     if max_sessions < 3 {
         bail!("--max-sessions must be at least 3 (the metric needs three sessions in a row)");
     }
+    // Every run's settings are checked before the first one starts, not midway through a sweep.
+    if a.url.is_none() {
+        for (method, selection, seed) in &configs {
+            server_config(&a, Path::new("."), method, selection, *seed)?;
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
