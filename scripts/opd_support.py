@@ -52,7 +52,8 @@ def main() -> None:
     # Positions where a phrase's first word is in: the student's top-4, its top-16, the
     # teacher's top-4, the teacher's top-1; and the probability of those words (where they are
     # in the top-16 that `clawrl score` returns) under the teacher and the student.
-    in_q4 = in_q16 = in_p4 = top1_p = 0
+    in_q4 = in_q16 = in_p4 = 0
+    top1_p: list[int] = []  # response positions where the teacher's top-1 opens a phrase
     p_teacher = p_student = 0.0
     for i in range(n):
         t = tasks[(i * 7919) % len(tasks)]
@@ -68,14 +69,15 @@ def main() -> None:
             "top_k": 16,
         }
         student, teacher = run(["score", "-"], json.dumps(req))["scores"]
-        for s, te in zip(student["top_logprobs"], teacher["top_logprobs"]):
+        for pos, (s, te) in enumerate(zip(student["top_logprobs"], teacher["top_logprobs"])):
             positions += 1
             sq = [tok for tok, _ in s]
             sp = [tok for tok, _ in te]
             in_q4 += bool(warm & set(sq[:4]))
             in_q16 += bool(warm & set(sq))
             in_p4 += bool(warm & set(sp[:4]))
-            top1_p += sp[0] in warm
+            if sp[0] in warm:
+                top1_p.append(pos)
             p_student += sum(math.exp(lp) for tok, lp in s if tok in warm)
             p_teacher += sum(math.exp(lp) for tok, lp in te if tok in warm)
     print(json.dumps({
@@ -84,7 +86,7 @@ def main() -> None:
         "phrase_start_in_student_top4": in_q4,
         "phrase_start_in_student_top16": in_q16,
         "phrase_start_in_teacher_top4": in_p4,
-        "phrase_start_teacher_top1": top1_p,
+        "phrase_start_teacher_top1_at_positions": top1_p,
         "mean_p_phrase_start_student_top16": p_student / max(positions, 1),
         "mean_p_phrase_start_teacher_top16": p_teacher / max(positions, 1),
     }, indent=1))
