@@ -17,9 +17,9 @@ import json
 import math
 import subprocess
 import sys
-import tomllib
 
-HINT_MARKER = "[user's hint / instruction]"
+import persona_probe
+
 CLAWRL = "target/release/clawrl"
 
 
@@ -41,13 +41,8 @@ def first_token_ids(phrases: list[str]) -> set[int]:
 
 def main() -> None:
     persona_file, n = sys.argv[1], int(sys.argv[2])
-    tasks = json.load(open("../shared/data/gsm8k-test.json"))
-    p = tomllib.load(open(persona_file, "rb"))
-    phrases = [x.lower() for x in p["preference"]["require_any"]]
-    if not phrases:
-        sys.exit("this persona has no require_any phrases")
+    p, phrases = persona_probe.load(persona_file)
     warm = first_token_ids(phrases)
-    correction = p["replies"]["correction"]
     positions = 0
     # Positions where a phrase's first word is in: the student's top-4, its top-16, the
     # teacher's top-4, the teacher's top-1; and the probability of those words (where they are
@@ -55,15 +50,12 @@ def main() -> None:
     in_q4 = in_q16 = in_p4 = 0
     top1_p: list[int] = []  # response positions where the teacher's top-1 opens a phrase
     p_teacher = p_student = 0.0
-    for i in range(n):
-        t = tasks[(i * 7919) % len(tasks)]
-        q = p["first_message"].replace("{question}", t["question"])
-        q = q.replace("{answer}", t["ground_truth_answer"])
+    for i, q in enumerate(persona_probe.first_messages(p, n)):
         g = run(["generate", "--json", "--max-tokens", "160", "--seed", str(i), q])
         req = {
             "prompts": [
                 [{"role": "user", "content": q}],
-                [{"role": "user", "content": f"{q}\n\n{HINT_MARKER}\n{correction}"}],
+                [{"role": "user", "content": persona_probe.hinted(q, p)}],
             ],
             "response_ids": g["token_ids"],
             "top_k": 16,

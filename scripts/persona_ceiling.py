@@ -11,25 +11,16 @@ no amount of training on these signals will. Only `require_any` is checked.
 import json
 import subprocess
 import sys
-import tomllib
 
-HINT_MARKER = "[user's hint / instruction]"
+import persona_probe
 
 
 def main() -> None:
     persona_file, n = sys.argv[1], int(sys.argv[2])
-    tasks = json.load(open("../shared/data/gsm8k-test.json"))
-    p = tomllib.load(open(persona_file, "rb"))
-    phrases = [x.lower() for x in p["preference"]["require_any"]]
-    if not phrases:
-        sys.exit("this persona has no require_any phrases to count")
-    correction = p["replies"]["correction"]
+    p, phrases = persona_probe.load(persona_file)
     hits = {"student": 0, "teacher": 0}
-    for i in range(n):
-        t = tasks[(i * 7919) % len(tasks)]
-        q = p["first_message"].replace("{question}", t["question"])
-        q = q.replace("{answer}", t["ground_truth_answer"])
-        for who, prompt in (("student", q), ("teacher", f"{q}\n\n{HINT_MARKER}\n{correction}")):
+    for q in persona_probe.first_messages(p, n):
+        for who, prompt in (("student", q), ("teacher", persona_probe.hinted(q, p))):
             out = subprocess.run(
                 ["cargo", "run", "-q", "--release", "-p", "clawrl-cli", "--",
                  "generate", "--max-tokens", "160", "--json", prompt],
