@@ -330,10 +330,17 @@ fn report(
         "judge": if a.url.is_some() { "the server's" } else { "rules" },
         "mode": mode,
         // What the in-process servers trained with (a remote server's own settings apply).
-        "training": if a.url.is_some() { serde_json::Value::Null } else { json!({
-            "batch_size": a.batch_size, "lr": a.lr, "top_k": a.top_k, "lora_rank": a.rank,
-            "max_tokens": a.max_tokens,
-        }) },
+        "training": if a.url.is_some() {
+            serde_json::Value::Null
+        } else {
+            json!({
+                "batch_size": a.batch_size,
+                "lr": a.lr,
+                "top_k": a.top_k,
+                "lora_rank": a.rank,
+                "max_tokens": a.max_tokens,
+            })
+        },
         "max_sessions": max_sessions,
         "sessions_to_preference": summarize(runs),
         "runs": runs,
