@@ -15,6 +15,7 @@ Needs the release binary (`cargo build --release -p clawrl-cli`) and the fetched
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,8 @@ def first_token_ids(phrases: list[str]) -> set[int]:
 
 def main() -> None:
     persona_file, n = sys.argv[1], int(sys.argv[2])
+    if not os.access(CLAWRL, os.X_OK):
+        sys.exit(f"{CLAWRL} is missing: cargo build --release -p clawrl-cli")
     p, phrases = persona_probe.load(persona_file)
     warm = first_token_ids(phrases)
     positions = 0

@@ -21,7 +21,7 @@ def load(persona_file: str) -> tuple[dict, list[str]]:
 
 
 def first_messages(p: dict, n: int) -> Iterator[str]:
-    """The persona's first message over n tasks of the shared set, spread as the simulation does."""
+    """The persona's first message over n tasks spread through the shared set (a fixed stride)."""
     tasks = json.load(open("../shared/data/gsm8k-test.json"))
     for i in range(n):
         t = tasks[(i * 7919) % len(tasks)]
