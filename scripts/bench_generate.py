@@ -7,7 +7,7 @@ runs llama.cpp once and `clawrl bench generate` once; the medians and ratios are
 
     python3 -m venv ~/.cache/clawrl/peer-venv
     ~/.cache/clawrl/peer-venv/bin/pip install llama-cpp-python==0.3.36 numpy
-    cargo build --release -p clawrl-cli
+    cargo build --release -p clawrl
     ~/.cache/clawrl/peer-venv/bin/python scripts/bench_generate.py --rounds 3
 """
 import argparse
@@ -19,7 +19,7 @@ import time
 import llama_cpp
 import numpy as np
 
-# Keep in step with PROSE in crates/clawrl-cli/src/bench.rs.
+# Keep in step with PROSE in src/bench.rs.
 PROSE = ("The history of the printing press begins in the fifteenth century, when "
          "Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press into a "
          "system that could produce books quickly and cheaply. Before then, most books in Europe were "

@@ -11,7 +11,7 @@ PyTorch from PyPI is large (CUDA wheels, ~5.6 GB); keep it in its own environmen
 
     python3 -m venv ~/.cache/clawrl/torch-venv
     ~/.cache/clawrl/torch-venv/bin/pip install torch transformers peft gguf numpy
-    cargo build --release -p clawrl-cli
+    cargo build --release -p clawrl
     ~/.cache/clawrl/torch-venv/bin/python scripts/bench_train_pytorch.py --rounds 2
 """
 import argparse
@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-# Keep in step with PROSE in crates/clawrl-cli/src/bench.rs.
+# Keep in step with PROSE in src/bench.rs.
 PROSE = ("The history of the printing press begins in the fifteenth century, when "
          "Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press into a "
          "system that could produce books quickly and cheaply. Before then, most books in Europe were "

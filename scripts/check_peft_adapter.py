@@ -6,7 +6,7 @@ Prints the largest per-token log-prob difference, with and without the adapter.
 
 Needs torch, transformers, peft and gguf in its own environment (see bench_train_pytorch.py):
 
-    cargo build --release -p clawrl-cli
+    cargo build --release -p clawrl
     ~/.cache/clawrl/torch-venv/bin/python scripts/check_peft_adapter.py
 """
 import argparse

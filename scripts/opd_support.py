@@ -10,7 +10,7 @@ response positions whose top-k holds the first word of a required phrase, for k 
 
     python3 scripts/opd_support.py crates/clawrl-sim/personas/teacher.toml 12
 
-Needs the release binary (`cargo build --release -p clawrl-cli`) and the fetched model.
+Needs the release binary (`cargo build --release -p clawrl`) and the fetched model.
 """
 
 import json
@@ -43,7 +43,7 @@ def first_token_ids(phrases: list[str]) -> set[int]:
 def main() -> None:
     persona_file, n = sys.argv[1], int(sys.argv[2])
     if not os.access(CLAWRL, os.X_OK):
-        sys.exit(f"{CLAWRL} is missing: cargo build --release -p clawrl-cli")
+        sys.exit(f"{CLAWRL} is missing: cargo build --release -p clawrl")
     p, phrases = persona_probe.load(persona_file)
     warm = first_token_ids(phrases)
     positions = 0

@@ -22,7 +22,7 @@ def main() -> None:
     for q in persona_probe.first_messages(p, n):
         for who, prompt in (("student", q), ("teacher", persona_probe.hinted(q, p))):
             out = subprocess.run(
-                ["cargo", "run", "-q", "--release", "-p", "clawrl-cli", "--",
+                ["cargo", "run", "-q", "--release", "-p", "clawrl", "--",
                  "generate", "--max-tokens", "160", "--json", prompt],
                 capture_output=True, text=True, check=True,
             ).stdout

@@ -83,7 +83,7 @@ impl Engine {
         let mut config = ServerConfig::new("clawrl", &data_dir);
         config.bind = previous.unwrap_or_else(|| free_or_any(self.options.bind));
         config.ui = Some(self.options.ui.clone());
-        config.training = TrainingSettings {
+        config.lp.training = TrainingSettings {
             batch_size: self.options.batch_size,
             ..TrainingSettings::default()
         };

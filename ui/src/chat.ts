@@ -66,7 +66,7 @@ export function mountChat(root: HTMLElement): void {
     if (e.type === "next_state") addStatus(line, `next state: ${e.kind}`);
     else if (e.type === "judged") {
       addStatus(line, `judged ${signed(e.reward)}`, e.reward > 0 ? "good" : e.reward < 0 ? "bad" : "");
-      if (e.chosen !== null && e.chosen !== undefined) addStatus(line, "hint chosen");
+      if (e.used?.length) addStatus(line, e.used.length > 1 ? `${e.used.length} hints chosen` : "hint chosen");
       if (e.sample_id) addStatus(line, "sample queued");
     }
   });

@@ -30,6 +30,14 @@ export interface Analysis {
 
 type Colour = "overlap" | "advantage" | "delta";
 
+/** `hint` value meaning "the hint token-mode selection chose at each position" (h*_i). */
+export const PER_POSITION = -2;
+
+/** The candidate whose teacher is shown at position i: `hint`, or h*_i in token mode. */
+function hintAt(a: Analysis, hint: number, i: number): number {
+  return hint === PER_POSITION ? (a.per_position[i] ?? -1) : hint;
+}
+
 /** Opens a turn in the Inspect view. */
 export function showTurn(id: number): void {
   location.hash = `#inspect/${id}`;
@@ -82,7 +90,8 @@ export async function loadInspect(id: number): Promise<void> {
 function render(): void {
   if (!current) return;
   const { analysis: a, advantage } = current;
-  const chosen = a.chosen ?? -1;
+  // Token mode with several hints chosen: each position shows its own h*_i.
+  const chosen = a.chosen ?? (a.per_position.length ? PER_POSITION : -1);
   const detail = h("div", { class: "token-detail", "data-testid": "token-detail" }, h("p", { class: "muted" }, "Hover a token."));
   const strip = tokenStrip(a, chosen, colour, advantage, (i) => fill(detail, tokenDetail(a, chosen, i)));
   const hints = a.hints.length
@@ -93,11 +102,21 @@ function render(): void {
         a.hints.map((x, i) =>
           h(
             "tr",
-            { class: i === chosen ? "chosen" : "" },
+            { class: i === chosen || (chosen === PER_POSITION && a.per_position.includes(i)) ? "chosen" : "" },
             h("td", {}, x.hint),
             h("td", { class: "num" }, x.overlap_total),
             h("td", { class: "num" }, `${(x.delta_clipped * 100).toFixed(0)}%`),
-            h("td", {}, i === chosen ? `selected (${a.mode})` : chosen >= 0 ? `beaten by ${a.totals[chosen] - x.overlap_total}` : ""),
+            h(
+              "td",
+              {},
+              i === chosen
+                ? `selected (${a.mode})`
+                : chosen === PER_POSITION
+                  ? `h*_i at ${a.per_position.filter((p) => p === i).length} of ${a.per_position.length} positions`
+                  : chosen >= 0
+                    ? `beaten by ${a.totals[chosen] - x.overlap_total}`
+                    : "",
+            ),
           ),
         ),
       )
@@ -140,15 +159,16 @@ export function tokenStrip(
   a.positions.forEach((p, i) => {
     let bg = "transparent";
     let title = "";
-    if (colour === "overlap" && hint >= 0) {
-      const o = a.hints[hint].overlap[i] ?? 0;
+    const hi = hintAt(a, hint, i);
+    if (colour === "overlap" && hi >= 0) {
+      const o = a.hints[hi].overlap[i] ?? 0;
       bg = `rgba(70, 110, 230, ${(0.1 + (0.8 * o) / Math.max(1, a.k)).toFixed(2)})`;
       title = `O = ${o}/${a.k}`;
     } else if (colour === "advantage" && advantage !== null) {
       bg = advantage > 0 ? "rgba(40,170,90,0.45)" : advantage < 0 ? "rgba(220,60,60,0.45)" : "transparent";
       title = `r_t = ${advantage}`;
     } else if (colour === "delta") {
-      const d = sampledDelta(a, hint, i);
+      const d = sampledDelta(a, hi, i);
       bg = d >= 0 ? `rgba(40,170,90,${Math.min(0.8, Math.abs(d)).toFixed(2)})` : `rgba(220,60,60,${Math.min(0.8, Math.abs(d)).toFixed(2)})`;
       title = `Δ = ${d.toFixed(3)}`;
     }
@@ -164,7 +184,8 @@ export function tokenStrip(
 /** The student's and the teacher's top-k at position i, with O[h,i] and Δ. */
 export function tokenDetail(a: Analysis, hint: number, i: number): HTMLElement {
   const p = a.positions[i];
-  const x = hint >= 0 ? a.hints[hint] : undefined;
+  const hi = hintAt(a, hint, i);
+  const x = hi >= 0 ? a.hints[hi] : undefined;
   const teacherIds = new Set((x?.teacher[i] ?? []).slice(0, a.k).map((e) => e[0]));
   const studentIds = new Set(p.student.map((e) => e[0]));
   const list = (entries: TopEntry[], shared: Set<number>, deltas?: number[]) =>

@@ -17,6 +17,10 @@ pub struct PositionScore {
     pub logprob: f32,
     /// The `k` most likely tokens at this position with their log-probs, most likely first.
     pub top: Vec<(u32, f32)>,
+    /// With [`Policy::score_on_support`]: the log-probs, under this prompt, of the first
+    /// prompt's top-`support_k` tokens at this position, in that order (exact, wherever they
+    /// rank here); empty otherwise.
+    pub support: Vec<f32>,
 }
 
 impl Model {
@@ -40,7 +44,26 @@ impl Policy<'_> {
         response: &[u32],
         top_k: usize,
     ) -> Result<Vec<Vec<PositionScore>>> {
-        in_pool(|| self.score_in_pool(prompts, response, top_k))
+        self.score_on_support(prompts, response, top_k, 0)
+    }
+
+    /// [`Self::score`], and at every position the log-probs of the first prompt's top
+    /// `support_k` tokens under every prompt ([`PositionScore::support`]): the student's
+    /// support S^q_i (prompt 0 = s_t) read under each teacher prompt s_t ⊕ h, as the OPD
+    /// loss and the inspector's Δ need them (DESIGN.md §2). `support_k` ≤ `top_k`.
+    pub fn score_on_support(
+        &self,
+        prompts: &[Vec<u32>],
+        response: &[u32],
+        top_k: usize,
+        support_k: usize,
+    ) -> Result<Vec<Vec<PositionScore>>> {
+        if support_k > top_k {
+            return Err(Error::InvalidArgument(format!(
+                "support_k {support_k} exceeds top_k {top_k}"
+            )));
+        }
+        in_pool(|| self.score_in_pool(prompts, response, top_k, support_k))
     }
 
     fn score_in_pool(
@@ -48,6 +71,7 @@ impl Policy<'_> {
         prompts: &[Vec<u32>],
         response: &[u32],
         top_k: usize,
+        support_k: usize,
     ) -> Result<Vec<Vec<PositionScore>>> {
         if prompts.iter().any(Vec::is_empty) {
             return Err(Error::InvalidArgument("a prompt to score is empty".into()));
@@ -76,27 +100,38 @@ impl Policy<'_> {
         let mut base = self.model.new_cache();
         self.forward(&prompts[0][..shared], &mut base, 0)?;
         let t = response.len();
-        prompts
-            .iter()
-            .map(|p| {
-                let mut cache = base.clone();
-                let mut input = p[shared..].to_vec();
-                input.extend_from_slice(&response[..t - 1]);
-                let mut logits = self.forward(&input, &mut cache, t)?;
-                let vocab = self.model.config.vocab_size;
-                Ok(logits
-                    .par_chunks_mut(vocab)
-                    .zip(response.par_iter())
-                    .map(|(row, &y)| {
-                        ops::log_softmax(row);
-                        PositionScore {
-                            logprob: row[y as usize],
-                            top: ops::top_k(row, top_k),
-                        }
-                    })
-                    .collect())
-            })
-            .collect()
+        let mut rows: Vec<Vec<PositionScore>> = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let mut cache = base.clone();
+            let mut input = p[shared..].to_vec();
+            input.extend_from_slice(&response[..t - 1]);
+            let mut logits = self.forward(&input, &mut cache, t)?;
+            let vocab = self.model.config.vocab_size;
+            // The first prompt's top tokens, read at the same positions under this prompt.
+            let first = rows.first();
+            let row = logits
+                .par_chunks_mut(vocab)
+                .zip(response.par_iter())
+                .enumerate()
+                .map(|(i, (row, &y))| {
+                    ops::log_softmax(row);
+                    let top = ops::top_k(row, top_k);
+                    let ids = first.map_or(&top, |f| &f[i].top);
+                    let support = ids
+                        .iter()
+                        .take(support_k)
+                        .map(|&(v, _)| row[v as usize])
+                        .collect();
+                    PositionScore {
+                        logprob: row[y as usize],
+                        top,
+                        support,
+                    }
+                })
+                .collect();
+            rows.push(row);
+        }
+        Ok(rows)
     }
 }
 

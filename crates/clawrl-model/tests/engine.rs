@@ -91,8 +91,12 @@ fn scoring_several_prompts_at_once_equals_scoring_each_alone() {
     let both = m
         .score(&[p1.clone(), p2.clone()], &response, 4)
         .expect("scores");
-    let one = m.score(&[p1], &response, 4).expect("scores");
-    let two = m.score(&[p2], &response, 4).expect("scores");
+    let one = m
+        .score(std::slice::from_ref(&p1), &response, 4)
+        .expect("scores");
+    let two = m
+        .score(std::slice::from_ref(&p2), &response, 4)
+        .expect("scores");
     for (a, b) in both[0]
         .iter()
         .zip(&one[0])
@@ -104,6 +108,37 @@ fn scoring_several_prompts_at_once_equals_scoring_each_alone() {
     assert_ne!(
         both[0][0].logprob, both[1][0].logprob,
         "a different prompt changes the scores"
+    );
+
+    // The student's support read under the teacher prompt: exact log-probs of prompt 0's top
+    // tokens, wherever they rank under prompt 1 (checked against the full distribution).
+    let on = m
+        .policy(None)
+        .score_on_support(&[p1.clone(), p2.clone()], &response, 4, 3)
+        .expect("scores");
+    let full = m.score(&[p2], &response, 100_000).expect("scores");
+    for (i, (student, teacher)) in on[0].iter().zip(&on[1]).enumerate() {
+        assert_eq!(student.support.len(), 3);
+        for ((&(v, lp_top), lp_old), lp_t) in student
+            .top
+            .iter()
+            .zip(&student.support)
+            .zip(&teacher.support)
+        {
+            assert!((lp_old - lp_top).abs() < 1e-6);
+            let exact = full[0][i]
+                .top
+                .iter()
+                .find(|t| t.0 == v)
+                .expect("in vocab")
+                .1;
+            assert!((lp_t - exact).abs() < 1e-4, "{lp_t} vs {exact}");
+        }
+    }
+    assert!(
+        m.policy(None)
+            .score_on_support(&[p1], &response, 2, 3)
+            .is_err()
     );
 }
 

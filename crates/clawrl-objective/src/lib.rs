@@ -12,5 +12,7 @@ pub mod loss;
 pub mod select;
 
 pub use advantage::{group_advantages, majority, step_reward};
-pub use loss::{LossMetrics, Method, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss, k3_kl};
+pub use loss::{
+    LossMetrics, Method, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss, clipped_delta, k3_kl,
+};
 pub use select::{Selection, SelectionMode, overlap, select};

@@ -5,9 +5,11 @@
 //! and π_cur; ρ = exp(ℓ_cur − ℓ_old); S_i is the top-k support at position i.
 
 use candle_core::{D, Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Which signals train (the user's `--method`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Both terms (w_RL = w_OPD = 1 by default).
     #[default]
@@ -36,6 +38,19 @@ impl Method {
             Self::Rl => "rl",
             Self::Opd => "opd",
         }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("method must be combined, rl or opd, not {s:?}"))
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -112,7 +127,7 @@ pub struct SampleTerms {
 }
 
 /// What one loss evaluation measured (means over the batch's samples).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossMetrics {
     /// The batch loss.
     pub loss: f64,
@@ -206,6 +221,12 @@ pub fn grpo_token_losses(
     Ok((loss, active, ratio))
 }
 
+/// The teacher's clipped log-prob gap Δ = clip(ℓ_T − ℓ_old, −C, C), element-wise (DESIGN.md §2,
+/// top-k OPD): what the OPD loss trains on, and what the inspector shows.
+pub fn clipped_delta(lp_teacher: &Tensor, lp_old: &Tensor, c: f64) -> Result<Tensor> {
+    lp_teacher.sub(lp_old)?.clamp(-c, c)
+}
+
 /// L^OPD_i for every position: w_v = softmax over S_i of ℓ_old(v); Δ_v = clip(ℓ_T(v) − ℓ_old(v),
 /// −C, C); A_v = Δ_v·w_v; ρ_v = exp(ℓ_cur(v) − ℓ_old(v)); the clipped surrogate summed over S_i.
 ///
@@ -232,7 +253,7 @@ pub fn opd_token_losses(
     let denom = e.sum_keepdim(D::Minus1)?.maximum(1e-30)?;
     let w = e.broadcast_div(&denom)?;
     let raw_delta = lp_teacher.sub(&lp_old)?;
-    let delta = raw_delta.clamp(-cfg.delta_clip, cfg.delta_clip)?;
+    let delta = clipped_delta(&lp_teacher, &lp_old, cfg.delta_clip)?;
     let delta_clipped = raw_delta
         .abs()?
         .gt(cfg.delta_clip)?

@@ -5,8 +5,11 @@
 //! `O[h,i] = |S^q_i ∩ S^p_{i,h}|`. The hint the teacher agrees with the student on most is the
 //! one whose token-level guidance is most on-policy.
 
+use serde::{Deserialize, Serialize};
+
 /// How the hint `h*` is chosen among the candidates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SelectionMode {
     /// `h* = argmax_h Σ_i O[h,i]` (the default).
     #[default]
@@ -42,6 +45,21 @@ impl SelectionMode {
     }
 }
 
+impl std::str::FromStr for SelectionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| {
+            format!("selection must be sequence, token, random or longest, not {s:?}")
+        })
+    }
+}
+
+impl std::fmt::Display for SelectionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `O[h][i] = |S^q_i ∩ S^p_{i,h}|` for student supports `student[i]` and teacher supports
 /// `teachers[h][i]` (token ids; positions beyond a teacher's length count as no overlap).
 pub fn overlap(student: &[Vec<u32>], teachers: &[Vec<Vec<u32>>]) -> Vec<Vec<usize>> {
@@ -61,21 +79,38 @@ pub fn overlap(student: &[Vec<u32>], teachers: &[Vec<Vec<u32>>]) -> Vec<Vec<usiz
 }
 
 /// The chosen hint(s) and what they were chosen over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selection {
-    /// `h*_i` for every position (all equal except in [`SelectionMode::Token`]).
+    /// The rule that chose.
+    pub mode: SelectionMode,
+    /// `h*_i` for every response position: the teacher at position i is π_T(·|s_t ⊕ h*_i).
+    /// All equal except in [`SelectionMode::Token`].
     pub per_position: Vec<usize>,
     /// `Σ_i O[h,i]` for every candidate.
     pub totals: Vec<usize>,
 }
 
 impl Selection {
-    /// The hint of sequence-level modes (the first position's in token mode).
-    pub fn hint(&self) -> Option<usize> {
-        self.per_position.first().copied()
+    /// `h*` when one hint holds every position (always, except in token mode where positions
+    /// chose differently); `None` then, and with no positions.
+    pub fn sequence_hint(&self) -> Option<usize> {
+        let first = *self.per_position.first()?;
+        self.per_position
+            .iter()
+            .all(|&h| h == first)
+            .then_some(first)
     }
 
-    /// Mean overlap `O[h*_i, i]` over positions, in tokens.
+    /// The candidates chosen at one position at least, in index order: the hints the sample
+    /// trains on.
+    pub fn used(&self) -> Vec<usize> {
+        let mut used: Vec<usize> = self.per_position.clone();
+        used.sort_unstable();
+        used.dedup();
+        used
+    }
+
+    /// Mean overlap `O[h*_i, i]` over positions, in tokens (entries missing from `o` count 0).
     pub fn mean_overlap(&self, o: &[Vec<usize>]) -> f64 {
         if self.per_position.is_empty() {
             return 0.0;
@@ -84,7 +119,7 @@ impl Selection {
             .per_position
             .iter()
             .enumerate()
-            .map(|(i, &h)| o[h][i])
+            .map(|(i, &h)| o.get(h).and_then(|row| row.get(i)).copied().unwrap_or(0))
             .sum();
         sum as f64 / self.per_position.len() as f64
     }
@@ -117,6 +152,7 @@ pub fn select(
         }
     };
     Some(Selection {
+        mode,
         per_position,
         totals,
     })
@@ -175,7 +211,7 @@ mod tests {
         assert_eq!(
             select(&o, &lens, SelectionMode::Longest, 0)
                 .expect("some")
-                .hint(),
+                .sequence_hint(),
             Some(1)
         );
         let r1 = select(&o, &lens, SelectionMode::Random, 42).expect("some");
@@ -184,6 +220,10 @@ mod tests {
             select(&o, &lens, SelectionMode::Random, 42).expect("some")
         );
         assert!(select(&[], &[], SelectionMode::Sequence, 0).is_none());
+        let token = select(&o, &lens, SelectionMode::Token, 0).expect("some");
+        assert_eq!(token.sequence_hint(), None);
+        assert_eq!(token.used(), vec![0, 1]);
+        assert_eq!(seq.used(), vec![0]);
     }
 
     #[test]
@@ -192,13 +232,13 @@ mod tests {
         assert_eq!(
             select(&o, &[5, 5, 5], SelectionMode::Sequence, 0)
                 .expect("some")
-                .hint(),
+                .sequence_hint(),
             Some(0)
         );
         assert_eq!(
             select(&o, &[5, 5, 5], SelectionMode::Longest, 0)
                 .expect("some")
-                .hint(),
+                .sequence_hint(),
             Some(0)
         );
         assert_eq!(
@@ -213,7 +253,7 @@ mod tests {
     fn random_covers_the_candidates_across_seeds() {
         let o = vec![vec![0]; 3];
         let seen: std::collections::HashSet<usize> = (0..64)
-            .filter_map(|s| select(&o, &[1, 1, 1], SelectionMode::Random, s)?.hint())
+            .filter_map(|s| select(&o, &[1, 1, 1], SelectionMode::Random, s)?.sequence_hint())
             .collect();
         assert_eq!(seen.len(), 3);
     }

@@ -39,7 +39,7 @@ async fn check(s: Shared, mut req: Request, next: Next, need: Role) -> Response 
             )
             .into_response();
         };
-        match s.store.key_role(key).await {
+        match s.lp.store.key_role(key).await {
             Ok(Some((name, role))) => Caller { name, role },
             Ok(None) => return ApiError::unauthorized("unknown API key").into_response(),
             Err(e) => return ApiError::from(e).into_response(),

@@ -122,6 +122,27 @@ impl From<clawrl_store::Error> for ApiError {
     }
 }
 
+impl From<clawrl_loop::Error> for ApiError {
+    fn from(e: clawrl_loop::Error) -> Self {
+        use clawrl_loop::Error as E;
+        match e {
+            E::Invalid {
+                param: Some(p),
+                message,
+            } => Self::invalid_param(p, message),
+            E::Invalid {
+                param: None,
+                message,
+            } => Self::invalid(message),
+            E::Conflict(m) => Self::conflict(m),
+            E::Store(s) => s.into(),
+            // The model refuses what does not fit or cannot be rendered: the request's fault.
+            E::Model(m) => Self::invalid(m.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         // OpenAI answers 400 for bodies of the wrong shape (axum says 422); a body too large

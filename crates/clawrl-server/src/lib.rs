@@ -1,44 +1,38 @@
-//! The live loop in one server (DESIGN.md §1, §4): an OpenAI-compatible API that serves the
-//! live policy and records every turn; a judge worker that pairs next states with turns, votes,
-//! selects hints by overlap and stores samples; a training thread that steps the hybrid
-//! objective at `batch_size` samples and publishes each new adapter between requests; and the
-//! Studio API around them.
+//! The HTTP face of the live loop (DESIGN.md §4): the OpenAI-compatible API that serves the
+//! live policy, the Studio API, the event stream, keys and roles, and the OpenAPI document.
+//! Routes, extractors and auth live here; the loop's stages live in `clawrl-loop`.
 
 mod auth;
 mod error;
 mod openai;
 mod openapi;
-mod pipeline;
 mod state;
 mod studio;
-mod training;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::Redirect;
 use axum::routing::{delete, get, post};
+use clawrl_loop::LoopHandle;
 use clawrl_model::Model;
-use clawrl_signals::{HttpJudge, Judge, ModelJudge, RulesJudge};
 use clawrl_store::{Role, Store};
-use clawrl_trainer::LoraConfig;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::oneshot;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
-use tracing::{info, warn};
+use tracing::info;
 
+pub use clawrl_loop::{JudgeChoice, LoopConfig, TrainingSettings};
 pub use error::ApiError;
 pub use openapi::ROUTES;
-pub use state::{Limits, TrainingSettings};
+pub use state::Limits;
 
-use crate::state::{AppState, Counters, Shared};
-use crate::training::{Control, TrainerSetup};
+use crate::state::{AppState, Shared};
 
 /// A server failure at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -49,33 +43,12 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] clawrl_store::Error),
-    /// Binding or threads failed.
+    /// Binding failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The trainer could not be restored.
-    #[error("restoring training: {0}")]
-    Trainer(String),
-}
-
-/// Which judge reads replies and tool outputs (explicit feedback always goes to the rules).
-#[derive(Clone, Debug)]
-pub enum JudgeChoice {
-    /// The rules judge.
-    Rules,
-    /// The served base model with the judge prompt, sampled at this temperature.
-    Model {
-        /// Sampling temperature of each vote.
-        temperature: f32,
-    },
-    /// An OpenAI-compatible endpoint.
-    Http {
-        /// Base URL, e.g. `http://localhost:8000/v1`.
-        url: String,
-        /// Model name to ask for.
-        model: String,
-        /// Bearer key.
-        key: Option<String>,
-    },
+    /// The loop could not start (its judge, or restoring training).
+    #[error("starting the loop: {0}")]
+    Loop(#[from] clawrl_loop::Error),
 }
 
 /// Everything the server needs to start.
@@ -85,30 +58,17 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The SQLite file.
     pub db: PathBuf,
-    /// Checkpoints directory (one sub-directory per policy version).
-    pub checkpoints: PathBuf,
     /// The model id `/v1/models` reports.
     pub model_id: String,
     /// The owner's key; when set (or when keys exist in the store) every request needs a key.
     pub owner_key: Option<String>,
-    /// The judge.
-    pub judge: JudgeChoice,
-    /// Votes per next state (m).
-    pub votes: usize,
-    /// Sessions end after this long without a request.
-    pub idle_timeout: Duration,
-    /// Starting training settings.
-    pub training: TrainingSettings,
-    /// Adapter shape.
-    pub lora: LoraConfig,
-    /// Seed of fresh adapters.
-    pub seed: u64,
     /// Request limits.
     pub limits: Limits,
-    /// Threads the training pool uses.
-    pub train_threads: usize,
     /// The built Studio UI (`ui/dist`), served at `/ui/` when set.
     pub ui: Option<PathBuf>,
+    /// The live loop: judge, votes, idle timeout, training settings, adapter shape,
+    /// checkpoints.
+    pub lp: LoopConfig,
 }
 
 impl ServerConfig {
@@ -117,18 +77,11 @@ impl ServerConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             db: data_dir.join("clawrl.sqlite"),
-            checkpoints: data_dir.join("checkpoints"),
             model_id: model_id.to_string(),
             owner_key: None,
-            judge: JudgeChoice::Rules,
-            votes: 1,
-            idle_timeout: Duration::from_secs(15 * 60),
-            training: TrainingSettings::default(),
-            lora: LoraConfig::default(),
-            seed: 0,
             limits: Limits::default(),
-            train_threads: 1,
             ui: None,
+            lp: LoopConfig::new(&data_dir.join("checkpoints")),
         }
     }
 }
@@ -148,15 +101,13 @@ pub struct Server {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-    trainer: Option<std::thread::JoinHandle<()>>,
-    state: Shared,
+    lp: Option<LoopHandle>,
 }
 
 impl Server {
     /// The policy version being served.
     pub fn policy_version(&self) -> i64 {
-        self.state.live().version
+        self.lp.as_ref().map_or(0, |l| l.state.live().version)
     }
 
     /// Stops accepting, finishes open requests, stops the workers and the training thread
@@ -176,8 +127,8 @@ impl Server {
             _ = tokio::signal::ctrl_c() => {
                 info!("interrupted; finishing open requests");
                 if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+                    let _ = stop.send(());
+                }
                 let _ = (&mut self.serve).await;
                 Ok(())
             }
@@ -187,12 +138,8 @@ impl Server {
     }
 
     async fn halt(&mut self) {
-        for w in &self.workers {
-            w.abort();
-        }
-        let _ = self.state.control.send(Control::Stop);
-        if let Some(t) = self.trainer.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        if let Some(lp) = self.lp.take() {
+            lp.shutdown().await;
         }
     }
 }
@@ -203,13 +150,6 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 /// Opens the store, restores training, binds, and starts serving and the workers.
 pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Error> {
-    config
-        .training
-        .validate()
-        .map_err(|e| Error::Config(e.message))?;
-    if config.votes == 0 || config.votes > 16 {
-        return Err(Error::Config("--votes must be 1..=16".into()));
-    }
     if let Some(dir) = &config.ui
         && !dir.join("index.html").is_file()
     {
@@ -235,55 +175,20 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
             config.bind
         )));
     }
-    let judge: Arc<dyn Judge> = match &config.judge {
-        JudgeChoice::Rules => Arc::new(RulesJudge),
-        JudgeChoice::Model { temperature } => {
-            Arc::new(ModelJudge::new(model.clone(), *temperature))
-        }
-        JudgeChoice::Http { url, model, key } => Arc::new(
-            HttpJudge::new(url, model, key.clone()).map_err(|e| Error::Config(e.to_string()))?,
-        ),
-    };
-    let (control, control_rx) = std::sync::mpsc::channel();
-    let (events, _) = broadcast::channel(1024);
+    let lp = clawrl_loop::start(config.lp.clone(), model, store)
+        .await
+        .map_err(|e| match e {
+            clawrl_loop::Error::Invalid { message, .. } | clawrl_loop::Error::Config(message) => {
+                Error::Config(message)
+            }
+            other => Error::Loop(other),
+        })?;
     let state: Shared = Arc::new(AppState {
-        model: model.clone(),
+        lp: lp.state.clone(),
         model_id: config.model_id.clone(),
-        store,
-        live: RwLock::new(state::Live::default()),
-        settings: RwLock::new(config.training.clone()),
-        control,
-        judge_wake: Notify::new(),
-        judge,
-        votes: config.votes,
         auth_required: has_keys,
         limits: config.limits,
-        idle_timeout: config.idle_timeout,
-        events,
-        counters: Counters::default(),
-        gate: clawrl_trainer::Gate::default(),
     });
-    let setup = TrainerSetup {
-        model,
-        lora: config.lora.clone(),
-        checkpoints: config.checkpoints.clone(),
-        seed: config.seed,
-        threads: config.train_threads.max(1),
-        gate: state.gate.clone(),
-    };
-    let rt = tokio::runtime::Handle::current();
-    let (trainer, live, setup) = {
-        let state = state.clone();
-        let training = config.training.clone();
-        tokio::task::spawn_blocking(move || {
-            training::restore(&state, &setup, &training, &rt).map(|(t, l)| (t, l, setup))
-        })
-        .await
-        .map_err(|e| Error::Trainer(e.to_string()))?
-        .map_err(Error::Trainer)?
-    };
-    state.publish(live);
-    let trainer = training::spawn(state.clone(), setup, trainer, control_rx)?;
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let mut app = router(state.clone());
@@ -301,35 +206,13 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
             })
             .await
     });
-    let workers = vec![
-        tokio::spawn(pipeline::run(state.clone())),
-        tokio::spawn(end_idle_sessions(state.clone())),
-    ];
-    // Samples left pending by a previous run train as soon as there are enough.
-    state.wake_trainer();
-    state.judge_wake.notify_one();
-    info!(%addr, version = state.live().version, auth = state.auth_required, "serving");
+    info!(%addr, version = lp.state.live().version, auth = has_keys, "serving");
     Ok(Server {
         addr,
         stop: Some(stop),
         serve,
-        workers,
-        trainer: Some(trainer),
-        state,
+        lp: Some(lp),
     })
-}
-
-async fn end_idle_sessions(s: Shared) {
-    let every = (s.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
-    loop {
-        tokio::time::sleep(every).await;
-        let before = clawrl_store::now_ms() - s.idle_timeout.as_millis() as i64;
-        match s.store.end_idle_sessions(before).await {
-            Ok(ended) if !ended.is_empty() => info!(sessions = ended.len(), "idle sessions ended"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "ending idle sessions"),
-        }
-    }
 }
 
 fn router(s: Shared) -> Router {

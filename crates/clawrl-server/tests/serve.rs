@@ -230,7 +230,7 @@ async fn feedback_and_annotator_hints_with_a_preview() {
         "a preview saves nothing"
     );
 
-    // Add, accept (an OPD sample), and reject another.
+    // Add, accept (it joins the turn's selection), and reject another.
     let (status, added) = t
         .post(
             &format!("/studio/turns/{id}/hints"),
@@ -244,6 +244,20 @@ async fn feedback_and_annotator_hints_with_a_preview() {
         .post(&format!("/studio/hints/{hint}/accept"), &json!({}))
         .await;
     assert_eq!(status, 200, "{accepted}");
+    // The accepted hint competes with the judge's under one selection, and the turn keeps one
+    // sample: the judgement's, now carrying the selection over both.
+    let judge_hint = judged["hints"][0]["id"].clone();
+    assert_eq!(accepted["candidates"], json!([judge_hint, hint]));
+    assert!(!accepted["chosen"].as_array().expect("chosen").is_empty());
+    let (_, turn) = t.get(&format!("/studio/turns/{id}")).await;
+    let samples = turn["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 1, "one OPD sample per turn: {samples:?}");
+    assert_eq!(samples[0]["id"], accepted["sample_id"]);
+    assert_eq!(samples[0]["advantage"], -1.0, "the vote's RL part stays");
+    assert_eq!(
+        samples[0]["selection"]["hint_ids"],
+        json!([judge_hint, hint])
+    );
     let (status, _) = t
         .post(&format!("/studio/hints/{hint}/accept"), &json!({}))
         .await;
@@ -329,7 +343,7 @@ async fn training_settings_change_at_run_time_and_pause_holds_steps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_pending_samples_and_the_served_version() {
     let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
-        c.training.batch_size = 1
+        c.lp.training.batch_size = 1
     })
     .await;
     let r = t.chat("r", json!([user("hi")])).await;
@@ -358,8 +372,8 @@ async fn a_restart_keeps_pending_samples_and_the_served_version() {
 
     // Same files, training paused at start: the sample waits and version 1 is served.
     let t = common::start_with(dir, |c| {
-        c.training.batch_size = 1;
-        c.training.paused = true;
+        c.lp.training.batch_size = 1;
+        c.lp.training.paused = true;
     })
     .await;
     let (_, s) = t.get("/studio/training").await;
@@ -376,7 +390,7 @@ async fn a_restart_keeps_pending_samples_and_the_served_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_sessions_end_by_themselves_and_session_done_ends_one_now() {
     let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
-        c.idle_timeout = std::time::Duration::from_millis(300);
+        c.lp.idle_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     t.chat("quiet", json!([user("hi")])).await;
@@ -427,6 +441,8 @@ async fn a_tool_output_is_a_next_state_and_tools_reach_the_template() {
         .await;
     assert_eq!(judged["next_states"][0]["kind"], "tool");
     assert_eq!(judged["votes"][0]["value"], -1);
+    // The tools are stored with the turn, so s_t ⊕ h renders them as s_t did.
+    assert_eq!(judged["turn"]["tools"], tools);
     let (status, bad) = t
         .post(
             "/v1/chat/completions",
@@ -455,7 +471,7 @@ async fn a_clawrl_server_can_be_the_judge_endpoint_of_another() {
     .await
     .expect("thread")
     .expect("the endpoint answers");
-    assert!((-1..=1).contains(&verdict.value));
+    assert_eq!(verdict.value, clawrl_signals::parse_vote(&verdict.raw));
     // The judge prompt went through the real API and was recorded there.
     let (_, sessions) = judge_server.get("/studio/sessions").await;
     let id = sessions["sessions"][0]["id"]

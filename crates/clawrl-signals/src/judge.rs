@@ -5,30 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawrl_model::{GenerateParams, Message, Model, Sampling};
+use clawrl_store::NextKind;
 use serde::Serialize;
 
 use crate::parse::{parse_hint, parse_vote};
 use crate::{Error, Result};
 
-/// What kind of next state is being judged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NextKind {
-    /// The user's next main-line message.
-    Reply,
-    /// Explicit feedback: `[thumbs up]` / `[thumbs down]` and/or a correction.
-    Feedback,
-    /// A tool's output.
-    Tool,
-}
-
-impl NextKind {
-    fn describe(self) -> &'static str {
-        match self {
-            Self::Reply => "the user's next message",
-            Self::Feedback => "the user's explicit feedback",
-            Self::Tool => "the tool's output",
-        }
+/// How the judge prompt names a kind of next state.
+fn describe(kind: NextKind) -> &'static str {
+    match kind {
+        NextKind::Reply => "the user's next message",
+        NextKind::Feedback => "the user's explicit feedback",
+        NextKind::Tool => "the tool's output",
     }
 }
 
@@ -48,8 +36,9 @@ pub struct JudgeInput<'a> {
 /// One judge's vote, with a hint when the next state holds a meaningful correction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
-    /// +1, −1 or 0.
-    pub value: i8,
+    /// +1, −1 or 0; `None` when the judge's answer held no readable vote (such a vote is
+    /// dropped from the majority: it neither dilutes nor ties it).
+    pub value: Option<i8>,
     /// The directive signal.
     pub hint: Option<String>,
     /// The judge's raw answer (or the rule that fired).
@@ -83,7 +72,7 @@ pub fn judge_prompt(input: &JudgeInput<'_>) -> Vec<Message> {
          followed, also write it as one short imperative hint between [HINT_START] and \
          [HINT_END].",
         input.response,
-        input.kind.describe(),
+        describe(input.kind),
         input.next_state
     );
     vec![Message::user(text)]
@@ -91,7 +80,7 @@ pub fn judge_prompt(input: &JudgeInput<'_>) -> Vec<Message> {
 
 fn verdict_of(raw: String) -> Verdict {
     Verdict {
-        value: parse_vote(&raw).unwrap_or(0),
+        value: parse_vote(&raw),
         hint: parse_hint(&raw),
         raw,
     }
@@ -201,6 +190,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unreadable_answer_is_no_vote() {
+        let v = verdict_of("I think it was fine.".into());
+        assert_eq!(v.value, None);
+        assert_eq!(verdict_of("\\boxed{-1}".into()).value, Some(-1));
+    }
+
+    #[test]
     fn the_model_judge_answers_the_judge_prompt_with_a_verdict() {
         let judge = ModelJudge::new(Arc::new(Model::tiny(3)), 0.7);
         let conversation = [Message::user("What is 2 + 2?")];
@@ -212,8 +208,7 @@ mod tests {
         };
         let v = judge.judge(&input).expect("judges");
         // The tiny model's words are noise: what matters is that they were read as a verdict.
-        assert!((-1..=1).contains(&v.value));
-        assert_eq!(v.value, parse_vote(&v.raw).unwrap_or(0));
+        assert_eq!(v.value, parse_vote(&v.raw));
         assert!(judge.name().starts_with("model:"));
         let prompt = &judge_prompt(&input)[0].content;
         assert!(prompt.contains("\\boxed{1}") && prompt.contains("[HINT_START]"));

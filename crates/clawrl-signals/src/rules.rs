@@ -1,7 +1,9 @@
 //! The rules judge: explicit feedback and the plain cases of a reply, without a model.
 
 use crate::Result;
-use crate::judge::{Judge, JudgeInput, NextKind, Verdict};
+use clawrl_store::NextKind;
+
+use crate::judge::{Judge, JudgeInput, Verdict};
 
 /// Replies that say the answer was fine.
 const THANKS: &[&str] = &[
@@ -93,7 +95,7 @@ fn similarity(a: &[String], b: &[String]) -> f64 {
 
 fn verdict(value: i8, hint: Option<&str>, rule: &str) -> Verdict {
     Verdict {
-        value,
+        value: Some(value),
         hint: hint.map(|h| h.trim().to_string()).filter(|h| !h.is_empty()),
         raw: format!("rules: {rule}"),
     }
@@ -172,33 +174,36 @@ mod tests {
 
     #[test]
     fn feedback_gives_votes_and_corrections_give_hints() {
-        assert_eq!(judge(NextKind::Feedback, "[thumbs up]").value, 1);
+        assert_eq!(judge(NextKind::Feedback, "[thumbs up]").value, Some(1));
         let down = judge(NextKind::Feedback, "[thumbs down]");
-        assert_eq!((down.value, down.hint), (-1, None));
+        assert_eq!((down.value, down.hint), (Some(-1), None));
         let fix = judge(NextKind::Feedback, "[thumbs down] Show the sum: 2 + 2 = 4.");
-        assert_eq!(fix.value, -1);
+        assert_eq!(fix.value, Some(-1));
         assert_eq!(fix.hint.as_deref(), Some("Show the sum: 2 + 2 = 4."));
-        assert_eq!(judge(NextKind::Feedback, "Be brief.").value, -1);
+        assert_eq!(judge(NextKind::Feedback, "Be brief.").value, Some(-1));
     }
 
     #[test]
     fn replies_are_judged_by_their_plain_meaning() {
-        assert_eq!(judge(NextKind::Reply, "Thanks, that helps!").value, 1);
+        assert_eq!(judge(NextKind::Reply, "Thanks, that helps!").value, Some(1));
         let no = judge(NextKind::Reply, "No, please don't use bold text.");
-        assert_eq!(no.value, -1);
+        assert_eq!(no.value, Some(-1));
         assert_eq!(no.hint.as_deref(), Some("No, please don't use bold text."));
-        assert_eq!(judge(NextKind::Reply, "what is 2 + 2 ?").value, -1);
-        assert_eq!(judge(NextKind::Reply, "And what about 3 + 3?").value, 0);
+        assert_eq!(judge(NextKind::Reply, "what is 2 + 2 ?").value, Some(-1));
+        assert_eq!(
+            judge(NextKind::Reply, "And what about 3 + 3?").value,
+            Some(0)
+        );
         // "no" must open the reply as a word, not as the start of another word.
-        assert_eq!(judge(NextKind::Reply, "Nothing else, bye").value, 0);
+        assert_eq!(judge(NextKind::Reply, "Nothing else, bye").value, Some(0));
     }
 
     #[test]
     fn tool_errors_are_bad() {
         assert_eq!(
             judge(NextKind::Tool, "Traceback (most recent call last)").value,
-            -1
+            Some(-1)
         );
-        assert_eq!(judge(NextKind::Tool, "42").value, 0);
+        assert_eq!(judge(NextKind::Tool, "42").value, Some(0));
     }
 }

@@ -10,8 +10,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::types::Json;
+
 use sqlx::{FromRow, SqlitePool};
+
+mod sample;
+
+pub use sample::{HintRef, NewOpd, NewSample, Sample, SelectionRecord, TeacherPlan};
+use sample::{SampleRow, insert_sample, link_hints};
+/// JSON columns as the records carry them.
+pub use sqlx::types::Json;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +142,8 @@ pub struct NewTurn {
     pub turn_type: TurnType,
     /// The request's messages, s_t.
     pub messages: serde_json::Value,
+    /// The request's tools (a JSON array), rendered into s_t and so into s_t ⊕ h too.
+    pub tools: Option<serde_json::Value>,
     /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
     /// The response text.
@@ -178,6 +187,8 @@ pub struct Turn {
     pub finish_reason: String,
     /// When, ms since the epoch.
     pub created_at: i64,
+    /// The request's tools, as given.
+    pub tools: Option<Json<serde_json::Value>>,
 }
 
 /// A next state waiting for (or past) judging.
@@ -202,8 +213,8 @@ pub struct NextState {
 pub struct Vote {
     /// The judge's name.
     pub judge: String,
-    /// +1, −1 or 0.
-    pub value: i64,
+    /// +1, −1 or 0; `None` when the judge's answer held no readable vote.
+    pub value: Option<i64>,
     /// The judge's raw answer.
     pub raw: String,
 }
@@ -242,57 +253,6 @@ pub struct Hint {
     pub overlap: Option<i64>,
     /// When.
     pub created_at: i64,
-}
-
-/// A sample to record.
-#[derive(Clone, Debug)]
-pub struct NewSample {
-    /// The turn it trains on.
-    pub turn_id: i64,
-    /// r_t for an RL sample.
-    pub advantage: Option<f64>,
-    /// Index (into the judgement's hints) or id of the chosen hint, for an OPD sample.
-    pub hint: Option<HintRef>,
-    /// s_t ⊕ h*, token ids.
-    pub hint_prompt_ids: Option<Vec<u32>>,
-    /// The selection's record (mode, k, O[h,i], totals, chosen).
-    pub selection: Option<serde_json::Value>,
-}
-
-/// Which hint a new sample uses.
-#[derive(Clone, Copy, Debug)]
-pub enum HintRef {
-    /// The i-th hint of the same judgement.
-    New(usize),
-    /// A hint already stored.
-    Stored(i64),
-}
-
-/// A sample as stored, with its turn's tokens (what the trainer needs).
-#[derive(Clone, Debug, Serialize, FromRow)]
-pub struct Sample {
-    /// Its id.
-    pub id: i64,
-    /// Its turn.
-    pub turn_id: i64,
-    /// r_t for RL.
-    pub advantage: Option<f64>,
-    /// The chosen hint for OPD.
-    pub hint_id: Option<i64>,
-    /// s_t ⊕ h*.
-    pub hint_prompt_ids: Option<Json<Vec<u32>>>,
-    /// The selection's record.
-    pub selection: Option<Json<serde_json::Value>>,
-    /// pending, trained or dropped.
-    pub status: String,
-    /// The step that trained it.
-    pub step: Option<i64>,
-    /// When.
-    pub created_at: i64,
-    /// The turn's prompt.
-    pub prompt_ids: Json<Vec<u32>>,
-    /// The turn's response.
-    pub response_ids: Json<Vec<u32>>,
 }
 
 /// A training step's record.
@@ -349,7 +309,7 @@ pub struct Judgement {
     pub sample: Option<NewSample>,
 }
 
-fn json<T: Serialize>(v: &T) -> String {
+pub(crate) fn json<T: Serialize + ?Sized>(v: &T) -> String {
     // Serializing plain vectors and `Value`s cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
@@ -511,8 +471,8 @@ impl Store {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO turns (session_id, turn_type, messages, prompt_ids, response,
                                 response_ids, logprobs, top_logprobs, policy_version,
-                                finish_reason, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+                                finish_reason, created_at, tools)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
         )
         .bind(&t.session_id)
         .bind(t.turn_type)
@@ -525,6 +485,7 @@ impl Store {
         .bind(t.policy_version)
         .bind(&t.finish_reason)
         .bind(now)
+        .bind(t.tools.as_ref().map(json))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -746,7 +707,8 @@ impl Store {
             return Err(Error::NotFound(format!("hint {id}")));
         }
         sqlx::query(
-            "UPDATE samples SET status = 'dropped' WHERE hint_id = ?1 AND status = 'pending'",
+            "UPDATE samples SET status = 'dropped' WHERE status = 'pending' AND (hint_id = ?1
+               OR id IN (SELECT sample_id FROM sample_hints WHERE hint_id = ?1))",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -755,31 +717,62 @@ impl Store {
         Ok(())
     }
 
-    /// Accepts a stored hint and records the OPD sample it yields, atomically.
-    pub async fn accept_hint(&self, id: i64, sample: &NewSample) -> Result<i64> {
+    /// Accepts a stored hint and makes `opd` (a selection among the turn's candidates, this
+    /// hint one of them) the turn's directive part, atomically: the turn's pending sample takes
+    /// it (one OPD sample per turn), or, when none is pending, a new sample is recorded.
+    /// Returns the sample's id.
+    pub async fn accept_hint(&self, id: i64, turn_id: i64, opd: &NewOpd) -> Result<i64> {
+        let now = now_ms();
         let mut tx = self.write().await?;
-        let done = sqlx::query("UPDATE hints SET status = 'accepted' WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE hints SET status = 'accepted' WHERE id = ?1 AND turn_id = ?2")
+                .bind(id)
+                .bind(turn_id)
+                .execute(&mut *tx)
+                .await?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("hint {id}")));
+            return Err(Error::NotFound(format!("hint {id} of turn {turn_id}")));
         }
-        let sample = insert_sample(&mut tx, sample, &[], now_ms()).await?;
+        let pending: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM samples WHERE turn_id = ?1 AND status = 'pending'
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(turn_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let sample = match pending {
+            Some((sample,)) => {
+                sqlx::query("DELETE FROM sample_hints WHERE sample_id = ?1")
+                    .bind(sample)
+                    .execute(&mut *tx)
+                    .await?;
+                link_hints(&mut tx, sample, opd, &[]).await?;
+                sample
+            }
+            None => {
+                let new = NewSample {
+                    turn_id,
+                    advantage: None,
+                    opd: Some(opd.clone()),
+                };
+                insert_sample(&mut tx, &new, &[], now).await?
+            }
+        };
         tx.commit().await?;
         Ok(sample)
     }
 
     /// Pending samples, oldest first, with their turns' tokens.
     pub async fn pending_samples(&self, limit: i64) -> Result<Vec<Sample>> {
-        Ok(sqlx::query_as(
+        let rows: Vec<SampleRow> = sqlx::query_as(
             "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
              JOIN turns t ON t.id = s.turn_id
              WHERE s.status = 'pending' ORDER BY s.id LIMIT ?1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(Sample::from).collect())
     }
 
     /// Pending samples.
@@ -792,22 +785,24 @@ impl Store {
 
     /// Samples of a turn.
     pub async fn samples_of(&self, turn_id: i64) -> Result<Vec<Sample>> {
-        self.of_turn(
-            "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
-             JOIN turns t ON t.id = s.turn_id WHERE s.turn_id = ?1 ORDER BY s.id",
-            turn_id,
-        )
-        .await
+        let rows: Vec<SampleRow> = self
+            .of_turn(
+                "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
+                 JOIN turns t ON t.id = s.turn_id WHERE s.turn_id = ?1 ORDER BY s.id",
+                turn_id,
+            )
+            .await?;
+        Ok(rows.into_iter().map(Sample::from).collect())
     }
 
     /// Records a finished step in one transaction: its metrics, the version it published, and
     /// its samples marked trained.
-    pub async fn record_step(
+    pub async fn record_step<M: Serialize>(
         &self,
         step: i64,
         version: i64,
         checkpoint: &str,
-        metrics: &serde_json::Value,
+        metrics: &M,
         seconds: f64,
         samples: &[i64],
     ) -> Result<()> {
@@ -979,34 +974,4 @@ pub struct Counts {
     pub steps: i64,
     /// Next states waiting for the judge.
     pub unjudged: i64,
-}
-
-async fn insert_sample(
-    tx: &mut sqlx::SqliteConnection,
-    s: &NewSample,
-    hint_ids: &[i64],
-    now: i64,
-) -> Result<i64> {
-    let hint_id = match s.hint {
-        Some(HintRef::New(i)) => Some(
-            *hint_ids
-                .get(i)
-                .ok_or_else(|| Error::NotFound(format!("hint #{i} of the judgement")))?,
-        ),
-        Some(HintRef::Stored(id)) => Some(id),
-        None => None,
-    };
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO samples (turn_id, advantage, hint_id, hint_prompt_ids, selection, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-    )
-    .bind(s.turn_id)
-    .bind(s.advantage)
-    .bind(hint_id)
-    .bind(s.hint_prompt_ids.as_ref().map(json))
-    .bind(s.selection.as_ref().map(json))
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(id)
 }

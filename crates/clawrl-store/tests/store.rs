@@ -1,9 +1,10 @@
 //! The store on a real SQLite file: pairing, judgements, samples, steps, keys, concurrency and
 //! a reopen.
 
+use clawrl_objective::{Selection, SelectionMode};
 use clawrl_store::{
-    HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, NewTurn, NextKind, Role, Store,
-    TurnType, Vote,
+    HintRef, HintSource, HintStatus, Judgement, NewHint, NewOpd, NewSample, NewTurn, NextKind,
+    Role, Store, TeacherPlan, TurnType, Vote,
 };
 use serde_json::json;
 
@@ -17,6 +18,7 @@ fn turn(session: &str, turn_type: TurnType) -> NewTurn {
         response_ids: vec![4, 5],
         logprobs: vec![-0.5, -1.5],
         top_logprobs: vec![vec![(4, -0.5)], vec![(5, -1.5)]],
+        tools: Some(json!([{"type": "function", "function": {"name": "calc"}}])),
         policy_version: 0,
         finish_reason: "stop".into(),
     }
@@ -67,11 +69,18 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     let pending = store.unjudged(10).await.expect("unjudged");
     assert_eq!(pending.len(), 1);
     let j = Judgement {
-        votes: vec![Vote {
-            judge: "rules".into(),
-            value: -1,
-            raw: "rules: correction".into(),
-        }],
+        votes: vec![
+            Vote {
+                judge: "rules".into(),
+                value: Some(-1),
+                raw: "rules: correction".into(),
+            },
+            Vote {
+                judge: "model".into(),
+                value: None,
+                raw: "I cannot tell.".into(),
+            },
+        ],
         hints: vec![
             NewHint {
                 text: "Be shorter.".into(),
@@ -91,9 +100,18 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
         sample: Some(NewSample {
             turn_id: t1,
             advantage: Some(-1.0),
-            hint: Some(HintRef::New(0)),
-            hint_prompt_ids: Some(vec![1, 2, 3, 9]),
-            selection: Some(json!({"chosen": 0})),
+            opd: Some(NewOpd {
+                candidates: vec![HintRef::New(0), HintRef::New(1)],
+                prompts: vec![vec![1, 2, 3, 9], vec![1, 2, 3, 8]],
+                // Token mode: hint 1 teaches position 0, hint 0 position 1.
+                selection: Selection {
+                    mode: SelectionMode::Token,
+                    per_position: vec![1, 0],
+                    totals: vec![7, 3],
+                },
+                k: 4,
+                overlap: vec![vec![3, 4], vec![3, 0]],
+            }),
         }),
     };
     let sample = store
@@ -105,38 +123,65 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     let hints = store.hints_of(t1).await.expect("hints");
     let samples = store.pending_samples(10).await.expect("samples");
     assert_eq!(samples.len(), 1);
-    assert_eq!(samples[0].hint_id, Some(hints[0].id));
-    assert_eq!(samples[0].prompt_ids.0, vec![1, 2, 3]);
+    // Two hints teach: there is no single h*.
+    assert_eq!(samples[0].hint_id, None);
+    assert_eq!(samples[0].prompt_ids, vec![1, 2, 3]);
     assert_eq!(
-        samples[0].hint_prompt_ids.as_ref().map(|h| h.0.clone()),
-        Some(vec![1, 2, 3, 9])
+        samples[0].teacher,
+        Some(TeacherPlan {
+            prompts: vec![vec![1, 2, 3, 9], vec![1, 2, 3, 8]],
+            per_position: vec![1, 0],
+        })
+    );
+    let record = samples[0].selection.clone().expect("selection");
+    assert_eq!(record.hint_ids, vec![hints[0].id, hints[1].id]);
+    assert_eq!(record.selection.mode, SelectionMode::Token);
+    assert_eq!(
+        store.turn(t1).await.expect("turn").tools.map(|t| t.0),
+        Some(json!([{"type": "function", "function": {"name": "calc"}}]))
     );
 
-    // Rejecting the other hint drops nothing; rejecting the chosen one drops its sample.
+    // Rejecting a hint that teaches one position drops the sample.
     store.reject_hint(hints[1].id).await.expect("reject");
-    assert_eq!(store.count_pending().await.expect("count"), 1);
-    let extra = store
-        .accept_hint(
-            hints[1].id,
-            &NewSample {
-                turn_id: t1,
-                advantage: None,
-                hint: Some(HintRef::Stored(hints[1].id)),
-                hint_prompt_ids: Some(vec![1]),
-                selection: None,
-            },
-        )
+    assert_eq!(store.count_pending().await.expect("count"), 0);
+
+    // Accepting a hint makes it the turn's directive part: no sample is pending, so a new one.
+    let only_first = NewOpd {
+        candidates: vec![HintRef::Stored(hints[0].id)],
+        prompts: vec![vec![1, 2, 3, 9]],
+        selection: Selection {
+            mode: SelectionMode::Sequence,
+            per_position: vec![0, 0],
+            totals: vec![7],
+        },
+        k: 4,
+        overlap: vec![vec![3, 4]],
+    };
+    let accepted = store
+        .accept_hint(hints[0].id, t1, &only_first)
         .await
         .expect("accept");
-    store.reject_hint(hints[1].id).await.expect("reject");
+    assert_ne!(accepted, sample);
+    // A second accept updates the pending sample instead of adding one: one OPD sample a turn.
     assert_eq!(
-        store.count_pending().await.expect("count"),
-        1,
-        "sample {extra} dropped"
+        store
+            .accept_hint(hints[0].id, t1, &only_first)
+            .await
+            .expect("accept again"),
+        accepted
+    );
+    assert_eq!(store.count_pending().await.expect("count"), 1);
+    let pending = store.pending_samples(10).await.expect("samples");
+    assert_eq!(pending[0].hint_id, Some(hints[0].id));
+    assert!(
+        store
+            .accept_hint(hints[0].id, t1 + 1, &only_first)
+            .await
+            .is_err()
     );
 
     store
-        .record_step(1, 1, "/tmp/v1", &json!({"loss": 0.5}), 2.0, &[sample])
+        .record_step(1, 1, "/tmp/v1", &json!({"loss": 0.5}), 2.0, &[accepted])
         .await
         .expect("step");
     assert_eq!(store.count_pending().await.expect("count"), 0);
@@ -158,7 +203,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     let c = store.counts().await.expect("counts");
     assert_eq!(
         (c.sessions, c.turns, c.votes, c.hints, c.samples, c.steps),
-        (1, 2, 1, 2, 2, 1)
+        (1, 2, 2, 2, 2, 1)
     );
     assert_eq!(
         store.steps(0, 10).await.expect("steps")[0].metrics.0["loss"],

@@ -13,7 +13,7 @@ use crate::adamw::AdamWConfig;
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::policy::TrainablePolicy;
-use crate::trainer::{TrainConfig, TrainSample, Trainer};
+use crate::trainer::{Teacher, TrainConfig, TrainSample, Trainer};
 
 /// What the demonstration measured.
 #[derive(Clone, Debug, Default)]
@@ -79,13 +79,13 @@ pub fn run(
             prompt: p.clone(),
             response: good.clone(),
             advantage: Some(1.0),
-            hint_prompt: None,
+            teacher: None,
         },
         TrainSample {
             prompt: p.clone(),
             response: bad.clone(),
             advantage: Some(-1.0),
-            hint_prompt: None,
+            teacher: None,
         },
     ];
     out.rewarded.push(t.mean_logprob(&p, &good)?);
@@ -116,7 +116,7 @@ pub fn run(
         prompt: p.clone(),
         response: response.clone(),
         advantage: None,
-        hint_prompt: Some(hinted.clone()),
+        teacher: Some(Teacher::single(hinted.clone(), response.len())),
     };
     out.opd_kl.push(t.support_kl(&p, &hinted, &response)?);
     for step in 1..=steps {
@@ -164,7 +164,7 @@ pub fn run(
     let lengths: Vec<usize> = candidates.iter().map(|h| h.len()).collect();
     let sel = select(&o, &lengths, SelectionMode::Sequence, 0)
         .ok_or_else(|| Error::InvalidSample("no candidates".into()))?;
-    out.chosen = sel.hint().unwrap_or(0);
+    out.chosen = sel.sequence_hint().unwrap_or(0);
     for (h, total) in candidates.iter().zip(&sel.totals) {
         log(&format!("  {total:>4}  {h}"));
         out.hints.push((h.to_string(), *total));

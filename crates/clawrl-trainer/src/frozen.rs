@@ -10,8 +10,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use clawrl_kernels::matmul::{Operand, matmul, xwt};
 use clawrl_model::QMatrix;
 
-use crate::fused::with_values;
 use crate::gate::Gate;
+use crate::values::{f32_input, with_values};
 
 /// `y = x·Wᵀ` (or `y = x·W` when `transposed`) with W frozen.
 #[derive(Clone)]
@@ -95,17 +95,6 @@ impl LoraLinear {
     pub fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op3(a, b, self.clone())
     }
-}
-
-/// A custom op's input as a contiguous f32 slice; `op` names the op in the error.
-pub(crate) fn f32_input<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op} takes f32")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op} takes contiguous inputs")
-    };
-    Ok(&data[start..end])
 }
 
 impl candle_core::CustomOp3 for LoraLinear {

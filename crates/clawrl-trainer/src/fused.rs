@@ -9,43 +9,18 @@
 
 use std::sync::{Arc, Mutex};
 
+use candle_core::Tensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape};
-use candle_core::{Storage, Tensor};
 use clawrl_kernels::matmul::{Operand, matmul};
 use clawrl_kernels::ops::{self, causal_softmax, causal_softmax_backward};
 use rayon::prelude::*;
 
-use crate::frozen::f32_input;
+use crate::values::{f32_input, with_values};
 
 /// Rows one parallel task takes: enough work to outweigh handing it to a thread.
 const ROWS_PER_TASK: usize = 16;
 /// Elements one parallel task of an element-wise op takes.
 const ELEMENTS_PER_TASK: usize = 16 * 1024;
-
-/// Runs `f` on the tensors' values, each as one contiguous f32 slice (no copy when a tensor
-/// already is contiguous): how a backward reads its inputs.
-pub(crate) fn with_values<R, const N: usize>(
-    tensors: [&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> Result<R>,
-) -> Result<R> {
-    let tensors = tensors.map(Tensor::contiguous);
-    let mut owned = Vec::with_capacity(N);
-    for t in tensors {
-        owned.push(t?);
-    }
-    let guards: Vec<_> = owned.iter().map(Tensor::storage_and_layout).collect();
-    let mut slices = Vec::with_capacity(N);
-    for (storage, layout) in &guards {
-        let Storage::Cpu(s) = &**storage else {
-            candle_core::bail!("the trainer runs on the CPU")
-        };
-        slices.push(f32_input("a fused op", s, layout)?);
-    }
-    let slices: [&[f32]; N] = slices
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg("with_values: a tensor went missing".into()))?;
-    f(slices)
-}
 
 fn tensor(values: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(values, shape.clone(), &Device::Cpu)

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use clawrl_kernels::ops::top_k;
 use clawrl_model::QMatrix;
 
-use crate::frozen::f32_input;
+use crate::values::f32_input;
 use rayon::prelude::*;
 
 /// Which log-probs the head returns per position.

@@ -16,6 +16,7 @@ mod lora;
 mod peft;
 mod policy;
 mod trainer;
+mod values;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use error::{Error, Result};
@@ -24,7 +25,7 @@ pub use head::{Gather, HeadStats};
 pub use lora::{LoraConfig, Target, Tuning};
 pub use peft::load_adapter;
 pub use policy::{LoraPair, Mode, TrainablePolicy};
-pub use trainer::{StepMetrics, TrainConfig, TrainSample, Trainer};
+pub use trainer::{StepMetrics, Teacher, TrainConfig, TrainSample, Trainer};
 
 /// Runs candle's element-wise ops on the calling thread instead of in candle's own pool.
 ///

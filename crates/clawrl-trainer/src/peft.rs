@@ -108,7 +108,7 @@ pub fn load_adapter(model: &Model, dir: &Path, version: u64) -> Result<LoraAdapt
     let policy = TrainablePolicy::new(model, lora, 0)?;
     let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;
     trainer.load_peft(dir)?;
-    Ok(trainer.policy.publish(version)?)
+    Ok(trainer.policy.adapter_snapshot(version)?)
 }
 
 fn read_config(dir: &Path) -> Result<PeftConfig> {

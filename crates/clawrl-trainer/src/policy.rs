@@ -177,10 +177,10 @@ impl TrainablePolicy {
     }
 
     /// An immutable snapshot of the adapters for the serving engine (never a copy of the base).
-    /// Full fine-tuning has no adapter: it publishes with [`Self::publish_full`].
-    pub fn publish(&self, version: u64) -> Result<LoraAdapter> {
+    /// Full fine-tuning has no adapter: it is snapshotted with [`Self::full_snapshot`].
+    pub fn adapter_snapshot(&self, version: u64) -> Result<LoraAdapter> {
         let Some(lora) = self.lora_config() else {
-            candle_core::bail!("full fine-tuning publishes weights (publish_full), not an adapter")
+            candle_core::bail!("full fine-tuning snapshots weights (full_snapshot), not an adapter")
         };
         let mut out = LoraAdapter::new(version, lora.scale() as f32, self.config.layers);
         for (&(l, t), p) in &self.lora {
@@ -203,9 +203,9 @@ impl TrainablePolicy {
 
     /// Full fine-tuning's snapshot: `base` with every projection replaced by the trained one,
     /// requantized to Q8_0 for serving (f32 where a row does not fill whole Q8_0 blocks).
-    pub fn publish_full(&self, base: &Model) -> Result<Model> {
+    pub fn full_snapshot(&self, base: &Model) -> Result<Model> {
         if self.full.is_empty() {
-            candle_core::bail!("a LoRA policy publishes an adapter (publish), not weights")
+            candle_core::bail!("a LoRA policy snapshots an adapter (adapter_snapshot), not weights")
         }
         let mut weights = base.weights.clone();
         for (&(l, t), w) in &self.full {

@@ -19,8 +19,29 @@ pub struct TrainSample {
     pub response: Vec<u32>,
     /// The advantage r_t broadcast to every token: an RL sample when present.
     pub advantage: Option<f32>,
-    /// s_t ⊕ h*, the prompt with the chosen hint: an OPD sample when present.
-    pub hint_prompt: Option<Vec<u32>>,
+    /// The hinted teacher: an OPD sample when present.
+    pub teacher: Option<Teacher>,
+}
+
+/// The teacher of an OPD sample (DESIGN.md §2): at response position i, π_T(·|s_t ⊕ h*_i) is
+/// the policy on `prompts[per_position[i]]` — one prompt in sequence mode, one per hint chosen
+/// somewhere in token mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Teacher {
+    /// s_t ⊕ h for each hint used (token ids).
+    pub prompts: Vec<Vec<u32>>,
+    /// For each response position, the index into `prompts` of its teacher.
+    pub per_position: Vec<usize>,
+}
+
+impl Teacher {
+    /// One hint prompt teaching all `positions` response positions (sequence mode).
+    pub fn single(prompt: Vec<u32>, positions: usize) -> Self {
+        Self {
+            prompts: vec![prompt],
+            per_position: vec![0; positions],
+        }
+    }
 }
 
 /// Trainer settings beside the optimizer's.
@@ -125,11 +146,11 @@ impl Trainer {
             .advantage
             .map(|a| Tensor::full(a, t, &Device::Cpu))
             .transpose()?;
-        let opd = match &s.hint_prompt {
+        let opd = match &s.teacher {
             None => None,
-            Some(hint) => {
+            Some(plan) => {
                 let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
-                let (teacher, mask) = self.teacher(hint, &s.response, &support)?;
+                let (teacher, mask) = self.teacher(plan, &s.response, &support)?;
                 let k = support.first().map_or(0, Vec::len);
                 Some(OpdTerms {
                     lp_cur: lp.narrow(1, 1, k)?,
@@ -162,42 +183,65 @@ impl Trainer {
         ))
     }
 
-    /// ℓ_T over the student's support under the hint prompt, and the support mask (S_i, or
-    /// S_i ∩ the teacher's own top-k with `intersect_support`).
+    /// ℓ_T over the student's support, each position under its own hint's prompt, and the
+    /// support mask (S_i, or S_i ∩ that teacher's own top-k with `intersect_support`); both
+    /// `[T, k]`.
     fn teacher(
         &self,
-        hint: &[u32],
+        plan: &Teacher,
         response: &[u32],
         support: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
-        if hint.is_empty() {
-            return Err(Error::InvalidSample("a hint prompt is empty".into()));
+        let t = response.len();
+        if plan.per_position.len() != t {
+            return Err(Error::InvalidSample(format!(
+                "the teacher names {} positions for a response of {t} tokens",
+                plan.per_position.len()
+            )));
         }
-        let mut tokens = hint.to_vec();
-        tokens.extend_from_slice(&response[..response.len() - 1]);
-        let (teacher, stats) = self.policy.head(
-            &tokens,
-            hint.len() - 1,
-            Gather::Ids(support.to_vec()),
-            Mode::Eval,
-        )?;
-        let mask: Vec<f32> = support
-            .iter()
-            .zip(&stats.top_k)
-            .flat_map(|(s, top)| {
-                s.iter().map(move |v| {
-                    if !self.config.intersect_support || top.contains(v) {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
+        if let Some(&h) = plan.per_position.iter().find(|&&h| h >= plan.prompts.len()) {
+            return Err(Error::InvalidSample(format!(
+                "position teacher {h} of {} hint prompts",
+                plan.prompts.len()
+            )));
+        }
         let k = support.first().map_or(0, Vec::len);
+        // Each hint's prompt is scored once, over every position; position i keeps the row of
+        // its own hint h*_i.
+        let mut values = vec![0f32; t * k];
+        let mut mask = vec![0f32; t * k];
+        for (h, hint) in plan.prompts.iter().enumerate() {
+            if !plan.per_position.contains(&h) {
+                continue;
+            }
+            if hint.is_empty() {
+                return Err(Error::InvalidSample("a hint prompt is empty".into()));
+            }
+            let mut tokens = hint.clone();
+            tokens.extend_from_slice(&response[..t - 1]);
+            let (lp, stats) = self.policy.head(
+                &tokens,
+                hint.len() - 1,
+                Gather::Ids(support.to_vec()),
+                Mode::Eval,
+            )?;
+            let rows = lp.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (i, _) in plan
+                .per_position
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| **p == h)
+            {
+                values[i * k..(i + 1) * k].copy_from_slice(&rows[i]);
+                for (j, v) in support[i].iter().enumerate() {
+                    let kept = !self.config.intersect_support || stats.top_k[i].contains(v);
+                    mask[i * k + j] = if kept { 1.0 } else { 0.0 };
+                }
+            }
+        }
         Ok((
-            teacher.detach(),
-            Tensor::from_vec(mask, (support.len(), k), &Device::Cpu)?,
+            Tensor::from_vec(values, (t, k), &Device::Cpu)?,
+            Tensor::from_vec(mask, (t, k), &Device::Cpu)?,
         ))
     }
 
@@ -282,7 +326,8 @@ impl Trainer {
             .policy
             .head(&tokens, prompt.len() - 1, gather, Mode::Eval)?;
         let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
-        let (teacher, _) = self.teacher(hint, response, &support)?;
+        let plan = Teacher::single(hint.to_vec(), response.len());
+        let (teacher, _) = self.teacher(&plan, response, &support)?;
         let k = support.first().map_or(0, Vec::len);
         let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
             x.broadcast_sub(&x.log_sum_exp(D::Minus1)?.unsqueeze(1)?)

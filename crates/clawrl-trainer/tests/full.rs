@@ -3,7 +3,7 @@
 
 use clawrl_model::{Message, Model};
 use clawrl_trainer::{
-    AdamWConfig, Gather, Mode, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
+    AdamWConfig, Gather, Mode, Teacher, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
 };
 
 fn prompt(m: &Model, text: &str) -> Vec<u32> {
@@ -60,15 +60,15 @@ fn full_fine_tuning_trains_every_projection_and_publishes_a_model() {
             prompt: p.clone(),
             response: good.clone(),
             advantage: Some(1.0),
-            hint_prompt: None,
+            teacher: None,
         },
         TrainSample {
             prompt: p.clone(),
             response: bad.clone(),
             advantage: Some(-1.0),
-            hint_prompt: Some(prompt(
-                &m,
-                "pick one\n\n[user's hint / instruction]\nbe brief",
+            teacher: Some(Teacher::single(
+                prompt(&m, "pick one\n\n[user's hint / instruction]\nbe brief"),
+                bad.len(),
             )),
         },
     ];
@@ -113,9 +113,9 @@ fn full_fine_tuning_trains_every_projection_and_publishes_a_model() {
 
     // Full fine-tuning has no adapter; it publishes a model that serves what it learned
     // (requantized to Q8_0, hence the looser tolerance).
-    assert!(t.policy.publish(1).is_err());
+    assert!(t.policy.adapter_snapshot(1).is_err());
     assert!(t.save_peft(std::path::Path::new("unused"), None).is_err());
-    let served = t.policy.publish_full(&m).expect("publish");
+    let served = t.policy.full_snapshot(&m).expect("snapshot");
     let scores = served
         .score(std::slice::from_ref(&p), &good, 1)
         .expect("scores");
@@ -158,7 +158,7 @@ fn a_full_fine_tuning_checkpoint_resumes_identically() {
         prompt: p.clone(),
         response: m.tokenizer.encode("in the end").expect("encodes"),
         advantage: Some(1.0),
-        hint_prompt: None,
+        teacher: None,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = full_trainer(&m);

@@ -3,7 +3,8 @@
 
 use clawrl_model::{Message, Model};
 use clawrl_trainer::{
-    AdamWConfig, Gather, LoraConfig, Mode, TrainConfig, TrainSample, TrainablePolicy, Trainer,
+    AdamWConfig, Gather, LoraConfig, Mode, Teacher, TrainConfig, TrainSample, TrainablePolicy,
+    Trainer,
 };
 
 fn prompt(m: &Model, text: &str) -> Vec<u32> {
@@ -78,11 +79,15 @@ fn every_adapter_tensor_receives_a_nonzero_gradient() {
     let m = Model::tiny(12);
     let mut t = trainer(&m, 1e-2);
     let p = prompt(&m, "hi");
+    let response = m.tokenizer.encode("then the cat").expect("encodes");
     let sample = TrainSample {
         prompt: p.clone(),
-        response: m.tokenizer.encode("then the cat").expect("encodes"),
         advantage: Some(1.0),
-        hint_prompt: Some(prompt(&m, "hi\n\n[user's hint / instruction]\nbe brief")),
+        teacher: Some(Teacher::single(
+            prompt(&m, "hi\n\n[user's hint / instruction]\nbe brief"),
+            response.len(),
+        )),
+        response,
     };
     // B starts at zero, so A's gradient is zero until B has moved once.
     t.train_step(std::slice::from_ref(&sample)).expect("step");
@@ -129,13 +134,13 @@ fn rl_steps_raise_a_rewarded_response_and_lower_a_punished_one() {
             prompt: p.clone(),
             response: good.clone(),
             advantage: Some(1.0),
-            hint_prompt: None,
+            teacher: None,
         },
         TrainSample {
             prompt: p.clone(),
             response: bad.clone(),
             advantage: Some(-1.0),
-            hint_prompt: None,
+            teacher: None,
         },
     ];
     for _ in 0..4 {
@@ -165,7 +170,7 @@ fn opd_steps_bring_the_student_towards_the_hinted_teacher() {
         prompt: p.clone(),
         response: response.clone(),
         advantage: None,
-        hint_prompt: Some(hinted.clone()),
+        teacher: Some(Teacher::single(hinted.clone(), response.len())),
     };
     let mut kl = t.support_kl(&p, &hinted, &response).expect("kl");
     assert!(kl > 0.0);
@@ -192,12 +197,12 @@ fn a_published_adapter_serves_what_the_trainer_learned() {
         prompt: p.clone(),
         response: response.clone(),
         advantage: Some(1.0),
-        hint_prompt: None,
+        teacher: None,
     };
     for _ in 0..3 {
         t.train_step(std::slice::from_ref(&sample)).expect("step");
     }
-    let adapter = t.policy.publish(3).expect("publish");
+    let adapter = t.policy.adapter_snapshot(3).expect("snapshot");
     assert_eq!(adapter.version, 3);
     let served = m
         .policy(Some(&adapter))
@@ -235,7 +240,7 @@ fn peft_round_trip_and_a_resumed_checkpoint_continue_identically() {
         prompt: p.clone(),
         response: m.tokenizer.encode("in the end").expect("encodes"),
         advantage: Some(1.0),
-        hint_prompt: None,
+        teacher: None,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = trainer(&m, 1e-2);
@@ -290,7 +295,7 @@ fn adapter_gradients_through_the_whole_model_match_finite_differences() {
         prompt: p.clone(),
         response: response.clone(),
         advantage: Some(1.0),
-        hint_prompt: None,
+        teacher: None,
     };
     t.train_step(std::slice::from_ref(&sample)).expect("step");
     let mut tokens = p.clone();
@@ -386,7 +391,7 @@ fn adapter_dropout_trains_too() {
         prompt: p.clone(),
         response: good.clone(),
         advantage: Some(1.0),
-        hint_prompt: None,
+        teacher: None,
     };
     for _ in 0..4 {
         assert!(
@@ -398,4 +403,71 @@ fn adapter_dropout_trains_too() {
         );
     }
     assert!(t.mean_logprob(&p, &good).expect("lp") > before);
+}
+
+/// Token mode (DESIGN.md §2): the teacher at position i is the hint chosen at i. With a policy
+/// that does not move (lr 0), the OPD loss is a mean of per-position terms, so a plan and its
+/// complement add up to the two single-hint plans: L(mixed) + L(complement) = L(h0) + L(h1).
+/// A sample-level rule (one hint for the whole response) would make `mixed` equal one of them.
+#[test]
+fn each_position_learns_from_the_teacher_of_its_own_hint() {
+    let m = Model::tiny(14);
+    let mut t = trainer(&m, 0.0);
+    let p = prompt(&m, "describe the sea");
+    let response = m
+        .tokenizer
+        .encode("the sea is big and blue")
+        .expect("encodes");
+    let n = response.len();
+    assert!(n >= 4);
+    let hints = [
+        prompt(
+            &m,
+            "describe the sea\n\n[user's hint / instruction]\nanswer in one word",
+        ),
+        prompt(
+            &m,
+            "describe the sea\n\n[user's hint / instruction]\nwrite a long poem",
+        ),
+    ];
+    let mut opd_loss = |per_position: Vec<usize>| {
+        let sample = TrainSample {
+            prompt: p.clone(),
+            response: response.clone(),
+            advantage: None,
+            teacher: Some(Teacher {
+                prompts: hints.to_vec(),
+                per_position,
+            }),
+        };
+        t.train_step(std::slice::from_ref(&sample))
+            .expect("step")
+            .loss
+            .loss_opd
+    };
+    let mixed: Vec<usize> = (0..n).map(|i| usize::from(i % 3 == 0)).collect();
+    let complement: Vec<usize> = mixed.iter().map(|h| 1 - h).collect();
+    let (l0, l1) = (opd_loss(vec![0; n]), opd_loss(vec![1; n]));
+    let (lm, lc) = (opd_loss(mixed), opd_loss(complement));
+    assert!(
+        (l0 - l1).abs() > 1e-4,
+        "the two hints teach alike: {l0} vs {l1}"
+    );
+    assert!((lm - l0).abs() > 1e-5 && (lm - l1).abs() > 1e-5);
+    assert!(
+        ((lm + lc) - (l0 + l1)).abs() < 1e-5,
+        "{lm} + {lc} vs {l0} + {l1}"
+    );
+
+    // A plan that does not fit the response is refused, not silently truncated.
+    let bad = TrainSample {
+        prompt: p.clone(),
+        response: response.clone(),
+        advantage: None,
+        teacher: Some(Teacher {
+            prompts: hints.to_vec(),
+            per_position: vec![0; n - 1],
+        }),
+    };
+    assert!(t.train_step(std::slice::from_ref(&bad)).is_err());
 }

@@ -21,10 +21,10 @@ pub struct TestServer {
 pub fn config(dir: &std::path::Path) -> ServerConfig {
     let mut c = ServerConfig::new("tiny", dir);
     c.bind = "127.0.0.1:0".parse().expect("addr");
-    c.training.batch_size = 2;
-    c.training.lr = 1e-2;
-    c.lora.rank = 4;
-    c.lora.alpha = 8.0;
+    c.lp.training.batch_size = 2;
+    c.lp.training.lr = 1e-2;
+    c.lp.lora.rank = 4;
+    c.lp.lora.alpha = 8.0;
     c
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use clawrl_model::Model;
+use clawrl_objective::{Method, SelectionMode};
 use clawrl_server::{JudgeChoice, ServerConfig, TrainingSettings};
 use clawrl_trainer::LoraConfig;
 
@@ -66,10 +67,10 @@ pub(crate) struct ServeArgs {
     batch_size: usize,
     /// Which signals train: combined, rl or opd.
     #[arg(long, default_value = "combined")]
-    method: String,
+    method: Method,
     /// Hint selection: sequence, token, random or longest.
     #[arg(long, default_value = "sequence")]
-    selection: String,
+    selection: SelectionMode,
     /// k of the top-k supports.
     #[arg(long, default_value_t = 4)]
     top_k: usize,
@@ -124,12 +125,12 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
     let mut config = ServerConfig::new(&a.model_id, &data_dir().unwrap_or_default());
     config.bind = a.bind;
     config.db = db.clone();
-    config.checkpoints = checkpoints;
+    config.lp.checkpoints = checkpoints;
     config.owner_key = a.owner_key;
-    config.judge = judge;
-    config.votes = usize::from(a.votes);
-    config.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
-    config.training = TrainingSettings {
+    config.lp.judge = judge;
+    config.lp.votes = usize::from(a.votes);
+    config.lp.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
+    config.lp.training = TrainingSettings {
         batch_size: a.batch_size,
         method: a.method,
         selection: a.selection,
@@ -138,8 +139,8 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
         paused: a.paused,
         ..TrainingSettings::default()
     };
-    config.lora = LoraConfig::with_rank(a.rank);
-    config.train_threads = a.train_threads.max(1);
+    config.lp.lora = LoraConfig::with_rank(a.rank);
+    config.lp.train_threads = a.train_threads.max(1);
     config.ui = a.ui;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

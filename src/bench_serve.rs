@@ -226,12 +226,12 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("a scratch directory")?;
     let mut config = ServerConfig::new("clawrl", dir.path());
     config.bind = "127.0.0.1:0".parse()?;
-    config.training = TrainingSettings {
+    config.lp.training = TrainingSettings {
         batch_size: b.batch_size,
         paused: true,
         ..TrainingSettings::default()
     };
-    config.train_threads = b.train_threads.max(1);
+    config.lp.train_threads = b.train_threads.max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

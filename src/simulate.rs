@@ -154,23 +154,21 @@ fn server_config(
 ) -> Result<ServerConfig> {
     let mut c = ServerConfig::new("clawrl", dir);
     c.bind = "127.0.0.1:0".parse()?;
-    c.seed = seed;
-    c.idle_timeout = std::time::Duration::from_secs(3600);
-    c.training = TrainingSettings {
+    c.lp.seed = seed;
+    c.lp.idle_timeout = std::time::Duration::from_secs(3600);
+    c.lp.training = TrainingSettings {
         batch_size: a.batch_size,
-        method: method.to_string(),
-        selection: selection.to_string(),
+        method: method.parse().map_err(anyhow::Error::msg)?,
+        selection: selection.parse().map_err(anyhow::Error::msg)?,
         lr: a.lr,
         top_k: a.top_k,
         ..TrainingSettings::default()
     };
-    c.training
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    c.lp.training.validate()?;
     if a.rank == 0 {
         bail!("--rank must be at least 1");
     }
-    c.lora = LoraConfig::with_rank(a.rank);
+    c.lp.lora = LoraConfig::with_rank(a.rank);
     Ok(c)
 }
 

@@ -24,7 +24,7 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
     config.bind = "127.0.0.1:0".parse().expect("addr");
-    config.training.paused = true;
+    config.lp.training.paused = true;
     let server = clawrl_server::start(config, Arc::new(Model::tiny(9)))
         .await
         .expect("server");

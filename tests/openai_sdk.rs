@@ -3,10 +3,13 @@
 //! environment under the cache directory; the test creates it on first use (`.ci/run` does so
 //! ahead of the tests).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawrl_model::Model;
+use serde_json::Value;
 
 const OPENAI: &str = "openai==3.51.0";
 
@@ -41,12 +44,16 @@ async fn the_openai_python_sdk_chats_streams_and_reads_logprobs() {
     let python = tokio::task::spawn_blocking(venv_python)
         .await
         .expect("venv");
-    let t = common::start().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/openai_sdk_check.py"
-    );
-    let base = format!("{}/v1", t.url);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
+    config.bind = "127.0.0.1:0".parse().expect("addr");
+    config.lp.training.paused = true;
+    let server = clawrl_server::start(config, Arc::new(Model::tiny(7)))
+        .await
+        .expect("server starts");
+    let url = format!("http://{}", server.addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/openai_sdk_check.py");
+    let base = format!("{url}/v1");
     let out = tokio::process::Command::new(&python)
         .args([script, "--base-url", &base])
         .output()
@@ -62,17 +69,29 @@ async fn the_openai_python_sdk_chats_streams_and_reads_logprobs() {
     assert_eq!(summary["model"], "tiny");
     // The streamed reply was recorded as the session's second turn, with the first one's
     // next state ("Thanks!") paired to it.
-    let (_, session) = t.get("/studio/sessions/sdk").await;
+    let get = |path: String| async move {
+        reqwest::get(path)
+            .await
+            .expect("GET")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    let session = get(format!("{url}/studio/sessions/sdk")).await;
     let turns = session["turns"].as_array().expect("turns");
     assert_eq!(turns.len(), 2);
     assert_eq!(turns[1]["response"], summary["streamed_text"]);
     let first = turns[0]["id"].as_i64().expect("id");
-    let judged = t
-        .wait_for(&format!("/studio/turns/{first}"), |v| {
-            v["votes"].as_array().is_some_and(|v| !v.is_empty())
-        })
-        .await;
+    let t0 = Instant::now();
+    let judged = loop {
+        let v = get(format!("{url}/studio/turns/{first}")).await;
+        if v["votes"].as_array().is_some_and(|v| !v.is_empty()) {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "never judged: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(judged["next_states"][0]["text"], "Thanks!");
     assert_eq!(judged["votes"][0]["value"], 1);
-    t.stop().await;
+    server.shutdown().await;
 }

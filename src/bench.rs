@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clawrl_model::{GenerateParams, Model, Sampling};
 use clawrl_trainer::{
-    AdamWConfig, LoraConfig, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
+    AdamWConfig, LoraConfig, Teacher, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
 };
 use serde::Serialize;
 
@@ -201,7 +201,7 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
             prompt: prompt.clone(),
             response: response.clone(),
             advantage: Some(if i % 2 == 0 { 1.0 } else { -1.0 }),
-            hint_prompt: Some(hint_prompt.clone()),
+            teacher: Some(Teacher::single(hint_prompt.clone(), response.len())),
         })
         .collect();
     let tuning = if b.full {

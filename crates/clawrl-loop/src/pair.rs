@@ -1,0 +1,117 @@
+//! PAIR (DESIGN.md §1): the next main-line request of a session carries the next state
+//! s_{t+1} of its previous main turn; sessions that go quiet end by themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clawrl_model::Message;
+use clawrl_store::{NextKind, TurnType};
+use tracing::{info, warn};
+
+use crate::Loop;
+use crate::error::Result;
+use crate::events::Event;
+
+/// The next state a request carries for the session's previous answer: the user and tool
+/// messages after the last assistant message (a reply when a user spoke, else a tool output).
+pub fn next_state_of(messages: &[Message]) -> Option<(NextKind, String)> {
+    let last_assistant = messages.iter().rposition(|m| m.role == "assistant")?;
+    let after = &messages[last_assistant + 1..];
+    if after.is_empty() {
+        return None;
+    }
+    let kind = if after.iter().any(|m| m.role == "user") {
+        NextKind::Reply
+    } else {
+        NextKind::Tool
+    };
+    let text = after
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    Some((kind, text))
+}
+
+/// Stores the next state a main-line request carries for its session's latest unpaired main
+/// turn, before generating (the user's reply exists whether or not this answer completes), and
+/// wakes the judge. Side turns carry none. Marks the session seen either way.
+pub async fn pair(
+    lp: &Loop,
+    session_id: &str,
+    turn_type: TurnType,
+    messages: &[Message],
+) -> Result<()> {
+    lp.store.touch_session(session_id).await?;
+    let (TurnType::Main, Some((kind, text))) = (turn_type, next_state_of(messages)) else {
+        return Ok(());
+    };
+    if let Some((turn_id, _)) = lp.store.pair_next_state(session_id, kind, &text).await? {
+        lp.emit(Event::NextState { turn_id, kind });
+        lp.wake_judge();
+    }
+    Ok(())
+}
+
+/// Records explicit feedback (a thumb and/or a correction) as a turn's next state, and wakes
+/// the judge. Returns the next state's id.
+pub async fn feedback(
+    lp: &Loop,
+    turn_id: i64,
+    thumb: Option<i8>,
+    correction: Option<&str>,
+    author: &str,
+) -> Result<i64> {
+    let id = lp
+        .store
+        .record_feedback(turn_id, thumb, correction, author)
+        .await?;
+    lp.emit(Event::NextState {
+        turn_id,
+        kind: NextKind::Feedback,
+    });
+    lp.wake_judge();
+    Ok(id)
+}
+
+/// Runs until aborted: ends every session not seen for the idle timeout (clients such as
+/// OpenClaw never say `session_done`).
+pub async fn end_idle_sessions(lp: Arc<Loop>) {
+    let every = (lp.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        let before = clawrl_store::now_ms() - lp.idle_timeout.as_millis() as i64;
+        match lp.store.end_idle_sessions(before).await {
+            Ok(ended) if !ended.is_empty() => info!(sessions = ended.len(), "idle sessions ended"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "ending idle sessions"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_state_is_what_follows_the_last_answer() {
+        let m = |r: &str, c: &str| Message::new(r, c);
+        assert_eq!(next_state_of(&[m("user", "hi")]), None);
+        assert_eq!(
+            next_state_of(&[
+                m("user", "hi"),
+                m("assistant", "hello"),
+                m("user", "no, shorter")
+            ]),
+            Some((NextKind::Reply, "no, shorter".into()))
+        );
+        assert_eq!(
+            next_state_of(&[m("user", "2+2"), m("assistant", "calc"), m("tool", "4")]),
+            Some((NextKind::Tool, "4".into()))
+        );
+        assert_eq!(
+            next_state_of(&[m("user", "hi"), m("assistant", "hello")]),
+            None
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! PUBLISH (DESIGN.md §1): after a step, the checkpoint (written to a temporary directory and
+//! renamed), the step's record, the new policy version, and the swap of its adapter into
+//! serving between requests — never a pause. Serving an earlier version (roll back) and the
+//! restore at start go through the same swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use clawrl_model::Model;
+use clawrl_store::Sample;
+use clawrl_trainer::{Gate, LoraConfig, StepMetrics, TrainablePolicy, Trainer};
+use serde_json::json;
+use tokio::runtime::Handle;
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, StepRecord};
+use crate::settings::TrainingSettings;
+use crate::{Live, Loop};
+
+/// What the training thread needs to build, load and checkpoint its trainer.
+pub(crate) struct TrainerSetup {
+    /// The base model.
+    pub model: Arc<Model>,
+    /// Adapter shape.
+    pub lora: LoraConfig,
+    /// Checkpoints go under this directory, one per version.
+    pub checkpoints: PathBuf,
+    /// Seed of fresh adapters.
+    pub seed: u64,
+    /// Threads of the training pool.
+    pub threads: usize,
+    /// Held by serving while a request waits for its first token.
+    pub gate: Gate,
+}
+
+/// A trainer with a fresh adapter (the base policy), set up as `settings` say.
+pub(crate) fn fresh(setup: &TrainerSetup, settings: &TrainingSettings) -> Result<Trainer> {
+    let mut policy = TrainablePolicy::new(&setup.model, setup.lora.clone(), setup.seed)?;
+    policy.set_gate(setup.gate.clone());
+    Ok(Trainer::new(
+        policy,
+        settings.adamw(),
+        settings.train_config(),
+    )?)
+}
+
+/// A trainer holding `version`'s weights (a fresh adapter for the base, version 0) and the
+/// policy that serves them.
+fn load(
+    lp: &Loop,
+    setup: &TrainerSetup,
+    settings: &TrainingSettings,
+    version: i64,
+    rt: &Handle,
+) -> Result<(Trainer, Live)> {
+    let mut trainer = fresh(setup, settings)?;
+    let v = rt.block_on(lp.store.version(version))?;
+    let Some(dir) = v.checkpoint else {
+        return Ok((trainer, Live::default()));
+    };
+    let step = trainer
+        .resume_from(Path::new(&dir))
+        .map_err(|e| Error::Config(format!("resuming from {dir}: {e}")))?;
+    // The optimizer's settings of the checkpoint yield to the server's.
+    trainer.optimizer.config = settings.adamw();
+    info!(version, step, "loaded policy version");
+    let adapter = trainer.policy.adapter_snapshot(version as u64)?;
+    Ok((
+        trainer,
+        Live {
+            version,
+            adapter: Some(Arc::new(adapter)),
+        },
+    ))
+}
+
+/// At start: serves the active version (or, when none was set, the latest) and returns the
+/// trainer that continues from it.
+pub(crate) fn restore(
+    lp: &Loop,
+    setup: &TrainerSetup,
+    settings: &TrainingSettings,
+    rt: &Handle,
+) -> Result<Trainer> {
+    let active = rt
+        .block_on(lp.store.setting("active_version"))?
+        .and_then(|v| v.as_i64());
+    let version = match active {
+        Some(v) => v,
+        None => rt
+            .block_on(lp.store.versions())?
+            .last()
+            .map_or(0, |v| v.version),
+    };
+    let (trainer, live) = load(lp, setup, settings, version, rt)?;
+    lp.swap(live);
+    Ok(trainer)
+}
+
+/// Serves an earlier `version` (roll back) and returns the trainer that continues from it.
+pub(crate) fn activate(
+    lp: &Loop,
+    setup: &TrainerSetup,
+    settings: &TrainingSettings,
+    version: i64,
+    rt: &Handle,
+) -> Result<Trainer> {
+    let (trainer, live) = load(lp, setup, settings, version, rt)?;
+    rt.block_on(lp.store.set_setting("active_version", &json!(version)))?;
+    lp.swap(live);
+    info!(version, "activated");
+    Ok(trainer)
+}
+
+/// Publishes the step `trainer` just took over `batch`: checkpoint, record (its samples marked
+/// trained, the new version active), swap. Returns the new version.
+pub(crate) fn publish_step(
+    lp: &Loop,
+    setup: &TrainerSetup,
+    trainer: &Trainer,
+    batch: &[Sample],
+    m: &StepMetrics,
+    seconds: f64,
+    rt: &Handle,
+) -> Result<i64> {
+    let store = &lp.store;
+    let version = rt
+        .block_on(store.versions())?
+        .last()
+        .map_or(0, |v| v.version)
+        + 1;
+    let dir = setup.checkpoints.join(format!("v{version}"));
+    trainer
+        .save_checkpoint_to(&dir)
+        .map_err(|e| Error::Config(format!("checkpoint {}: {e}", dir.display())))?;
+    let record = StepRecord::new(m, batch, seconds);
+    let ids: Vec<i64> = batch.iter().map(|s| s.id).collect();
+    rt.block_on(store.record_step(
+        m.step as i64,
+        version,
+        &dir.to_string_lossy(),
+        &record,
+        seconds,
+        &ids,
+    ))?;
+    rt.block_on(store.set_setting("active_version", &json!(version)))?;
+    let adapter = trainer.policy.adapter_snapshot(version as u64)?;
+    lp.counters.steps.fetch_add(1, Ordering::Relaxed);
+    lp.emit(Event::Trained {
+        step: m.step,
+        version,
+        metrics: record,
+    });
+    lp.swap(Live {
+        version,
+        adapter: Some(Arc::new(adapter)),
+    });
+    info!(
+        step = m.step,
+        version,
+        seconds,
+        loss = m.loss.loss,
+        "published"
+    );
+    Ok(version)
+}

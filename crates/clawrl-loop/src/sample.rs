@@ -1,0 +1,236 @@
+//! SAMPLE (DESIGN.md §1, §2): what a judged turn trains on — an RL part when r_t ≠ 0, an OPD
+//! part when selection chose a hint — and how annotators' hints join the same selection. A turn
+//! has one OPD part: every candidate (the judge's and the ones people accepted) competes under
+//! one selection.
+
+use clawrl_signals::{Verdict, candidate_hints, majority};
+use clawrl_store::{
+    Hint, HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, Turn, TurnType, Vote,
+};
+use tracing::info;
+
+use crate::Loop;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::select::analyse;
+
+/// What judging one next state concluded, ready to store in one transaction.
+pub struct Judged {
+    /// Votes, new hints, the sample.
+    pub judgement: Judgement,
+    /// r_t.
+    pub reward: i8,
+    /// The candidates' texts, in the order the selection indexes them.
+    pub candidates: Vec<String>,
+    /// The candidates chosen at one position at least.
+    pub used: Vec<usize>,
+}
+
+/// The hints of a turn that people accepted: they compete with every later judgement's.
+fn accepted_by_people(hints: &[Hint]) -> Vec<&Hint> {
+    hints
+        .iter()
+        .filter(|h| h.source == HintSource::Annotator && h.status == HintStatus::Accepted)
+        .collect()
+}
+
+/// The judgement of `verdicts` on `turn`: r_t by majority of the readable votes, the judge's
+/// hints and the turn's accepted annotator hints as candidates, the overlap-guided selection
+/// among them, and the sample they yield.
+pub async fn judge_turn(
+    lp: &Loop,
+    turn: &Turn,
+    judge_name: &str,
+    verdicts: &[Verdict],
+) -> Result<Judged> {
+    let reward = majority(verdicts);
+    let new_hints = candidate_hints(verdicts);
+    let stored = lp.store.hints_of(turn.id).await?;
+    let people = accepted_by_people(&stored);
+    let mut candidates = new_hints.clone();
+    let mut refs: Vec<HintRef> = (0..new_hints.len()).map(HintRef::New).collect();
+    for h in people {
+        if !candidates.contains(&h.text) {
+            candidates.push(h.text.clone());
+            refs.push(HintRef::Stored(h.id));
+        }
+    }
+    let settings = lp.settings();
+    let analysis = if candidates.is_empty() || turn.response_ids.0.is_empty() {
+        None
+    } else {
+        Some(analyse(lp, turn, &candidates, settings.top_k, settings.selection).await?)
+    };
+    let used = analysis
+        .as_ref()
+        .map(|a| a.selection.used())
+        .unwrap_or_default();
+    let opd = analysis.as_ref().and_then(|a| a.opd(refs));
+    let sample = (reward != 0 || opd.is_some()).then(|| NewSample {
+        turn_id: turn.id,
+        advantage: (reward != 0).then_some(f64::from(reward)),
+        opd,
+    });
+    let judgement = Judgement {
+        votes: verdicts
+            .iter()
+            .map(|v| Vote {
+                judge: judge_name.to_string(),
+                value: v.value.map(i64::from),
+                raw: v.raw.clone(),
+            })
+            .collect(),
+        hints: new_hints
+            .iter()
+            .enumerate()
+            .map(|(i, h)| NewHint {
+                text: h.clone(),
+                source: HintSource::Judge,
+                author: judge_name.to_string(),
+                overlap: analysis
+                    .as_ref()
+                    .and_then(|a| a.selection.totals.get(i))
+                    .map(|&t| t as i64),
+                status: if used.contains(&i) {
+                    HintStatus::Accepted
+                } else {
+                    HintStatus::Candidate
+                },
+            })
+            .collect(),
+        sample,
+    };
+    Ok(Judged {
+        judgement,
+        reward,
+        candidates,
+        used,
+    })
+}
+
+/// A turn that can train: a main turn with a response.
+pub async fn trainable_turn(lp: &Loop, id: i64) -> Result<Turn> {
+    let t = lp.store.turn(id).await?;
+    if t.turn_type == TurnType::Side {
+        return Err(Error::invalid(format!(
+            "turn {id} is a side turn: side turns are served, never trained on"
+        )));
+    }
+    if t.response_ids.0.is_empty() {
+        return Err(Error::invalid(format!("turn {id} has an empty response")));
+    }
+    Ok(t)
+}
+
+/// What accepting a hint did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Accepted {
+    /// The hint.
+    pub hint_id: i64,
+    /// The turn's sample that now carries the selection.
+    pub sample_id: i64,
+    /// The candidates' hint ids, in selection order.
+    pub candidates: Vec<i64>,
+    /// The hint ids chosen at one position at least: whether the accepted hint teaches.
+    pub chosen: Vec<i64>,
+}
+
+/// Accepts a person's hint: it joins the turn's candidates (the judge's, and hints accepted
+/// before), selection runs over all of them under the live policy, and the turn's one pending
+/// sample takes the result (a new sample when none is pending).
+pub async fn accept_hint(lp: &Loop, hint_id: i64) -> Result<Accepted> {
+    let hint = lp.store.hint(hint_id).await?;
+    if hint.status == HintStatus::Accepted {
+        return Err(Error::Conflict(format!(
+            "hint {hint_id} is already accepted"
+        )));
+    }
+    let turn = trainable_turn(lp, hint.turn_id).await?;
+    let stored = lp.store.hints_of(turn.id).await?;
+    let mut pool: Vec<&Hint> = stored
+        .iter()
+        .filter(|h| {
+            h.id != hint_id
+                && h.status != HintStatus::Rejected
+                && (h.source == HintSource::Judge || h.status == HintStatus::Accepted)
+        })
+        .collect();
+    pool.push(&hint);
+    let texts: Vec<String> = pool.iter().map(|h| h.text.clone()).collect();
+    let settings = lp.settings();
+    let analysis = analyse(lp, &turn, &texts, settings.top_k, settings.selection).await?;
+    let ids: Vec<i64> = pool.iter().map(|h| h.id).collect();
+    let opd = analysis
+        .opd(ids.iter().map(|&id| HintRef::Stored(id)).collect())
+        .ok_or_else(|| Error::invalid(format!("turn {} has nothing to select over", turn.id)))?;
+    let sample_id = lp.store.accept_hint(hint_id, turn.id, &opd).await?;
+    let chosen: Vec<i64> = analysis
+        .selection
+        .used()
+        .into_iter()
+        .filter_map(|h| ids.get(h).copied())
+        .collect();
+    info!(hint_id, sample_id, ?chosen, "hint accepted");
+    lp.emit(Event::Hint {
+        hint_id,
+        turn_id: turn.id,
+        status: HintStatus::Accepted,
+    });
+    lp.emit(Event::Sample {
+        sample_id,
+        turn_id: turn.id,
+        pending: lp.store.count_pending().await?,
+    });
+    lp.wake_trainer();
+    Ok(Accepted {
+        hint_id,
+        sample_id,
+        candidates: ids,
+        chosen,
+    })
+}
+
+/// Adds a person's candidate hint to a turn (it trains only once accepted); returns its id.
+pub async fn add_hint(lp: &Loop, turn_id: i64, text: String, author: String) -> Result<i64> {
+    let turn = trainable_turn(lp, turn_id).await?;
+    let settings = lp.settings();
+    let a = analyse(
+        lp,
+        &turn,
+        std::slice::from_ref(&text),
+        settings.top_k,
+        settings.selection,
+    )
+    .await?;
+    let hint_id = lp
+        .store
+        .add_hint(
+            turn_id,
+            &NewHint {
+                text,
+                source: HintSource::Annotator,
+                author,
+                overlap: a.selection.totals.first().map(|&t| t as i64),
+                status: HintStatus::Candidate,
+            },
+        )
+        .await?;
+    lp.emit(Event::Hint {
+        hint_id,
+        turn_id,
+        status: HintStatus::Candidate,
+    });
+    Ok(hint_id)
+}
+
+/// Rejects a hint: it never trains, and the pending samples that use it are dropped.
+pub async fn reject_hint(lp: &Loop, hint_id: i64) -> Result<()> {
+    let h = lp.store.hint(hint_id).await?;
+    lp.store.reject_hint(hint_id).await?;
+    lp.emit(Event::Hint {
+        hint_id,
+        turn_id: h.turn_id,
+        status: HintStatus::Rejected,
+    });
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! SERVE (DESIGN.md §1): generation with the live policy, and the turn's record — token ids
+//! and log-probs exactly as generation produced them, never a re-tokenisation.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use clawrl_model::{FinishReason, GenerateParams, Generation, Message, TokenInfo};
+use clawrl_store::{NewTurn, TurnType};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::Loop;
+use crate::error::{Error, Result};
+use crate::events::{Counters, Event};
+
+/// A request as the loop records it with its answer.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// Main turns train; side turns are only served.
+    pub turn_type: TurnType,
+    /// s_t as the client sent it.
+    pub messages: Vec<Message>,
+    /// The request's tools (a JSON array, passed to the chat template as given).
+    pub tools: Option<serde_json::Value>,
+    /// The rendered prompt's token ids.
+    pub prompt: Vec<u32>,
+    /// The session ends with this turn (`session_done`, or a one-turn session).
+    pub ends_session: bool,
+}
+
+/// OpenAI's name of a finish reason (a cancelled stream is recorded as `stop`).
+pub fn finish_reason_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+/// A generation under way: the policy version answering, and the blocking task.
+pub type Running = (
+    i64,
+    JoinHandle<std::result::Result<Generation, clawrl_model::Error>>,
+);
+
+/// Generates from `prompt` with the live policy on a blocking thread, calling `on_token` with
+/// every token as it comes (`Break` stops early). Training pauses until the first token is
+/// out: the time to the first token is what a user feels.
+pub fn generate(
+    lp: &Arc<Loop>,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    mut on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send + 'static,
+) -> Running {
+    let live = lp.live();
+    let model = lp.model.clone();
+    let adapter = live.adapter.clone();
+    let mut prefill = Some(lp.gate.hold());
+    let handle = tokio::task::spawn_blocking(move || {
+        model
+            .policy(adapter.as_deref())
+            .generate(&prompt, &params, |info, text| {
+                prefill = None;
+                on_token(info, text)
+            })
+    });
+    (live.version, handle)
+}
+
+/// Records a finished generation (committed before the reply completes), then tells the loop.
+/// Returns the turn's id.
+pub async fn record(lp: &Loop, r: &Request, g: &Generation, version: i64) -> Result<i64> {
+    let turn = NewTurn {
+        session_id: r.session_id.clone(),
+        turn_type: r.turn_type,
+        messages: serde_json::to_value(&r.messages)
+            .map_err(|e| Error::invalid(format!("the messages cannot be stored: {e}")))?,
+        tools: r.tools.clone(),
+        prompt_ids: r.prompt.clone(),
+        response: g.text.clone(),
+        response_ids: g.token_ids(),
+        logprobs: g.tokens.iter().map(|t| t.logprob).collect(),
+        top_logprobs: g.tokens.iter().map(|t| t.top.clone()).collect(),
+        policy_version: version,
+        finish_reason: finish_reason_name(g.finish_reason).into(),
+    };
+    let turn_id = lp.store.record_turn(&turn).await?;
+    if r.ends_session {
+        lp.store.end_session(&r.session_id).await?;
+    }
+    Counters::add(&lp.counters.completions, 1);
+    Counters::add(&lp.counters.tokens, g.tokens.len() as u64);
+    lp.emit(Event::Turn {
+        turn_id,
+        session_id: r.session_id.clone(),
+        turn_type: r.turn_type,
+        policy_version: version,
+    });
+    info!(turn_id, tokens = g.tokens.len(), "recorded");
+    Ok(turn_id)
+}

@@ -1,0 +1,177 @@
+//! Training settings a user may change while the server runs (the Studio's Train view, `serve`
+//! flags), and how they become the objective's and the optimizer's configurations.
+
+use clawrl_objective::{Method, ObjectiveConfig, SelectionMode};
+use clawrl_trainer::{AdamWConfig, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Training settings (DESIGN.md §2 names; defaults: the paper's personal-agent setting, with a
+/// LoRA learning rate).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSettings {
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Which signals train.
+    pub method: Method,
+    /// How h* is chosen among candidate hints.
+    pub selection: SelectionMode,
+    /// k of the supports (selection and OPD).
+    pub top_k: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Gradient-norm clip (0 = off).
+    pub max_grad_norm: f64,
+    /// C, the clip of the log-prob gap Δ.
+    pub delta_clip: f64,
+    /// ε_lo.
+    pub eps_lo: f64,
+    /// ε_hi.
+    pub eps_hi: f64,
+    /// w_RL.
+    pub w_rl: f64,
+    /// w_OPD.
+    pub w_opd: f64,
+    /// β of the KL to the base.
+    pub beta: f64,
+    /// S_i = S^q_i ∩ S^p_{i,h*}.
+    pub intersect_support: bool,
+    /// No steps while paused (samples keep arriving).
+    pub paused: bool,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        let o = ObjectiveConfig::default();
+        Self {
+            batch_size: 16,
+            method: o.method,
+            selection: SelectionMode::default(),
+            top_k: 4,
+            lr: 1e-4,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            delta_clip: o.delta_clip,
+            eps_lo: o.eps_lo,
+            eps_hi: o.eps_hi,
+            w_rl: o.w_rl,
+            w_opd: o.w_opd,
+            beta: o.beta,
+            intersect_support: false,
+            paused: false,
+        }
+    }
+}
+
+impl TrainingSettings {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |p: &'static str, m: String| Err(Error::invalid_param(p, m));
+        if !(1..=1024).contains(&self.batch_size) {
+            return bad(
+                "batch_size",
+                format!("batch_size must be 1..=1024, got {}", self.batch_size),
+            );
+        }
+        if !(1..=clawrl_model::MAX_TOP_LOGPROBS).contains(&self.top_k) {
+            return bad(
+                "top_k",
+                format!(
+                    "top_k must be 1..={}, got {}",
+                    clawrl_model::MAX_TOP_LOGPROBS,
+                    self.top_k
+                ),
+            );
+        }
+        let positive = [("lr", self.lr), ("delta_clip", self.delta_clip)];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(name, format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        let non_negative = [
+            ("weight_decay", self.weight_decay),
+            ("max_grad_norm", self.max_grad_norm),
+            ("eps_lo", self.eps_lo),
+            ("eps_hi", self.eps_hi),
+            ("w_rl", self.w_rl),
+            ("w_opd", self.w_opd),
+            ("beta", self.beta),
+        ];
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, format!("{name} must be a number ≥ 0, got {v}"));
+            }
+        }
+        if self.eps_lo >= 1.0 {
+            return bad(
+                "eps_lo",
+                format!("eps_lo must be below 1, got {}", self.eps_lo),
+            );
+        }
+        Ok(())
+    }
+
+    /// The trainer's configuration: the objective of DESIGN.md §2 with these settings.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            objective: ObjectiveConfig {
+                method: self.method,
+                w_rl: self.w_rl,
+                w_opd: self.w_opd,
+                eps_lo: self.eps_lo,
+                eps_hi: self.eps_hi,
+                delta_clip: self.delta_clip,
+                beta: self.beta,
+            },
+            top_k: self.top_k,
+            intersect_support: self.intersect_support,
+        }
+    }
+
+    /// The optimizer's configuration (its β's and ε stay AdamW's defaults).
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_travel_as_the_names_users_type() {
+        let s = TrainingSettings {
+            method: Method::Rl,
+            selection: SelectionMode::Token,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&s).expect("serialises");
+        assert_eq!(
+            (v["method"].as_str(), v["selection"].as_str()),
+            (Some("rl"), Some("token"))
+        );
+        let back: TrainingSettings = serde_json::from_value(v).expect("reads back");
+        assert_eq!(back, s);
+        assert!(TrainingSettings::default().validate().is_ok());
+        let bad = TrainingSettings {
+            top_k: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(Error::Invalid {
+                param: Some("top_k"),
+                ..
+            })
+        ));
+    }
+}

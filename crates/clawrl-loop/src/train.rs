@@ -1,0 +1,221 @@
+//! TRAIN (DESIGN.md §1): the training worker, a thread of its own that takes a batch when
+//! `batch_size` samples are pending, steps the hybrid objective and hands the result to
+//! [`crate::publish`]. It runs at a lower CPU priority in its own thread pool and pauses at
+//! every projection while a request waits for its first token, so serving keeps answering
+//! promptly while it works.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use clawrl_store::Sample;
+use clawrl_trainer::{Teacher, TrainSample, Trainer};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tracing::{error, info_span, warn};
+
+use crate::Loop;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::publish::{TrainerSetup, activate, publish_step};
+use crate::settings::TrainingSettings;
+
+/// Messages to the training thread.
+pub(crate) enum Control {
+    /// New samples may be pending.
+    Wake,
+    /// Settings changed.
+    Settings(TrainingSettings),
+    /// Serve (and continue training from) an earlier version; the reply says how it went.
+    Activate(i64, oneshot::Sender<Result<()>>),
+    /// Finish and end the thread.
+    Stop,
+}
+
+/// A stored sample as the trainer takes it.
+pub fn train_sample(s: &Sample) -> TrainSample {
+    TrainSample {
+        prompt: s.prompt_ids.clone(),
+        response: s.response_ids.clone(),
+        advantage: s.advantage.map(|a| a as f32),
+        teacher: s.teacher.as_ref().map(|t| Teacher {
+            prompts: t.prompts.clone(),
+            per_position: t.per_position.clone(),
+        }),
+    }
+}
+
+impl Loop {
+    /// Serves an earlier policy version (roll back); training continues from it. Waits for the
+    /// training thread to load it.
+    pub async fn activate(&self, version: i64) -> Result<()> {
+        self.store.version(version).await?;
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Activate(version, tx))
+            .map_err(|_| Error::Stopped("training thread"))?;
+        rx.await.map_err(|_| Error::Stopped("training thread"))?
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: per-thread nice) so training yields to
+/// serving; elsewhere a no-op.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the current thread; failure only leaves the priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// The training thread's state.
+struct Worker {
+    lp: Arc<Loop>,
+    setup: TrainerSetup,
+    trainer: Trainer,
+    settings: TrainingSettings,
+    rt: Handle,
+}
+
+/// Starts the training thread with `trainer` (restored by [`crate::publish`]).
+pub(crate) fn spawn(
+    lp: Arc<Loop>,
+    setup: TrainerSetup,
+    trainer: Trainer,
+    rx: Receiver<Control>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let rt = Handle::current();
+    let settings = lp.settings();
+    std::thread::Builder::new()
+        .name("clawrl-train".into())
+        .spawn(move || {
+            lower_priority();
+            let pool = match rayon::ThreadPoolBuilder::new()
+                .num_threads(setup.threads)
+                .thread_name(|i| format!("clawrl-train-{i}"))
+                .start_handler(|_| lower_priority())
+                .build()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(error = %e, "cannot start the training threads");
+                    return;
+                }
+            };
+            let mut w = Worker {
+                lp,
+                setup,
+                trainer,
+                settings,
+                rt,
+            };
+            pool.install(move || w.run(&rx));
+        })
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<Control>) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(c) => self.handle(c),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            // Drain what else arrived before deciding to train.
+            while let Ok(c) = rx.try_recv() {
+                if matches!(c, Control::Stop) {
+                    return;
+                }
+                self.handle(c);
+            }
+            if self.settings.paused {
+                continue;
+            }
+            let pending = match self.rt.block_on(self.lp.store.count_pending()) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "counting samples");
+                    continue;
+                }
+            };
+            if pending >= self.settings.batch_size as i64 {
+                self.step();
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Control) {
+        match c {
+            Control::Wake | Control::Stop => {}
+            Control::Settings(s) => {
+                self.trainer.config = s.train_config();
+                // The optimizer keeps its moments and β's; lr, decay and the clip follow.
+                let (new, cur) = (s.adamw(), self.trainer.optimizer.config);
+                self.trainer.optimizer.config = clawrl_trainer::AdamWConfig {
+                    lr: new.lr,
+                    weight_decay: new.weight_decay,
+                    max_grad_norm: new.max_grad_norm,
+                    ..cur
+                };
+                self.settings = s;
+            }
+            Control::Activate(version, reply) => {
+                let _span = info_span!("activate", version).entered();
+                let result = activate(&self.lp, &self.setup, &self.settings, version, &self.rt)
+                    .map(|t| self.trainer = t);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Pauses training after a failure, so that a bad batch does not fail in a loop; its
+    /// samples stay pending.
+    fn pause(&mut self, what: &str, e: &Error) {
+        error!(error = %e, "{what} failed; training paused");
+        self.settings.paused = true;
+        // Validated settings stay valid with `paused` set.
+        let _ = self.lp.set_settings(self.settings.clone());
+        self.lp.emit(Event::TrainFailed {
+            error: e.to_string(),
+        });
+    }
+
+    fn step(&mut self) {
+        let batch: Vec<Sample> = match self.rt.block_on(
+            self.lp
+                .store
+                .pending_samples(self.settings.batch_size as i64),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "reading samples");
+                return;
+            }
+        };
+        let step = self.trainer.steps() + 1;
+        let _span = info_span!("train_step", step, samples = batch.len()).entered();
+        self.lp.emit(Event::TrainStarted {
+            step,
+            samples: batch.len(),
+        });
+        let samples: Vec<TrainSample> = batch.iter().map(train_sample).collect();
+        let t0 = Instant::now();
+        let metrics = match self.trainer.train_step(&samples) {
+            Ok(m) => m,
+            Err(e) => return self.pause("the training step", &e.into()),
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        if let Err(e) = publish_step(
+            &self.lp,
+            &self.setup,
+            &self.trainer,
+            &batch,
+            &metrics,
+            seconds,
+            &self.rt,
+        ) {
+            self.pause("publishing the step", &e);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The OpenAI-compatible API (DESIGN.md §4): `/v1/models` and `/v1/chat/completions`, streamed
+//! (a chunk per token, then `[DONE]`) or not. Every answered turn is recorded — token ids and
+//! log-probs exactly as generated — before the reply completes.
+
+mod request;
+mod stream;
+
+use std::ops::ControlFlow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use clawrl_loop::serve::{self, finish_reason_name};
+use clawrl_model::{Generation, TokenInfo};
+use serde_json::{Value, json};
+use tracing::{Instrument, info_span};
+
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::state::{AppState, Shared};
+
+pub use request::ChatRequest;
+use request::{Prepared, prepare};
+
+/// `GET /v1/models`.
+pub async fn models(State(s): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "clawrl",
+        }]
+    }))
+}
+
+/// OpenAI's per-token log-prob entry.
+fn token_logprob(s: &AppState, t: &TokenInfo) -> Value {
+    let tok = &s.lp.model.tokenizer;
+    let piece = |id: u32| String::from_utf8_lossy(&tok.token_bytes(id)).into_owned();
+    json!({
+        "token": piece(t.id),
+        "logprob": t.logprob,
+        "bytes": tok.token_bytes(t.id),
+        "top_logprobs": t.top.iter().map(|&(id, lp)| json!({
+            "token": piece(id),
+            "logprob": lp,
+            "bytes": tok.token_bytes(id),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> ApiResult<Response> {
+    let p = prepare(&s, &headers, req)?;
+    let r = &p.request;
+    clawrl_loop::pair::pair(&s.lp, &r.session_id, r.turn_type, &r.messages).await?;
+    let span = info_span!("chat", session = %r.session_id, stream = p.stream, prompt_tokens = r.prompt.len());
+    if p.stream {
+        return Ok(stream::stream(s, p).instrument(span).await);
+    }
+    async move {
+        let (version, handle) =
+            serve::generate(&s.lp, p.request.prompt.clone(), p.params.clone(), |_, _| {
+                ControlFlow::Continue(())
+            });
+        let g = handle
+            .await
+            .map_err(|e| ApiError::internal(format!("generation thread: {e}")))?
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let turn_id = serve::record(&s.lp, &p.request, &g, version).await?;
+        let logprobs = p.logprobs.then(|| {
+            json!({"content": g.tokens.iter().map(|t| token_logprob(&s, t)).collect::<Vec<_>>()})
+        });
+        let body = json!({
+            "id": format!("chatcmpl-{turn_id}"),
+            "object": "chat.completion",
+            "created": unix_now(),
+            "model": s.model_id,
+            "system_fingerprint": format!("clawrl-v{version}"),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": g.text},
+                "logprobs": logprobs,
+                "finish_reason": finish_reason_name(g.finish_reason),
+            }],
+            "usage": usage(&p, &g),
+            "session_id": p.request.session_id,
+            "turn_id": turn_id,
+            "turn_type": p.request.turn_type,
+            "policy_version": version,
+        });
+        Ok(with_turn_headers(
+            Json(body).into_response(),
+            &p.request.session_id,
+            turn_id,
+            version,
+        ))
+    }
+    .instrument(span)
+    .await
+}
+
+fn usage(p: &Prepared, g: &Generation) -> Value {
+    let prompt = p.request.prompt.len();
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": g.tokens.len(),
+        "total_tokens": prompt + g.tokens.len(),
+    })
+}
+
+fn with_turn_headers(mut r: Response, session: &str, turn_id: i64, version: i64) -> Response {
+    let h = r.headers_mut();
+    if let Ok(v) = session.parse() {
+        h.insert("x-session-id", v);
+    }
+    h.insert("x-turn-id", turn_id.into());
+    h.insert("x-policy-version", version.into());
+    r
+}

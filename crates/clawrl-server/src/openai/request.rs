@@ -1,0 +1,306 @@
+//! The chat completion request: OpenAI's body, with the session fields and headers of
+//! DESIGN.md §4, validated into what generation and the loop need.
+
+use axum::http::HeaderMap;
+use clawrl_loop::serve::Request;
+use clawrl_model::{GenerateParams, Message, Sampling};
+use clawrl_store::TurnType;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Message content: a string, or OpenAI's list of parts (text parts are joined).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The request body; fields OpenAI defines that do not apply here are accepted and ignored.
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<ApiMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    turn_type: Option<String>,
+    #[serde(default)]
+    session_done: Option<bool>,
+}
+
+/// A validated request, ready to generate.
+pub struct Prepared {
+    /// What the loop records with the answer (session, turn type, s_t, tools, prompt ids).
+    pub request: Request,
+    /// Generation settings.
+    pub params: GenerateParams,
+    /// Return log-probs.
+    pub logprobs: bool,
+    /// Send usage in a last stream chunk.
+    pub include_usage: bool,
+    /// Stream the answer.
+    pub stream: bool,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn parse_bool(param: &'static str, v: &str) -> ApiResult<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be true or false, got {v:?}"),
+        )),
+    }
+}
+
+fn convert(m: ApiMessage) -> ApiResult<Message> {
+    let role = match m.role.as_str() {
+        "developer" => "system".to_string(),
+        "system" | "user" | "assistant" | "tool" => m.role,
+        other => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!(
+                    "unknown message role {other:?} (system, developer, user, assistant or tool)"
+                ),
+            ));
+        }
+    };
+    let content = match m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for p in parts {
+                if p.kind != "text" {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        format!(
+                            "content parts of type {:?} are not supported (text only)",
+                            p.kind
+                        ),
+                    ));
+                }
+                text.push_str(&p.text.unwrap_or_default());
+            }
+            text
+        }
+    };
+    Ok(Message {
+        role,
+        content,
+        tool_calls: m.tool_calls,
+        tool_call_id: m.tool_call_id,
+        name: m.name,
+    })
+}
+
+fn new_session_id() -> String {
+    format!("anon-{:016x}", rand::random::<u64>())
+}
+
+/// Validates a request into what generation and the loop need.
+pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult<Prepared> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    if req.messages.len() > s.limits.max_messages {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("at most {} messages per request", s.limits.max_messages),
+        ));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
+    }
+    let messages = req
+        .messages
+        .into_iter()
+        .map(convert)
+        .collect::<ApiResult<Vec<_>>>()?;
+    let temperature = req.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid_param(
+            "temperature",
+            format!("temperature must be in [0, 2], got {temperature}"),
+        ));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid_param(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = req.top_logprobs.unwrap_or(0) as usize;
+    if top_logprobs > clawrl_model::MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            format!(
+                "top_logprobs must be at most {}",
+                clawrl_model::MAX_TOP_LOGPROBS
+            ),
+        ));
+    }
+    if top_logprobs > 0 && !logprobs {
+        return Err(ApiError::invalid_param(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .map_or(512, |n| n as usize);
+    if max_tokens == 0 || max_tokens > s.limits.max_new_tokens {
+        return Err(ApiError::invalid_param(
+            "max_tokens",
+            format!(
+                "max_tokens must be 1..={}, got {max_tokens}",
+                s.limits.max_new_tokens
+            ),
+        ));
+    }
+    let stop = match req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop takes up to 4 non-empty strings",
+        ));
+    }
+    let turn_type = match req.turn_type.as_deref().or(header(headers, "x-turn-type")) {
+        None => TurnType::Main,
+        Some(t) => t
+            .parse()
+            .map_err(|e: String| ApiError::invalid_param("turn_type", e))?,
+    };
+    let session_done = match (req.session_done, header(headers, "x-session-done")) {
+        (Some(b), _) => b,
+        (None, Some(v)) => parse_bool("session_done", v)?,
+        (None, None) => false,
+    };
+    let named = req
+        .session_id
+        .or_else(|| header(headers, "x-session-id").map(str::to_string));
+    if let Some(id) = &named
+        && (id.is_empty() || id.len() > 200)
+    {
+        return Err(ApiError::invalid_param(
+            "session_id",
+            "session_id must be 1 to 200 characters",
+        ));
+    }
+    let tools = req.tools.filter(|t| !t.is_null());
+    if tools.as_ref().is_some_and(|t| !t.is_array()) {
+        return Err(ApiError::invalid_param("tools", "tools must be an array"));
+    }
+    let prompt =
+        s.lp.model
+            .chat_prompt(&messages, tools.as_ref())
+            .map_err(|e| {
+                ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
+            })?;
+    // The prompt must leave room for one token; generation stops at the window's end.
+    s.lp.model
+        .check_context(prompt.len(), 1)
+        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let anonymous = named.is_none();
+    let session_id = named.unwrap_or_else(new_session_id);
+    Ok(Prepared {
+        params: GenerateParams {
+            max_tokens,
+            sampling: Sampling {
+                temperature,
+                top_p,
+                seed: req.seed,
+            },
+            stop,
+            top_logprobs: if logprobs { top_logprobs } else { 0 },
+            ignore_eos: false,
+        },
+        logprobs,
+        request: Request {
+            session_id,
+            turn_type,
+            messages,
+            tools,
+            prompt,
+            ends_session: session_done || anonymous,
+        },
+        include_usage: req.stream_options.unwrap_or_default().include_usage,
+        stream: req.stream,
+    })
+}

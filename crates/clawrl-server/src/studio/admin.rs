@@ -1,0 +1,143 @@
+//! The event stream, API keys, liveness and Prometheus metrics.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use clawrl_store::Role;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiResult};
+use crate::state::Shared;
+
+/// `GET /studio/events`: the loop's events as server-sent events.
+pub async fn events(
+    State(s): State<Shared>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(s.lp.subscribe()).filter_map(|e| {
+        // A lagging subscriber skips what it missed.
+        let e = e.ok()?;
+        let data = serde_json::to_string(&e).ok()?;
+        Some(Ok(SseEvent::default().event(e.kind()).data(data)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A new key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    role: Role,
+}
+
+/// `GET /studio/keys`.
+pub async fn keys(State(s): State<Shared>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "keys": s.lp.store.keys().await? })))
+}
+
+/// `POST /studio/keys`: creates a key; the key itself is shown once, only its hash is kept.
+pub async fn create_key(
+    State(s): State<Shared>,
+    ApiJson(k): ApiJson<NewKey>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = k.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::invalid_param(
+            "name",
+            "name must be 1 to 100 characters",
+        ));
+    }
+    let key = format!("clawrl-{:032x}", rand::random::<u128>());
+    let id = s.lp.store.add_key(name, &key, k.role).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": name, "role": k.role, "key": key })),
+    ))
+}
+
+/// `DELETE /studio/keys/{id}`.
+pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    s.lp.store.delete_key(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /healthz`.
+pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
+    Json(
+        json!({ "status": "ok", "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version }),
+    )
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = s.lp.store.counts().await?;
+    let settings = s.lp.settings();
+    let mut out = String::new();
+    let rows: [(&str, &str, &str, f64); 13] = [
+        (
+            "completions_total",
+            "counter",
+            "Chat completions served since start.",
+            s.lp.counters.completions.load(Relaxed) as f64,
+        ),
+        (
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated since start.",
+            s.lp.counters.tokens.load(Relaxed) as f64,
+        ),
+        (
+            "stream_errors_total",
+            "counter",
+            "Streams that ended in an error.",
+            s.lp.counters.errors.load(Relaxed) as f64,
+        ),
+        (
+            "train_steps_total",
+            "counter",
+            "Training steps since start.",
+            s.lp.counters.steps.load(Relaxed) as f64,
+        ),
+        (
+            "policy_version",
+            "gauge",
+            "The policy version being served.",
+            s.lp.live().version as f64,
+        ),
+        (
+            "training_paused",
+            "gauge",
+            "1 while training is paused.",
+            f64::from(u8::from(settings.paused)),
+        ),
+        ("sessions", "gauge", "Sessions stored.", c.sessions as f64),
+        ("turns", "gauge", "Turns stored.", c.turns as f64),
+        ("votes", "gauge", "Judge votes stored.", c.votes as f64),
+        ("hints", "gauge", "Hints stored.", c.hints as f64),
+        ("samples", "gauge", "Samples stored.", c.samples as f64),
+        (
+            "pending_samples",
+            "gauge",
+            "Samples waiting for training.",
+            c.pending_samples as f64,
+        ),
+        ("steps", "gauge", "Training steps stored.", c.steps as f64),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP clawrl_{name} {help}\n# TYPE clawrl_{name} {kind}\nclawrl_{name} {value}"
+        );
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], out))
+}

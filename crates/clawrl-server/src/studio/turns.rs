@@ -1,0 +1,190 @@
+//! Sessions, turns (with per-token data and the inspector's analysis), feedback, and the
+//! annotation queue.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use clawrl_store::HintStatus;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use clawrl_loop::pair;
+use clawrl_loop::sample::trainable_turn;
+use clawrl_loop::select::analyse;
+
+use super::{MAX_TEXT_CHARS, Page};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ApiResult};
+use crate::state::Shared;
+
+/// `GET /studio/sessions`.
+pub async fn sessions(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+    let list = s.lp.store.sessions(p.limit()?, p.offset()?).await?;
+    Ok(Json(json!({ "sessions": list })))
+}
+
+/// `GET /studio/sessions/{id}`: the session and its turns (without per-token data).
+pub async fn session(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let session = s.lp.store.session(&id).await?;
+    let mut turns = Vec::new();
+    for t in s.lp.store.turns_of(&id).await? {
+        let votes = s.lp.store.votes_of(t.id).await?;
+        turns.push(json!({
+            "id": t.id,
+            "turn_type": t.turn_type,
+            "messages": t.messages.0,
+            "response": t.response,
+            "policy_version": t.policy_version,
+            "finish_reason": t.finish_reason,
+            "created_at": t.created_at,
+            "votes": votes,
+        }));
+    }
+    Ok(Json(json!({ "session": session, "turns": turns })))
+}
+
+/// `GET /studio/turns/{id}`: a turn with its tokens, next states, votes, hints and samples.
+pub async fn turn(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let t = s.lp.store.turn(id).await?;
+    let tok = &s.lp.model.tokenizer;
+    let text = |id: u32| String::from_utf8_lossy(&tok.token_bytes(id)).into_owned();
+    let tokens: Vec<Value> = t
+        .response_ids
+        .0
+        .iter()
+        .zip(&t.logprobs.0)
+        .enumerate()
+        .map(|(i, (&id, lp))| {
+            json!({
+                "id": id,
+                "text": text(id),
+                "logprob": lp,
+                "top": t.top_logprobs.0.get(i).map(|top| top.iter().map(|&(v, l)| json!([v, text(v), l])).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    let samples = s.lp.store.samples_of(id).await?;
+    let advantage = samples.iter().find_map(|x| x.advantage);
+    Ok(Json(json!({
+        "turn": {
+            "id": t.id,
+            "session_id": t.session_id,
+            "turn_type": t.turn_type,
+            "messages": t.messages.0,
+            "response": t.response,
+            "policy_version": t.policy_version,
+            "finish_reason": t.finish_reason,
+            "created_at": t.created_at,
+            "prompt_tokens": t.prompt_ids.0.len(),
+            "tools": t.tools.as_ref().map(|j| &j.0),
+        },
+        "tokens": tokens,
+        "advantage": advantage,
+        "next_states": s.lp.store.next_states_of(id).await?,
+        "votes": s.lp.store.votes_of(id).await?,
+        "hints": s.lp.store.hints_of(id).await?,
+        "samples": samples.iter().map(|x| json!({
+            "id": x.id,
+            "advantage": x.advantage,
+            "hint_id": x.hint_id,
+            "selection": x.selection,
+            "status": x.status,
+            "step": x.step,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /studio/turns/{id}/inspect`: the student's and each candidate hint's teacher top-k per
+/// token, O[h,i] and Δ under the live policy, and the selection's choice.
+pub async fn inspect(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let t = s.lp.store.turn(id).await?;
+    let hints: Vec<_> =
+        s.lp.store
+            .hints_of(id)
+            .await?
+            .into_iter()
+            .filter(|h| h.status != HintStatus::Rejected)
+            .collect();
+    let texts: Vec<String> = hints.iter().map(|h| h.text.clone()).collect();
+    let settings = s.lp.settings();
+    let a = analyse(&s.lp, &t, &texts, settings.top_k, settings.selection).await?;
+    let advantage =
+        s.lp.store
+            .samples_of(id)
+            .await?
+            .iter()
+            .find_map(|x| x.advantage);
+    Ok(Json(json!({
+        "turn_id": id,
+        "advantage": advantage,
+        "hint_ids": hints.iter().map(|h| h.id).collect::<Vec<_>>(),
+        "analysis": a,
+    })))
+}
+
+/// Explicit feedback.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// 1 (👍) or −1 (👎).
+    #[serde(default)]
+    thumb: Option<i8>,
+    /// What the answer should have been or done.
+    #[serde(default)]
+    correction: Option<String>,
+}
+
+/// `POST /studio/turns/{id}/feedback`: a thumb and/or a correction, judged like a next state.
+pub async fn feedback(
+    State(s): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    ApiJson(b): ApiJson<FeedbackBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if let Some(t) = b.thumb
+        && t != 1
+        && t != -1
+    {
+        return Err(ApiError::invalid_param("thumb", "thumb must be 1 or -1"));
+    }
+    let correction = match b.correction.as_deref().map(str::trim) {
+        Some("") | None => None,
+        Some(c) if c.chars().count() > MAX_TEXT_CHARS => {
+            return Err(ApiError::invalid_param(
+                "correction",
+                format!("a correction must be at most {MAX_TEXT_CHARS} characters"),
+            ));
+        }
+        Some(c) => Some(c.to_string()),
+    };
+    if b.thumb.is_none() && correction.is_none() {
+        return Err(ApiError::invalid(
+            "feedback needs a thumb (1 or -1) or a correction",
+        ));
+    }
+    trainable_turn(&s.lp, id).await?;
+    let next_state_id =
+        pair::feedback(&s.lp, id, b.thumb, correction.as_deref(), &caller.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "turn_id": id, "next_state_id": next_state_id })),
+    ))
+}
+
+/// `GET /studio/queue`: judged turns, newest first, with votes and hints (the annotation queue).
+pub async fn queue(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+    let mut items = Vec::new();
+    for t in s.lp.store.judged_turns(p.limit()?).await? {
+        items.push(json!({
+            "turn_id": t.id,
+            "session_id": t.session_id,
+            "messages": t.messages.0,
+            "response": t.response,
+            "policy_version": t.policy_version,
+            "next_states": s.lp.store.next_states_of(t.id).await?,
+            "votes": s.lp.store.votes_of(t.id).await?,
+            "hints": s.lp.store.hints_of(t.id).await?,
+        }));
+    }
+    Ok(Json(json!({ "queue": items })))
+}
