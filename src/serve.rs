@@ -89,6 +89,11 @@ pub(crate) struct ServeArgs {
     /// Start with training paused.
     #[arg(long)]
     paused: bool,
+    /// When a conversation does not fit the model's context, drop its oldest messages after
+    /// the system prompt (never the last user message) instead of refusing it with
+    /// `context_length_exceeded`: for clients that never compact. Each turn records how many.
+    #[arg(long)]
+    drop_oldest_messages: bool,
 }
 
 fn data_dir() -> Result<PathBuf> {
@@ -130,6 +135,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
     config.lp.judge = judge;
     config.lp.votes = usize::from(a.votes);
     config.lp.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
+    config.limits.drop_oldest_messages = a.drop_oldest_messages;
     config.lp.training = TrainingSettings {
         batch_size: a.batch_size,
         method: a.method,

@@ -47,6 +47,7 @@ let charts: HTMLElement;
 let status: HTMLElement;
 let progress: HTMLElement;
 let versions: HTMLElement;
+let refused: HTMLElement;
 let form: HTMLFormElement;
 let pauseBtn: HTMLButtonElement;
 let paused = false;
@@ -57,6 +58,7 @@ export function mountTrain(root: HTMLElement): void {
   status = h("div", { class: "train-status", "data-testid": "train-status" });
   progress = h("div", { class: "progress", hidden: true, "data-testid": "train-progress" });
   versions = h("table", { class: "versions", "data-testid": "versions" });
+  refused = h("table", { class: "refused", "data-testid": "refused" });
   pauseBtn = h("button", { "data-testid": "train-pause" }, "Pause");
   pauseBtn.addEventListener("click", async () => {
     const r = await attempt(() => api("POST", `/studio/training/${paused ? "resume" : "pause"}`));
@@ -78,6 +80,13 @@ export function mountTrain(root: HTMLElement): void {
       h("div", {}, h("h3", {}, "Policy versions"), versions),
       h("div", {}, h("h3", {}, "Method and hyper-parameters"), form),
     ),
+    h(
+      "div",
+      {},
+      h("h3", {}, "Refused requests"),
+      h("p", { class: "muted" }, "Requests the server answered with an error (4xx): why, and for which session. A client whose turns never arrive shows it here."),
+      refused,
+    ),
   );
   onEvent((e) => {
     if (e.type === "train_started") {
@@ -91,6 +100,8 @@ export function mountTrain(root: HTMLElement): void {
     } else if (e.type === "train_failed") {
       progress.hidden = true;
       toast(`A training step failed: ${e.error}`, "error");
+    } else if (e.type === "refused") {
+      void refreshRefused();
     } else if (e.type === "published" || e.type === "settings" || e.type === "sample" || e.type === "judged") {
       void refresh(false);
     }
@@ -111,6 +122,7 @@ async function refresh(all: boolean): Promise<void> {
   const v = await attempt(() => api("GET", "/studio/versions"));
   if (v) renderVersions(v.versions);
   if (all) {
+    await refreshRefused();
     const s = await attempt(() => api<{ steps: Step[] }>("GET", "/studio/steps?limit=1000"));
     if (s) {
       steps = s.steps;
@@ -130,6 +142,40 @@ function showStatus(t: any): void {
     h("span", { class: "pill" }, `${plural(t.unjudged, "next state")} waiting for the judge`),
     h("span", { class: "pill" }, `${plural(t.steps, "step")} · ${plural(t.samples, "sample")} so far`),
     h("span", { class: "pill" }, `method ${t.settings.method} · selection ${t.settings.selection}`),
+  );
+}
+
+interface Refused {
+  at: number;
+  method: string;
+  path: string;
+  status: number;
+  reason: string;
+  session_id: string | null;
+}
+
+/** The latest refused requests, newest first. */
+async function refreshRefused(): Promise<void> {
+  const r = await attempt(() => api<{ refused: Refused[] }>("GET", "/studio/refused"));
+  if (!r) return;
+  fill(
+    refused,
+    r.refused.length
+      ? [
+          h("tr", {}, h("th", {}, "when"), h("th", {}, "request"), h("th", {}, "status"), h("th", {}, "session"), h("th", {}, "why")),
+          ...r.refused.slice(0, 20).map((x) =>
+            h(
+              "tr",
+              {},
+              h("td", {}, new Date(x.at).toLocaleTimeString()),
+              h("td", {}, `${x.method} ${x.path}`),
+              h("td", { class: "num" }, x.status),
+              h("td", {}, x.session_id ?? "—"),
+              h("td", {}, x.reason),
+            ),
+          ),
+        ]
+      : h("tr", {}, h("td", { class: "muted" }, "None so far.")),
   );
 }
 

@@ -88,6 +88,19 @@ pub enum Event {
         /// Version.
         version: i64,
     },
+    /// A request was refused (a 4xx), with why.
+    Refused {
+        /// HTTP method.
+        method: String,
+        /// Path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// Why.
+        reason: String,
+        /// The request's session, when known.
+        session_id: Option<String>,
+    },
     /// Training settings changed.
     Settings {
         /// The new settings.
@@ -108,6 +121,7 @@ impl Event {
             Self::Trained { .. } => "trained",
             Self::TrainFailed { .. } => "train_failed",
             Self::Published { .. } => "published",
+            Self::Refused { .. } => "refused",
             Self::Settings { .. } => "settings",
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clawrl_signals::{Judge, JudgeInput, RulesJudge, Verdict};
+use clawrl_signals::{Judge, JudgeInput, RulesJudge, Verdict, user_text};
 use clawrl_store::{Judgement, NextKind, NextState, TurnType};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -51,8 +51,22 @@ async fn verdicts(
     turn: &clawrl_store::Turn,
     ns: &NextState,
 ) -> Result<Vec<Verdict>> {
-    let messages = messages_of(turn)?;
-    let (response, next, kind) = (turn.response.clone(), ns.text.clone(), ns.kind);
+    // Judges read what the user typed, without the client's wrappers (timestamps, channel
+    // envelopes, runtime lines); the store keeps the text as sent.
+    let messages: Vec<_> = messages_of(turn)?
+        .into_iter()
+        .map(|mut m| {
+            if m.role == "user" {
+                m.content = user_text(&m.content);
+            }
+            m
+        })
+        .collect();
+    let next = match ns.kind {
+        NextKind::Reply => user_text(&ns.text),
+        NextKind::Feedback | NextKind::Tool => ns.text.clone(),
+    };
+    let (response, kind) = (turn.response.clone(), ns.kind);
     let votes = tokio::task::spawn_blocking(move || {
         let input = JudgeInput {
             conversation: &messages,

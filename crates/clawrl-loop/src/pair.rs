@@ -6,11 +6,45 @@ use std::time::Duration;
 
 use clawrl_model::Message;
 use clawrl_store::{NextKind, TurnType};
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::Loop;
 use crate::error::Result;
 use crate::events::Event;
+
+/// The key of a conversation that ends in an answer: what a client that replays the history
+/// sends back (roles, texts with their ends trimmed, tool calls), hashed (SHA-256, hex). A
+/// request whose messages up to its last assistant message have the key of a recorded turn's
+/// messages plus its answer continues that turn's session (DESIGN.md §4).
+pub fn continuation_key(messages: &[Message]) -> String {
+    let canonical: Vec<(&str, &str, Option<String>)> = messages
+        .iter()
+        .map(|m| {
+            let calls = m.tool_calls.as_ref().map(|c| c.to_string());
+            (m.role.as_str(), m.content.trim(), calls)
+        })
+        .collect();
+    let text = serde_json::to_string(&canonical).unwrap_or_default();
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The session a request without a session id continues: the one whose recorded turn
+/// (messages and answer) its messages extend, up to their last assistant message.
+pub async fn continued_session(lp: &Loop, messages: &[Message]) -> Result<Option<String>> {
+    let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
+        return Ok(None);
+    };
+    let key = continuation_key(&messages[..=last]);
+    Ok(lp
+        .store
+        .continued_turn(&key)
+        .await?
+        .map(|(_, session)| session))
+}
 
 /// The next state a request carries for the session's previous answer: the user and tool
 /// messages after the last assistant message (a reply when a user spoke, else a tool output).
@@ -92,6 +126,18 @@ pub async fn end_idle_sessions(lp: Arc<Loop>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replayed_history_has_the_key_of_the_recorded_turn() {
+        let m = |r: &str, c: &str| Message::new(r, c);
+        let recorded = [m("user", "What is 12*7?"), m("assistant", "84")];
+        let replayed = [m("user", "What is 12*7?"), m("assistant", "84\n")];
+        assert_eq!(continuation_key(&recorded), continuation_key(&replayed));
+        let other = [m("user", "What is 12*8?"), m("assistant", "84")];
+        assert_ne!(continuation_key(&recorded), continuation_key(&other));
+        let swapped = [m("assistant", "What is 12*7?"), m("user", "84")];
+        assert_ne!(continuation_key(&recorded), continuation_key(&swapped));
+    }
 
     #[test]
     fn the_next_state_is_what_follows_the_last_answer() {

@@ -265,6 +265,8 @@ mod tests {
             finish_reason: "stop".into(),
             created_at: 0,
             tools: Some(Json(tools.clone())),
+            continuation: None,
+            dropped_messages: 0,
         };
         let m = messages_of(&turn).expect("messages");
         let prompt = teacher_prompt(&model, &turn, &m, "Use the calculator.").expect("renders");

@@ -12,6 +12,7 @@ use tracing::info;
 use crate::Loop;
 use crate::error::{Error, Result};
 use crate::events::{Counters, Event};
+use crate::pair::continuation_key;
 
 /// A request as the loop records it with its answer.
 #[derive(Clone, Debug)]
@@ -20,14 +21,36 @@ pub struct Request {
     pub session_id: String,
     /// Main turns train; side turns are only served.
     pub turn_type: TurnType,
-    /// s_t as the client sent it.
+    /// The messages as the client sent them.
     pub messages: Vec<Message>,
+    /// Messages left out so that the prompt fits ([`drop_oldest`]); 0 unless the server's
+    /// opt-in policy dropped some.
+    pub dropped: usize,
     /// The request's tools (a JSON array, passed to the chat template as given).
     pub tools: Option<serde_json::Value>,
     /// The rendered prompt's token ids.
     pub prompt: Vec<u32>,
     /// The session ends with this turn (`session_done`, or a one-turn session).
     pub ends_session: bool,
+}
+
+impl Request {
+    /// s_t as the model saw it: the messages without the dropped ones.
+    pub fn seen(&self) -> Vec<Message> {
+        drop_oldest(&self.messages, self.dropped)
+    }
+}
+
+/// The messages with the `n` oldest after the leading system messages left out, and any
+/// `tool` results then left without their call: the policy for clients that never compact
+/// (the leading system prompt stays; callers never drop the last user message).
+pub fn drop_oldest(messages: &[Message], n: usize) -> Vec<Message> {
+    let lead = messages.iter().take_while(|m| m.role == "system").count();
+    let mut rest = messages.iter().skip(lead + n).peekable();
+    if n > 0 {
+        while rest.next_if(|m| m.role == "tool").is_some() {}
+    }
+    messages[..lead].iter().chain(rest).cloned().collect()
 }
 
 /// OpenAI's name of a finish reason (a cancelled stream is recorded as `stop`).
@@ -71,11 +94,15 @@ pub fn generate(
 /// Records a finished generation (committed before the reply completes), then tells the loop.
 /// Returns the turn's id.
 pub async fn record(lp: &Loop, r: &Request, g: &Generation, version: i64) -> Result<i64> {
+    let mut conversation = r.messages.clone();
+    conversation.push(Message::new("assistant", g.text.clone()));
     let turn = NewTurn {
         session_id: r.session_id.clone(),
         turn_type: r.turn_type,
-        messages: serde_json::to_value(&r.messages)
+        messages: serde_json::to_value(r.seen())
             .map_err(|e| Error::invalid(format!("the messages cannot be stored: {e}")))?,
+        dropped_messages: r.dropped,
+        continuation: continuation_key(&conversation),
         tools: r.tools.clone(),
         prompt_ids: r.prompt.clone(),
         response: g.text.clone(),
@@ -99,4 +126,31 @@ pub async fn record(lp: &Loop, r: &Request, g: &Generation, version: i64) -> Res
     });
     info!(turn_id, tokens = g.tokens.len(), "recorded");
     Ok(turn_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_keeps_the_system_prompt_and_never_orphans_a_tool_result() {
+        let m = |r: &str, c: &str| Message::new(r, c);
+        let all = [
+            m("system", "You are brief."),
+            m("user", "a"),
+            m("assistant", "call"),
+            m("tool", "42"),
+            m("user", "b"),
+        ];
+        let roles = |v: Vec<Message>| v.into_iter().map(|m| m.content).collect::<Vec<_>>();
+        assert_eq!(
+            roles(drop_oldest(&all, 0)),
+            ["You are brief.", "a", "call", "42", "b"]
+        );
+        assert_eq!(
+            roles(drop_oldest(&all, 1)),
+            ["You are brief.", "call", "42", "b"]
+        );
+        assert_eq!(roles(drop_oldest(&all, 2)), ["You are brief.", "b"]);
+    }
 }

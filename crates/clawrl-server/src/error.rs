@@ -21,6 +21,19 @@ pub struct ApiError {
     pub message: String,
     /// The offending field, when there is one.
     pub param: Option<&'static str>,
+    /// OpenAI's error code where it names one (`context_length_exceeded`); else the status.
+    pub code: Option<&'static str>,
+    /// The session of the refused request, when known (for the log and the Studio).
+    pub session: Option<String>,
+}
+
+/// What a refusal said, left on the response for the refusal log (see `refusals.rs`).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The error message.
+    pub message: String,
+    /// The session, when known.
+    pub session: Option<String>,
 }
 
 impl ApiError {
@@ -31,6 +44,8 @@ impl ApiError {
             kind: "invalid_request_error",
             message: message.into(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 
@@ -49,6 +64,8 @@ impl ApiError {
             kind: "authentication_error",
             message: message.into(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 
@@ -59,6 +76,8 @@ impl ApiError {
             kind: "permission_error",
             message: message.into(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 
@@ -69,6 +88,8 @@ impl ApiError {
             kind: "not_found_error",
             message: message.into(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 
@@ -79,6 +100,8 @@ impl ApiError {
             kind: "invalid_request_error",
             message: message.into(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 
@@ -91,17 +114,42 @@ impl ApiError {
             kind: "server_error",
             message,
             param: None,
+            code: None,
+            session: None,
         }
+    }
+
+    /// 400 `context_length_exceeded` in OpenAI's shape and words, which clients such as
+    /// OpenClaw recognise (and then compact the conversation and retry).
+    pub fn context_length_exceeded(context: usize, prompt: usize) -> Self {
+        Self {
+            param: Some("messages"),
+            code: Some("context_length_exceeded"),
+            ..Self::invalid(format!(
+                "This model's maximum context length is {context} tokens. However, your \
+                 messages resulted in {prompt} tokens. Please reduce the length of the messages."
+            ))
+        }
+    }
+
+    /// The same error, naming the request's session.
+    pub fn in_session(mut self, session: Option<&str>) -> Self {
+        self.session = session.map(str::to_string);
+        self
     }
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
+        let code = match self.code {
+            Some(c) => serde_json::json!(c),
+            None => serde_json::json!(self.status.as_u16()),
+        };
         serde_json::json!({
             "error": {
                 "message": self.message,
                 "type": self.kind,
                 "param": self.param,
-                "code": self.status.as_u16(),
+                "code": code,
             }
         })
     }
@@ -109,7 +157,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        r.extensions_mut().insert(Refusal {
+            message: self.message,
+            session: self.session,
+        });
+        r
     }
 }
 
@@ -156,6 +209,8 @@ impl From<JsonRejection> for ApiError {
             kind: "invalid_request_error",
             message: r.body_text(),
             param: None,
+            code: None,
+            session: None,
         }
     }
 }

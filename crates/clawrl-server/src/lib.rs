@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod openai;
 mod openapi;
+mod refusals;
 mod state;
 mod studio;
 
@@ -188,6 +189,7 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
         model_id: config.model_id.clone(),
         auth_required: has_keys,
         limits: config.limits,
+        refusals: Default::default(),
     });
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -237,6 +239,7 @@ fn router(s: Shared) -> Router {
         .route("/studio/steps", get(steps))
         .route("/studio/versions", get(versions))
         .route("/studio/events", get(events))
+        .route("/studio/refused", get(refusals::list))
         .route_layer(from_fn_with_state(s.clone(), auth::annotator));
     let owner = Router::new()
         .route("/studio/training/settings", post(update_training))
@@ -257,6 +260,7 @@ fn router(s: Shared) -> Router {
         .merge(annotator)
         .merge(owner)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(from_fn_with_state(s.clone(), refusals::note))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())
         .with_state(s)

@@ -101,7 +101,13 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "get",
         "/studio/events",
         "annotator",
-        "Server-sent events: turn, next_state, judged, sample, hint, train_started, trained, train_failed, published, settings.",
+        "Server-sent events: turn, next_state, judged, sample, hint, train_started, trained, train_failed, published, refused, settings.",
+    ),
+    (
+        "get",
+        "/studio/refused",
+        "annotator",
+        "The latest refused requests (4xx), newest first, with why and the session.",
     ),
     (
         "post",

@@ -12,8 +12,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most messages in one request.
     pub max_messages: usize,
-    /// Most new tokens one request may ask for.
+    /// Most new tokens one answer may have (a larger `max_tokens` is lowered to it).
     pub max_new_tokens: usize,
+    /// When a conversation does not fit the context, drop its oldest messages after the system
+    /// prompt (never the last user message) instead of answering `context_length_exceeded`:
+    /// for clients that never compact. The turn records how many were dropped.
+    pub drop_oldest_messages: bool,
 }
 
 impl Default for Limits {
@@ -22,6 +26,7 @@ impl Default for Limits {
             max_body_bytes: 1 << 20,
             max_messages: 512,
             max_new_tokens: 4096,
+            drop_oldest_messages: false,
         }
     }
 }
@@ -36,6 +41,8 @@ pub struct AppState {
     pub auth_required: bool,
     /// Request limits.
     pub limits: Limits,
+    /// The latest refused requests.
+    pub refusals: crate::refusals::Refusals,
 }
 
 /// Shared state as handlers see it.

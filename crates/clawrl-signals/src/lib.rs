@@ -3,13 +3,16 @@
 //!
 //! Judges: [`RulesJudge`] (explicit feedback and plain cases), [`ModelJudge`] (the embedded
 //! model with the judge prompt), [`HttpJudge`] (any OpenAI-compatible endpoint). People judge
-//! through the Studio API, which stores their votes and hints directly.
+//! through the Studio API, which stores their votes and hints directly. Judges read what the
+//! user typed: [`user_text`] takes off what clients wrap around it.
 
+mod clients;
 mod judge;
 mod parse;
 mod rules;
 
 pub use clawrl_store::NextKind;
+pub use clients::user_text;
 pub use judge::{HttpJudge, Judge, JudgeInput, ModelJudge, Verdict, judge_prompt};
 pub use parse::{parse_hint, parse_vote};
 pub use rules::RulesJudge;

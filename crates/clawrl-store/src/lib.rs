@@ -144,6 +144,10 @@ pub struct NewTurn {
     pub messages: serde_json::Value,
     /// The request's tools (a JSON array), rendered into s_t and so into s_t ⊕ h too.
     pub tools: Option<serde_json::Value>,
+    /// Messages of the request left out so that the prompt fit (not in `messages`).
+    pub dropped_messages: usize,
+    /// The key of the request's messages plus this answer (see `continued_turn`).
+    pub continuation: String,
     /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
     /// The response text.
@@ -189,6 +193,11 @@ pub struct Turn {
     pub created_at: i64,
     /// The request's tools, as given.
     pub tools: Option<Json<serde_json::Value>>,
+    /// The key of the request's messages plus this answer.
+    #[serde(skip)]
+    pub continuation: Option<String>,
+    /// Messages of the request left out so that the prompt fit.
+    pub dropped_messages: i64,
 }
 
 /// A next state waiting for (or past) judging.
@@ -471,8 +480,9 @@ impl Store {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO turns (session_id, turn_type, messages, prompt_ids, response,
                                 response_ids, logprobs, top_logprobs, policy_version,
-                                finish_reason, created_at, tools)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                                finish_reason, created_at, tools, dropped_messages,
+                                continuation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
         )
         .bind(&t.session_id)
         .bind(t.turn_type)
@@ -486,10 +496,24 @@ impl Store {
         .bind(&t.finish_reason)
         .bind(now)
         .bind(t.tools.as_ref().map(json))
+        .bind(t.dropped_messages as i64)
+        .bind(&t.continuation)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// The latest main turn whose messages plus answer have the continuation key `key`, as
+    /// (turn id, session id): the conversation a request without a session id continues.
+    pub async fn continued_turn(&self, key: &str) -> Result<Option<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, session_id FROM turns WHERE continuation = ?1 AND turn_type = 'main'
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// One turn.

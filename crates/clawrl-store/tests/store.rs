@@ -19,6 +19,8 @@ fn turn(session: &str, turn_type: TurnType) -> NewTurn {
         logprobs: vec![-0.5, -1.5],
         top_logprobs: vec![vec![(4, -0.5)], vec![(5, -1.5)]],
         tools: Some(json!([{"type": "function", "function": {"name": "calc"}}])),
+        dropped_messages: 0,
+        continuation: format!("{session}-key"),
         policy_version: 0,
         finish_reason: "stop".into(),
     }
@@ -136,6 +138,12 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     let record = samples[0].selection.clone().expect("selection");
     assert_eq!(record.hint_ids, vec![hints[0].id, hints[1].id]);
     assert_eq!(record.selection.mode, SelectionMode::Token);
+    assert_eq!(
+        store.continued_turn("s-key").await.expect("lookup"),
+        Some((t1, "s".to_string())),
+        "the latest main turn with the key (not the side turn after it)"
+    );
+    assert_eq!(store.continued_turn("nope").await.expect("lookup"), None);
     assert_eq!(
         store.turn(t1).await.expect("turn").tools.map(|t| t.0),
         Some(json!([{"type": "function", "function": {"name": "calc"}}]))

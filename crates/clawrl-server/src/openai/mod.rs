@@ -23,8 +23,10 @@ use crate::state::{AppState, Shared};
 pub use request::ChatRequest;
 use request::{Prepared, prepare};
 
-/// `GET /v1/models`.
+/// `GET /v1/models`, with the context window and the output limit so that clients can size
+/// their requests (`context_length` as OpenRouter names it, `max_model_len` as vLLM does).
 pub async fn models(State(s): State<Shared>) -> Json<Value> {
+    let context = s.lp.model.config.context_length;
     Json(json!({
         "object": "list",
         "data": [{
@@ -32,6 +34,9 @@ pub async fn models(State(s): State<Shared>) -> Json<Value> {
             "object": "model",
             "created": 0,
             "owned_by": "clawrl",
+            "context_length": context,
+            "max_model_len": context,
+            "max_output_tokens": s.limits.max_new_tokens.min(context),
         }]
     }))
 }
@@ -64,7 +69,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
-    let p = prepare(&s, &headers, req)?;
+    let p = prepare(&s, &headers, req).await?;
     let r = &p.request;
     clawrl_loop::pair::pair(&s.lp, &r.session_id, r.turn_type, &r.messages).await?;
     let span = info_span!("chat", session = %r.session_id, stream = p.stream, prompt_tokens = r.prompt.len());
@@ -113,13 +118,22 @@ pub async fn chat_completions(
     .await
 }
 
+/// OpenAI's usage, with what the server changed: a `max_tokens` lowered to the room left
+/// (`max_tokens`), messages dropped so that the prompt fit (`dropped_messages`).
 fn usage(p: &Prepared, g: &Generation) -> Value {
     let prompt = p.request.prompt.len();
-    json!({
+    let mut u = json!({
         "prompt_tokens": prompt,
         "completion_tokens": g.tokens.len(),
         "total_tokens": prompt + g.tokens.len(),
-    })
+    });
+    if p.clamped {
+        u["max_tokens"] = p.params.max_tokens.into();
+    }
+    if p.request.dropped > 0 {
+        u["dropped_messages"] = p.request.dropped.into();
+    }
+    u
 }
 
 fn with_turn_headers(mut r: Response, session: &str, turn_id: i64, version: i64) -> Response {

@@ -2,7 +2,7 @@
 //! DESIGN.md §4, validated into what generation and the loop need.
 
 use axum::http::HeaderMap;
-use clawrl_loop::serve::Request;
+use clawrl_loop::serve::{Request, drop_oldest};
 use clawrl_model::{GenerateParams, Message, Sampling};
 use clawrl_store::TurnType;
 use serde::Deserialize;
@@ -50,7 +50,7 @@ enum Stop {
 #[derive(Deserialize, Default)]
 struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 /// The request body; fields OpenAI defines that do not apply here are accepted and ignored.
@@ -58,7 +58,7 @@ struct StreamOptions {
 pub struct ChatRequest {
     messages: Vec<ApiMessage>,
     #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(default)]
@@ -87,6 +87,12 @@ pub struct ChatRequest {
     turn_type: Option<String>,
     #[serde(default)]
     session_done: Option<bool>,
+    #[serde(default)]
+    prompt_cache_key: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
 }
 
 /// A validated request, ready to generate.
@@ -101,6 +107,9 @@ pub struct Prepared {
     pub include_usage: bool,
     /// Stream the answer.
     pub stream: bool,
+    /// `max_tokens` was above the room left in the context (or the server's limit) and was
+    /// lowered to `params.max_tokens`.
+    pub clamped: bool,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -164,8 +173,109 @@ fn new_session_id() -> String {
     format!("anon-{:016x}", rand::random::<u64>())
 }
 
+/// A session name: 1 to 200 characters.
+fn session_name(param: &'static str, id: String) -> ApiResult<String> {
+    if id.is_empty() || id.len() > 200 {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be 1 to 200 characters"),
+        ));
+    }
+    Ok(id)
+}
+
+/// The request's session (DESIGN.md §4), most explicit first: `session_id` or
+/// `X-Session-Id`, `metadata.session_id`, `prompt_cache_key`; then the session whose recorded
+/// turn the messages continue (clients that replay the history and send no id); then `user`;
+/// else a new session.
+async fn resolve_session(
+    s: &AppState,
+    headers: &HeaderMap,
+    req: &mut ChatRequest,
+    messages: &[Message],
+) -> ApiResult<String> {
+    let metadata = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("session_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let named = [
+        ("session_id", req.session_id.take()),
+        (
+            "session_id",
+            header(headers, "x-session-id").map(str::to_string),
+        ),
+        ("metadata", metadata),
+        ("prompt_cache_key", req.prompt_cache_key.take()),
+    ];
+    for (param, id) in named {
+        if let Some(id) = id {
+            return session_name(param, id);
+        }
+    }
+    if let Some(id) = clawrl_loop::pair::continued_session(&s.lp, messages).await? {
+        return Ok(id);
+    }
+    match req.user.take() {
+        Some(u) => session_name("user", u),
+        None => Ok(new_session_id()),
+    }
+}
+
+/// The prompt of `messages`, and how many of them the opt-in policy dropped so that it leaves
+/// room for one token; without the policy, OpenAI's `context_length_exceeded`.
+fn fit(s: &AppState, messages: &[Message], tools: Option<&Value>) -> ApiResult<(Vec<u32>, usize)> {
+    let model = &s.lp.model;
+    let context = model.config.context_length;
+    let render = |m: &[Message]| {
+        model.chat_prompt(m, tools).map_err(|e| {
+            ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
+        })
+    };
+    let prompt = render(messages)?;
+    if prompt.len() < context {
+        return Ok((prompt, 0));
+    }
+    let refused = ApiError::context_length_exceeded(context, prompt.len());
+    if !s.limits.drop_oldest_messages {
+        return Err(refused);
+    }
+    // Never the last user message, nor what follows it.
+    let lead = messages.iter().take_while(|m| m.role == "system").count();
+    let keep_from = messages
+        .iter()
+        .rposition(|m| m.role == "user")
+        .unwrap_or(messages.len().saturating_sub(1));
+    for dropped in 1..=keep_from.saturating_sub(lead) {
+        let seen = drop_oldest(messages, dropped);
+        let prompt = render(&seen)?;
+        if prompt.len() < context {
+            return Ok((prompt, dropped));
+        }
+    }
+    Err(refused)
+}
+
 /// Validates a request into what generation and the loop need.
-pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult<Prepared> {
+pub async fn prepare(
+    s: &AppState,
+    headers: &HeaderMap,
+    mut req: ChatRequest,
+) -> ApiResult<Prepared> {
+    let session = header(headers, "x-session-id")
+        .map(str::to_string)
+        .or_else(|| req.session_id.clone());
+    validated(s, headers, &mut req)
+        .await
+        .map_err(|e| e.in_session(session.as_deref()))
+}
+
+async fn validated(
+    s: &AppState,
+    headers: &HeaderMap,
+    req: &mut ChatRequest,
+) -> ApiResult<Prepared> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -181,8 +291,7 @@ pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
     }
-    let messages = req
-        .messages
+    let messages = std::mem::take(&mut req.messages)
         .into_iter()
         .map(convert)
         .collect::<ApiResult<Vec<_>>>()?;
@@ -217,20 +326,14 @@ pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult
             "top_logprobs needs logprobs: true",
         ));
     }
-    let max_tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .map_or(512, |n| n as usize);
-    if max_tokens == 0 || max_tokens > s.limits.max_new_tokens {
+    let requested = req.max_completion_tokens.or(req.max_tokens);
+    if requested == Some(0) {
         return Err(ApiError::invalid_param(
             "max_tokens",
-            format!(
-                "max_tokens must be 1..={}, got {max_tokens}",
-                s.limits.max_new_tokens
-            ),
+            "max_tokens must be at least 1",
         ));
     }
-    let stop = match req.stop {
+    let stop = match req.stop.take() {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
         Some(Stop::Many(v)) => v,
@@ -252,33 +355,17 @@ pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult
         (None, Some(v)) => parse_bool("session_done", v)?,
         (None, None) => false,
     };
-    let named = req
-        .session_id
-        .or_else(|| header(headers, "x-session-id").map(str::to_string));
-    if let Some(id) = &named
-        && (id.is_empty() || id.len() > 200)
-    {
-        return Err(ApiError::invalid_param(
-            "session_id",
-            "session_id must be 1 to 200 characters",
-        ));
-    }
-    let tools = req.tools.filter(|t| !t.is_null());
+    let tools = req.tools.take().filter(|t| !t.is_null());
     if tools.as_ref().is_some_and(|t| !t.is_array()) {
         return Err(ApiError::invalid_param("tools", "tools must be an array"));
     }
-    let prompt =
-        s.lp.model
-            .chat_prompt(&messages, tools.as_ref())
-            .map_err(|e| {
-                ApiError::invalid_param("messages", format!("the chat template failed: {e}"))
-            })?;
-    // The prompt must leave room for one token; generation stops at the window's end.
-    s.lp.model
-        .check_context(prompt.len(), 1)
-        .map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-    let anonymous = named.is_none();
-    let session_id = named.unwrap_or_else(new_session_id);
+    let (prompt, dropped) = fit(s, &messages, tools.as_ref())?;
+    // Forgiving as OpenAI is: a completion longer than what fits is cut to the room left.
+    let room = s.lp.model.config.context_length - prompt.len();
+    let cap = room.min(s.limits.max_new_tokens);
+    let max_tokens = requested.map_or(512, |n| n as usize).min(cap);
+    let clamped = requested.is_some_and(|n| n as usize > cap);
+    let session_id = resolve_session(s, headers, req, &messages).await?;
     Ok(Prepared {
         params: GenerateParams {
             max_tokens,
@@ -296,11 +383,18 @@ pub fn prepare(s: &AppState, headers: &HeaderMap, req: ChatRequest) -> ApiResult
             session_id,
             turn_type,
             messages,
+            dropped,
             tools,
             prompt,
-            ends_session: session_done || anonymous,
+            ends_session: session_done,
         },
-        include_usage: req.stream_options.unwrap_or_default().include_usage,
-        stream: req.stream,
+        include_usage: req
+            .stream_options
+            .take()
+            .unwrap_or_default()
+            .include_usage
+            .unwrap_or(false),
+        stream: req.stream.unwrap_or(false),
+        clamped,
     })
 }

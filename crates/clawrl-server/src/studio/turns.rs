@@ -77,6 +77,7 @@ pub async fn turn(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Jso
             "created_at": t.created_at,
             "prompt_tokens": t.prompt_ids.0.len(),
             "tools": t.tools.as_ref().map(|j| &j.0),
+            "dropped_messages": t.dropped_messages,
         },
         "tokens": tokens,
         "advantage": advantage,

@@ -1,0 +1,103 @@
+//! Every refused request (a 4xx) is logged at info with its reason and session, kept in a
+//! short in-memory list for the Studio (`GET /studio/refused`), and streamed as a `refused`
+//! event: a client whose turns never arrive shows why here.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use clawrl_loop::Event;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::error::Refusal;
+use crate::state::Shared;
+
+/// How many refusals the Studio can list.
+const KEPT: usize = 200;
+
+/// One refused request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refused {
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Why.
+    pub reason: String,
+    /// The request's session, when known.
+    pub session_id: Option<String>,
+}
+
+/// The latest refusals, oldest first.
+#[derive(Default)]
+pub struct Refusals(Mutex<VecDeque<Refused>>);
+
+impl Refusals {
+    fn push(&self, r: Refused) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == KEPT {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    fn list(&self) -> Vec<Refused> {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().cloned().collect()
+    }
+}
+
+/// Middleware: notes every 4xx answer.
+pub async fn note(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let header_session = req
+        .headers()
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let r = next.run(req).await;
+    let status = r.status();
+    if !status.is_client_error() {
+        return r;
+    }
+    let refusal = r.extensions().get::<Refusal>().cloned();
+    let reason = refusal
+        .as_ref()
+        .map(|f| f.message.clone())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_string());
+    let session_id = refusal.and_then(|f| f.session).or(header_session);
+    info!(%method, %path, status = status.as_u16(), session = ?session_id, %reason, "refused");
+    let refused = Refused {
+        at: clawrl_store::now_ms(),
+        method,
+        path,
+        status: status.as_u16(),
+        reason,
+        session_id,
+    };
+    s.refusals.push(refused.clone());
+    s.lp.emit(Event::Refused {
+        method: refused.method,
+        path: refused.path,
+        status: refused.status,
+        reason: refused.reason,
+        session_id: refused.session_id,
+    });
+    r
+}
+
+/// `GET /studio/refused`: the latest refused requests, newest first.
+pub async fn list(State(s): State<Shared>) -> Json<Value> {
+    let mut all = s.refusals.list();
+    all.reverse();
+    Json(json!({ "refused": all }))
+}
