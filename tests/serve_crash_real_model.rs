@@ -156,6 +156,15 @@ fn on_train_started(url: &str) -> mpsc::Receiver<()> {
 fn sigkill_mid_step_loses_nothing_and_training_resumes_from_the_checkpoint() {
     let dir = tempfile::tempdir().expect("dir");
     let s = serve(dir.path());
+    // The embedded model's card sampling is what requests without one get.
+    let models = s.get("/v1/models");
+    let sampling = &models["data"][0]["sampling_defaults"];
+    assert_eq!(
+        (&sampling["temperature"], &sampling["source"]),
+        (&json!(0.2), &json!("known_model")),
+        "{models}"
+    );
+    assert_eq!(models["data"][0]["context_length"], 8192);
     // One whole step first, so there is a checkpoint (version 1) to resume from.
     s.corrected("a", "What is the capital of France?");
     s.corrected("b", "Which animal says moo?");

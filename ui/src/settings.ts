@@ -64,6 +64,14 @@ export async function showSettings(): Promise<void> {
     info,
     h("dt", {}, "model"),
     h("dd", { "data-testid": "model-id" }, models?.data?.[0]?.id ?? health?.model ?? "?"),
+    h("dt", {}, "context window"),
+    h("dd", {}, `${models?.data?.[0]?.context_length ?? "?"} tokens`),
+    h("dt", {}, "default sampling"),
+    h(
+      "dd",
+      { "data-testid": "sampling-defaults" },
+      samplingText(health?.sampling_defaults),
+    ),
     h("dt", {}, "judge"),
     h("dd", {}, health?.judge ?? "?"),
     h("dt", {}, "serving"),
@@ -74,6 +82,17 @@ export async function showSettings(): Promise<void> {
     h("dd", {}, h("a", { href: "/openapi.json", target: "_blank" }, "/openapi.json")),
   );
   await loadKeys(true);
+}
+
+/** The sampling a request gets when it names none, and where it came from. */
+function samplingText(d: { temperature: number; top_p: number; source: string } | undefined): string {
+  if (!d) return "?";
+  const from: Record<string, string> = {
+    metadata: "from the model file",
+    known_model: "from the model's card",
+    open_ai: "OpenAI's defaults",
+  };
+  return `temperature ${d.temperature}, top-p ${d.top_p} (${from[d.source] ?? d.source}); a request's own values win`;
 }
 
 async function loadKeys(quiet: boolean): Promise<void> {

@@ -9,9 +9,9 @@
 //! - [`select`]: SELECT — the teacher under every candidate, O[h,i], h* (or h*_i per position);
 //! - [`sample`]: SAMPLE — the RL and OPD parts of a turn's sample; annotators' hints compete
 //!   with the judge's;
-//! - [`train`]: TRAIN — the training worker: a batch at `batch_size` pending samples, one step;
-//! - [`publish`]: PUBLISH — checkpoint, record, swap the adapter in between requests; serve an
-//!   earlier version (roll back).
+//! - `train.rs`: TRAIN — the training worker: a batch at `batch_size` pending samples, one step;
+//! - `publish.rs`: PUBLISH — checkpoint, record, swap the adapter in between requests; serve an
+//!   earlier version (roll back, [`Loop::activate`]).
 //!
 //! [`Loop`] is the live state every stage and every API handler shares; [`start`] opens it
 //! and starts the workers. Nothing here speaks HTTP: `clawrl-server` does.
@@ -20,12 +20,12 @@ mod error;
 mod events;
 pub mod judge;
 pub mod pair;
-pub mod publish;
+mod publish;
 pub mod sample;
 pub mod select;
 pub mod serve;
 mod settings;
-pub mod train;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -147,7 +147,7 @@ impl Loop {
     }
 
     /// Serves `live` from the next request on; requests already running finish on the old one.
-    /// The only way a policy reaches serving (see [`publish`]).
+    /// The only way a policy reaches serving (`publish.rs` calls it).
     fn swap(&self, live: Live) {
         let version = live.version;
         match self.live.write() {

@@ -1,6 +1,6 @@
 //! TRAIN (DESIGN.md §1): the training worker, a thread of its own that takes a batch when
 //! `batch_size` samples are pending, steps the hybrid objective and hands the result to
-//! [`crate::publish`]. It runs at a lower CPU priority in its own thread pool and pauses at
+//! `publish.rs`. It runs at a lower CPU priority in its own thread pool and pauses at
 //! every projection while a request waits for its first token, so serving keeps answering
 //! promptly while it works.
 
@@ -33,7 +33,7 @@ pub(crate) enum Control {
 }
 
 /// A stored sample as the trainer takes it.
-pub fn train_sample(s: &Sample) -> TrainSample {
+fn train_sample(s: &Sample) -> TrainSample {
     TrainSample {
         prompt: s.prompt_ids.clone(),
         response: s.response_ids.clone(),
@@ -78,7 +78,7 @@ struct Worker {
     rt: Handle,
 }
 
-/// Starts the training thread with `trainer` (restored by [`crate::publish`]).
+/// Starts the training thread with `trainer` (restored by `publish.rs`).
 pub(crate) fn spawn(
     lp: Arc<Loop>,
     setup: TrainerSetup,

@@ -15,6 +15,7 @@ use tracing::info_span;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{Block, Model, Weights};
+use crate::sampling::SamplingDefaults;
 use crate::template::{CHATML, ChatTemplate};
 use crate::tokenizer::{GgufVocab, Tokenizer};
 
@@ -59,10 +60,14 @@ impl Reader<'_> {
     }
 
     fn f32_or(&self, key: &str, default: f32) -> f32 {
+        self.f32(key).unwrap_or(default)
+    }
+
+    fn f32(&self, key: &str) -> Option<f32> {
         match self.meta(key) {
-            Some(Value::F32(x)) => *x,
-            Some(Value::F64(x)) => *x as f32,
-            _ => default,
+            Some(Value::F32(x)) => Some(*x),
+            Some(Value::F64(x)) => Some(*x as f32),
+            _ => None,
         }
     }
 
@@ -249,13 +254,24 @@ pub fn load(path: &Path) -> Result<Model> {
             .map(|i| block(&mut r, i))
             .collect::<Result<_>>()?,
     };
-    Model::new(
+    let mut model = Model::new(
         config,
         weights,
         tokenizer,
         template,
         path.display().to_string(),
-    )
+    )?;
+    let name = format!(
+        "{} {}",
+        r.string("general.name").unwrap_or(""),
+        path.display()
+    );
+    model.sampling = SamplingDefaults::from_metadata(
+        r.f32("general.sampling.temp").map(f64::from),
+        r.f32("general.sampling.top_p").map(f64::from),
+        &name,
+    );
+    Ok(model)
 }
 
 fn block(r: &mut Reader<'_>, i: usize) -> Result<Block> {

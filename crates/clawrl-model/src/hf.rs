@@ -15,6 +15,7 @@ use tracing::info_span;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{Block, Model, Weights};
+use crate::sampling::SamplingDefaults;
 use crate::template::{CHATML, ChatTemplate};
 use crate::tokenizer::Tokenizer;
 
@@ -116,12 +117,14 @@ pub fn load(dir: &Path) -> Result<Model> {
     };
     let mut eos = ids(&cfg.eos_token_id);
     let gen_cfg = dir.join("generation_config.json");
-    if gen_cfg.exists() {
-        let g: Value = read_json(&gen_cfg)?;
-        for id in ids(&g.get("eos_token_id").cloned()) {
-            if !eos.contains(&id) {
-                eos.push(id);
-            }
+    let generation: Value = if gen_cfg.exists() {
+        read_json(&gen_cfg)?
+    } else {
+        Value::Null
+    };
+    for id in ids(&generation.get("eos_token_id").cloned()) {
+        if !eos.contains(&id) {
+            eos.push(id);
         }
     }
     let bos = ids(&cfg.bos_token_id).first().copied();
@@ -150,13 +153,20 @@ pub fn load(dir: &Path) -> Result<Model> {
         embed,
         output,
     };
-    Model::new(
+    let mut model = Model::new(
         config,
         weights,
         tokenizer,
         template,
         dir.display().to_string(),
-    )
+    )?;
+    let number = |k: &str| generation.get(k).and_then(Value::as_f64);
+    model.sampling = SamplingDefaults::from_metadata(
+        number("temperature"),
+        number("top_p"),
+        &dir.display().to_string(),
+    );
+    Ok(model)
 }
 
 fn chat_template(tok_cfg: &Value) -> String {

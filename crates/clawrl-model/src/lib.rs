@@ -21,6 +21,7 @@ mod generate;
 mod gguf;
 mod hf;
 mod model;
+mod sampling;
 mod score;
 mod template;
 mod tiny;
@@ -39,6 +40,7 @@ pub use generate::{
     FinishReason, GenerateParams, Generation, MAX_TOP_LOGPROBS, Sampling, TokenInfo,
 };
 pub use model::{Block, KvCache, Model, Policy, Weights};
+pub use sampling::{SamplingDefaults, SamplingSource};
 pub use score::PositionScore;
 pub use template::{ChatTemplate, Message};
 pub use tiny::{tiny_config, tiny_tokenizer, tiny_vocab};

@@ -138,6 +138,8 @@ pub struct Model {
     rope: Rope,
     /// Where the model came from, for display.
     pub source: String,
+    /// Temperature and top-p for requests that name none.
+    pub sampling: crate::SamplingDefaults,
 }
 
 impl std::fmt::Debug for Model {
@@ -183,6 +185,7 @@ impl Model {
             tokenizer,
             template,
             rope,
+            sampling: crate::SamplingDefaults::for_name(&source),
             source,
         })
     }

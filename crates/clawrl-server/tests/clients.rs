@@ -217,10 +217,12 @@ async fn an_openclaw_conversation_is_judged_as_the_user_meant_it() {
         "[Tue 2026-12-01 00:55 UTC] What is 12*7?\n\nRuntime: agent=main | \
          session=agent:main:explicit:conv1 | sessionId=conv1 | model=clawrl/clawrl | shell=bash",
     );
-    let stream_fields = json!({"stream": false, "stream_options": {"include_usage": true}});
-    let mut body = json!({"messages": [system, first], "max_completion_tokens": 8});
-    body["stream_options"] = stream_fields["stream_options"].clone();
-    let r1 = chat(&t, body).await;
+    let r1 = chat(
+        &t,
+        json!({"messages": [system, first], "max_completion_tokens": 8,
+               "stream": null, "stream_options": {"include_usage": null}}),
+    )
+    .await;
     let correction = "[Tue 2026-12-01 00:56 UTC] No, answer in one word only.";
     let r2 = chat(
         &t,

@@ -86,10 +86,9 @@ mod tests {
 
     #[test]
     fn unreadable_votes_neither_dilute_nor_tie_the_majority() {
-        // One −1 and two unreadable answers: the one readable vote decides.
+        // One readable vote beside two unreadable answers decides (counted as 0s, the two
+        // would have outvoted it).
         assert_eq!(majority(&[vote(Some(-1)), vote(None), vote(None)]), -1);
-        // +1, +1, −1 and an unreadable one: still +1 (as a 0 it would make no difference here,
-        // but two unreadable answers beside +1, −1… must not tie at 0 either way).
         assert_eq!(majority(&[vote(Some(1)), vote(None), vote(None)]), 1);
         assert_eq!(majority(&[vote(None)]), 0);
         assert_eq!(majority(&[vote(Some(1)), vote(Some(-1)), vote(None)]), 0);

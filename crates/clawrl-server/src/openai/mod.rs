@@ -24,7 +24,8 @@ pub use request::ChatRequest;
 use request::{Prepared, prepare};
 
 /// `GET /v1/models`, with the context window and the output limit so that clients can size
-/// their requests (`context_length` as OpenRouter names it, `max_model_len` as vLLM does).
+/// their requests (`context_length` as OpenRouter names it, `max_model_len` as vLLM does), and
+/// the sampling used when a request names none.
 pub async fn models(State(s): State<Shared>) -> Json<Value> {
     let context = s.lp.model.config.context_length;
     Json(json!({
@@ -37,6 +38,7 @@ pub async fn models(State(s): State<Shared>) -> Json<Value> {
             "context_length": context,
             "max_model_len": context,
             "max_output_tokens": s.limits.max_new_tokens.min(context),
+            "sampling_defaults": s.lp.model.sampling,
         }]
     }))
 }

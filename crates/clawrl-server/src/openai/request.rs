@@ -295,14 +295,16 @@ async fn validated(
         .into_iter()
         .map(convert)
         .collect::<ApiResult<Vec<_>>>()?;
-    let temperature = req.temperature.unwrap_or(1.0);
+    // A request that names no sampling gets the model's recommended one.
+    let defaults = s.lp.model.sampling;
+    let temperature = req.temperature.unwrap_or(defaults.temperature as f32);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid_param(
             "temperature",
             format!("temperature must be in [0, 2], got {temperature}"),
         ));
     }
-    let top_p = req.top_p.unwrap_or(1.0);
+    let top_p = req.top_p.unwrap_or(defaults.top_p as f32);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid_param(
             "top_p",

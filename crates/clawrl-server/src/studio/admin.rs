@@ -72,7 +72,7 @@ pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResu
 /// `GET /healthz`.
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
     Json(
-        json!({ "status": "ok", "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version }),
+        json!({ "status": "ok", "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version, "sampling_defaults": s.lp.model.sampling }),
     )
 }
 
