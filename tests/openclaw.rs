@@ -185,6 +185,18 @@ fn openclaw_talks_to_the_server_and_its_conversation_trains_it() {
     );
     let thanks = judged(second);
     assert_eq!(thanks["votes"][0]["value"], 1, "{thanks}");
+    for t in turns {
+        let turn = get(&format!("{url}/studio/turns/{}", t["id"]));
+        eprintln!(
+            "turn {}: {} prompt tokens, answer {:?}, next state {:?}, votes {}, hints {}",
+            t["id"],
+            turn["turn"]["prompt_tokens"],
+            turn["turn"]["response"],
+            turn["next_states"][0]["text"],
+            turn["votes"],
+            turn["hints"]
+        );
+    }
     // Two samples fill the batch: a step, and a new version served.
     let status = wait_for(&format!("{url}/studio/training"), "a training step", |v| {
         v["steps"].as_i64().is_some_and(|s| s >= 1)

@@ -243,3 +243,46 @@ async fn an_openclaw_conversation_is_judged_as_the_user_meant_it() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_means_absent_for_every_optional_field() {
+    // As the OpenAI schema allows, and some clients send.
+    let t = start().await;
+    let fields = [
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "n",
+        "session_id",
+        "turn_type",
+        "session_done",
+        "prompt_cache_key",
+        "user",
+        "metadata",
+        "store",
+    ];
+    for field in fields {
+        let mut body = json!({"messages": [user("hi"), {"role": "assistant", "content": null}, user("and?")], "max_tokens": 3});
+        body[field] = Value::Null;
+        let (status, r) = t.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{field}: null: {r}");
+    }
+    let (status, r) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("hi")], "max_tokens": 3, "stream_options": {"include_usage": null}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    t.stop().await;
+}
