@@ -21,7 +21,8 @@ interface Item {
   response: string;
   policy_version: number;
   next_states: { kind: string; text: string }[];
-  votes: { judge: string; value: number; raw: string }[];
+  /** `value` is null when the judge's answer held no readable vote (it takes no part in r_t). */
+  votes: { judge: string; value: number | null; raw: string }[];
   hints: Hint[];
 }
 
@@ -125,7 +126,8 @@ function select(i: number): void {
 }
 
 function voteOf(it: Item): number | undefined {
-  return it.votes.length ? it.votes.reduce((s, v) => s + v.value, 0) : undefined;
+  const readable = it.votes.filter((v) => v.value !== null);
+  return readable.length ? readable.reduce((s, v) => s + (v.value ?? 0), 0) : undefined;
 }
 
 function renderList(): void {
@@ -165,7 +167,7 @@ function renderDetail(): void {
     h("h4", {}, "Next states"),
     h("ul", {}, it.next_states.map((n) => h("li", {}, h("span", { class: "pill" }, n.kind), " ", n.text))),
     h("h4", {}, "Votes"),
-    h("ul", {}, it.votes.map((v) => h("li", {}, h("span", { class: `pill ${v.value > 0 ? "good" : v.value < 0 ? "bad" : ""}` }, signed(v.value)), ` ${v.raw.startsWith(`${v.judge}:`) ? v.raw : `${v.judge}: ${v.raw}`}`))),
+    h("ul", {}, it.votes.map((v) => h("li", {}, v.value === null ? h("span", { class: "pill" }, "unreadable") : h("span", { class: `pill ${v.value > 0 ? "good" : v.value < 0 ? "bad" : ""}` }, signed(v.value)), ` ${v.raw.startsWith(`${v.judge}:`) ? v.raw : `${v.judge}: ${v.raw}`}`))),
     h("h4", {}, "Hints"),
     it.hints.length
       ? h(

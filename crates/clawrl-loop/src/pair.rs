@@ -32,18 +32,15 @@ pub fn continuation_key(messages: &[Message]) -> String {
         .collect()
 }
 
-/// The session a request without a session id continues: the one whose recorded turn
-/// (messages and answer) its messages extend, up to their last assistant message.
-pub async fn continued_session(lp: &Loop, messages: &[Message]) -> Result<Option<String>> {
+/// The turn a request without a session id continues, as (turn id, session id): the
+/// recorded turn whose messages and answer its messages extend, up to their last assistant
+/// message.
+pub async fn continued_turn(lp: &Loop, messages: &[Message]) -> Result<Option<(i64, String)>> {
     let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
         return Ok(None);
     };
     let key = continuation_key(&messages[..=last]);
-    Ok(lp
-        .store
-        .continued_turn(&key)
-        .await?
-        .map(|(_, session)| session))
+    Ok(lp.store.continued_turn(&key).await?)
 }
 
 /// The next state a request carries for the session's previous answer: the user and tool
@@ -67,20 +64,34 @@ pub fn next_state_of(messages: &[Message]) -> Option<(NextKind, String)> {
     Some((kind, text))
 }
 
-/// Stores the next state a main-line request carries for its session's latest unpaired main
-/// turn, before generating (the user's reply exists whether or not this answer completes), and
-/// wakes the judge. Side turns carry none. Marks the session seen either way.
+/// Stores the next state a main-line request carries, before generating (the user's reply
+/// exists whether or not this answer completes), and wakes the judge: for `continued`, the
+/// turn its replayed history continues, when known; else for the session's latest unpaired
+/// main turn. Side turns carry none. Marks the session seen either way.
 pub async fn pair(
     lp: &Loop,
     session_id: &str,
     turn_type: TurnType,
     messages: &[Message],
+    continued: Option<i64>,
 ) -> Result<()> {
     lp.store.touch_session(session_id).await?;
     let (TurnType::Main, Some((kind, text))) = (turn_type, next_state_of(messages)) else {
         return Ok(());
     };
-    if let Some((turn_id, _)) = lp.store.pair_next_state(session_id, kind, &text).await? {
+    let paired = match continued {
+        Some(turn_id) => lp
+            .store
+            .pair_turn(turn_id, kind, &text)
+            .await?
+            .map(|_| turn_id),
+        None => lp
+            .store
+            .pair_next_state(session_id, kind, &text)
+            .await?
+            .map(|(turn_id, _)| turn_id),
+    };
+    if let Some(turn_id) = paired {
         lp.emit(Event::NextState { turn_id, kind });
         lp.wake_judge();
     }

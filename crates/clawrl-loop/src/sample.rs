@@ -7,7 +7,7 @@ use clawrl_signals::{Verdict, candidate_hints, majority};
 use clawrl_store::{
     Hint, HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, Turn, TurnType, Vote,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Loop;
 use crate::error::{Error, Result};
@@ -59,7 +59,17 @@ pub async fn judge_turn(
     let analysis = if candidates.is_empty() || turn.response_ids.0.is_empty() {
         None
     } else {
-        Some(analyse(lp, turn, &candidates, settings.top_k, settings.selection).await?)
+        match analyse(lp, turn, &candidates, settings.top_k, settings.selection).await {
+            Ok(a) => Some(a),
+            // A teacher prompt that cannot be scored (s_t ⊕ h plus the response overflows the
+            // context, or the template refuses it): the vote still trains, the hints stay
+            // candidates, and the judge moves on instead of retrying forever.
+            Err(Error::Invalid { message, .. }) => {
+                warn!(turn_id = turn.id, %message, "no directive sample for this turn");
+                None
+            }
+            Err(e) => return Err(e),
+        }
     };
     let used = analysis
         .as_ref()

@@ -30,7 +30,7 @@ pub struct Request {
     pub tools: Option<serde_json::Value>,
     /// The rendered prompt's token ids.
     pub prompt: Vec<u32>,
-    /// The session ends with this turn (`session_done`, or a one-turn session).
+    /// The session ends with this turn (`session_done`).
     pub ends_session: bool,
 }
 

@@ -200,10 +200,18 @@ async fn prompt_cache_key_user_and_metadata_name_sessions() {
     )
     .await;
     assert_eq!(r["session_id"], "explicit");
+    // OpenAI accepts any `user`; one that cannot name a session names none.
+    let r = chat(&t, with(json!({"user": ""}))).await;
+    assert!(
+        r["session_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("anon-")),
+        "{r}"
+    );
     let (status, _) = t
-        .post("/v1/chat/completions", &with(json!({"user": ""})))
+        .post("/v1/chat/completions", &with(json!({"session_id": ""})))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 400, "an explicit session id must be usable");
     t.stop().await;
 }
 
@@ -284,5 +292,53 @@ async fn null_means_absent_for_every_optional_field() {
         )
         .await;
     assert_eq!(status, 200, "{r}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_too_long_to_score_leaves_the_vote_and_does_not_stall_the_judge() {
+    // The prompt nearly fills the tiny model's 2048 tokens; s_t ⊕ h cannot fit.
+    let t = start().await;
+    let r = chat(
+        &t,
+        json!({"messages": [user(&"word ".repeat(380))], "max_tokens": 4, "session_id": "full"}),
+    )
+    .await;
+    let id = r["turn_id"].as_i64().expect("id");
+    let correction = format!("Say it differently: {}", "much shorter ".repeat(40));
+    let (status, body) = t
+        .post(
+            &format!("/studio/turns/{id}/feedback"),
+            &json!({"thumb": -1, "correction": correction}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let judged = t
+        .wait_for(&format!("/studio/turns/{id}"), |v| {
+            v["samples"].as_array().is_some_and(|s| !s.is_empty())
+        })
+        .await;
+    assert_eq!(judged["votes"][0]["value"], -1);
+    assert_eq!(judged["hints"][0]["status"], "candidate");
+    let sample = &judged["samples"][0];
+    assert_eq!(sample["advantage"], -1.0, "{sample}");
+    assert!(sample["selection"].is_null(), "no directive part: {sample}");
+    // The judge goes on with the next turns.
+    let other = chat(
+        &t,
+        json!({"messages": [user("hi")], "max_tokens": 3, "session_id": "next"}),
+    )
+    .await;
+    let (status, _) = t
+        .post(
+            &format!("/studio/turns/{}/feedback", other["turn_id"]),
+            &json!({"thumb": 1}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    t.wait_for(&format!("/studio/turns/{}", other["turn_id"]), |v| {
+        v["votes"].as_array().is_some_and(|v| !v.is_empty())
+    })
+    .await;
     t.stop().await;
 }

@@ -26,8 +26,10 @@ static WRAPPERS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         r"(?ms)^[^\n]*⟦openclaw:ctx⟧[ \t]*\n```(?:json)?\n.*?\n```[ \t]*$",
         r"(?m)^Runtime: [^\n]*\bagent=[^\n]*$",
         r"(?m)^System: \[\d{4}-\d{2}-\d{2}[^\]\n]*\][^\n]*$",
-        // A leading envelope with a date (timestamp or channel), then a sender's label
-        // `Name (id): ` or `(self): ` when the envelope names a channel.
+        // A leading timestamp envelope: `[Tue 2026-12-01 00:55 UTC] `.
+        r"^\s*\[[A-Za-z]{3} \d{4}-\d{2}-\d{2} \d{2}:\d{2}[^\]\n]*\] *",
+        // A leading channel envelope (a channel name, then a date), then the sender's label
+        // `Name (id): ` or `(self): `.
         r"^\s*\[[^\]\n]*\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}[^\]\n]*\] *(?:\(self\): |[^:\n]{0,80}\([^)\n]{1,80}\): )?",
     ]
     .iter()
@@ -64,6 +66,11 @@ mod tests {
             "No, answer in one word only."
         );
         assert_eq!(user_text("[Mon 2026-11-30 23:23 GMT+1] Thanks!"), "Thanks!");
+        // What follows a timestamp is the user's, even when it looks like a sender's label.
+        assert_eq!(
+            user_text("[Tue 2026-12-01 00:55 UTC] No (really): shorter."),
+            "No (really): shorter."
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use sqlx::{FromRow, SqlitePool};
 mod sample;
 
 pub use sample::{HintRef, NewOpd, NewSample, Sample, SelectionRecord, TeacherPlan};
-use sample::{SampleRow, insert_sample, link_hints};
+use sample::{SampleRow, upsert_sample};
 /// JSON columns as the records carry them.
 pub use sqlx::types::Json;
 
@@ -97,7 +97,8 @@ pub enum HintSource {
 pub enum HintStatus {
     /// Not (yet) used.
     Candidate,
-    /// Chosen: an OPD sample trains on it.
+    /// Chosen by overlap-guided selection, or accepted by a person (then it competes in the
+    /// turn's selection).
     Accepted,
     /// Turned down by a person.
     Rejected,
@@ -368,12 +369,13 @@ impl Store {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Creates the session if new and marks it seen now.
+    /// Creates the session if new and marks it seen now (a session that had ended by idling
+    /// and is continued is open again).
     pub async fn touch_session(&self, id: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO sessions (id, created_at, last_seen) VALUES (?1, ?2, ?2)
-             ON CONFLICT(id) DO UPDATE SET last_seen = ?2",
+             ON CONFLICT(id) DO UPDATE SET last_seen = ?2, done = 0",
         )
         .bind(id)
         .bind(now)
@@ -463,6 +465,36 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some((turn, id)))
+    }
+
+    /// Pairs `text` with exactly `turn_id` as its next state, when that main turn has no reply
+    /// or tool next state yet (the turn a replayed history continues). Returns the next
+    /// state's id.
+    pub async fn pair_turn(&self, turn_id: i64, kind: NextKind, text: &str) -> Result<Option<i64>> {
+        let mut tx = self.write().await?;
+        let open: Option<(i64,)> = sqlx::query_as(
+            "SELECT t.id FROM turns t WHERE t.id = ?1 AND t.turn_type = 'main'
+               AND NOT EXISTS (SELECT 1 FROM next_states n WHERE n.turn_id = t.id
+                               AND n.kind IN ('reply', 'tool'))",
+        )
+        .bind(turn_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if open.is_none() {
+            return Ok(None);
+        }
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO next_states (turn_id, kind, text, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(turn_id)
+        .bind(kind)
+        .bind(text)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(id))
     }
 
     /// Records a served turn (creating its session if new).
@@ -664,7 +696,7 @@ impl Store {
             hint_ids.push(id);
         }
         let sample = match &j.sample {
-            Some(s) => Some(insert_sample(&mut tx, s, &hint_ids, now).await?),
+            Some(s) => Some(upsert_sample(&mut tx, s, &hint_ids, now).await?),
             None => None,
         };
         sqlx::query("UPDATE next_states SET judged = 1 WHERE id = ?1")
@@ -757,31 +789,12 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(Error::NotFound(format!("hint {id} of turn {turn_id}")));
         }
-        let pending: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM samples WHERE turn_id = ?1 AND status = 'pending'
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(turn_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let sample = match pending {
-            Some((sample,)) => {
-                sqlx::query("DELETE FROM sample_hints WHERE sample_id = ?1")
-                    .bind(sample)
-                    .execute(&mut *tx)
-                    .await?;
-                link_hints(&mut tx, sample, opd, &[]).await?;
-                sample
-            }
-            None => {
-                let new = NewSample {
-                    turn_id,
-                    advantage: None,
-                    opd: Some(opd.clone()),
-                };
-                insert_sample(&mut tx, &new, &[], now).await?
-            }
+        let new = NewSample {
+            turn_id,
+            advantage: None,
+            opd: Some(opd.clone()),
         };
+        let sample = upsert_sample(&mut tx, &new, &[], now).await?;
         tx.commit().await?;
         Ok(sample)
     }
@@ -854,7 +867,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         for id in samples {
-            sqlx::query("UPDATE samples SET status = 'trained', step = ?1 WHERE id = ?2")
+            // A sample rejected while the step ran stays dropped.
+            sqlx::query(
+                "UPDATE samples SET status = 'trained', step = ?1 WHERE id = ?2 AND status = 'pending'",
+            )
                 .bind(step)
                 .bind(id)
                 .execute(&mut *tx)

@@ -220,7 +220,7 @@ pub(crate) async fn link_hints(
 }
 
 /// Inserts a sample (and its directive part); returns its id.
-pub(crate) async fn insert_sample(
+async fn insert_sample(
     tx: &mut sqlx::SqliteConnection,
     s: &NewSample,
     new_hint_ids: &[i64],
@@ -235,6 +235,42 @@ pub(crate) async fn insert_sample(
     .fetch_one(&mut *tx)
     .await?;
     if let Some(opd) = &s.opd {
+        link_hints(tx, id, opd, new_hint_ids).await?;
+    }
+    Ok(id)
+}
+
+/// Records `s` as its turn's one pending sample: when the turn has a pending sample, that
+/// sample takes the new parts (a new r_t replaces the old; a new selection replaces the old
+/// one); else a new sample is inserted. Returns the sample's id. A sample a running step has
+/// already read keeps what that step trained (its record may then show the newer parts).
+pub(crate) async fn upsert_sample(
+    tx: &mut sqlx::SqliteConnection,
+    s: &NewSample,
+    new_hint_ids: &[i64],
+    now: i64,
+) -> Result<i64> {
+    let pending: Option<(i64,)> = sqlx::query_as(
+        "SELECT id FROM samples WHERE turn_id = ?1 AND status = 'pending' ORDER BY id DESC LIMIT 1",
+    )
+    .bind(s.turn_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id,)) = pending else {
+        return insert_sample(tx, s, new_hint_ids, now).await;
+    };
+    if let Some(a) = s.advantage {
+        sqlx::query("UPDATE samples SET advantage = ?1 WHERE id = ?2")
+            .bind(a)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(opd) = &s.opd {
+        sqlx::query("DELETE FROM sample_hints WHERE sample_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         link_hints(tx, id, opd, new_hint_ids).await?;
     }
     Ok(id)

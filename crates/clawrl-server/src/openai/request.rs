@@ -99,6 +99,9 @@ pub struct ChatRequest {
 pub struct Prepared {
     /// What the loop records with the answer (session, turn type, s_t, tools, prompt ids).
     pub request: Request,
+    /// The recorded turn this request's replayed history continues, when that named its
+    /// session.
+    pub continued: Option<i64>,
     /// Generation settings.
     pub params: GenerateParams,
     /// Return log-probs.
@@ -173,54 +176,49 @@ fn new_session_id() -> String {
     format!("anon-{:016x}", rand::random::<u64>())
 }
 
-/// A session name: 1 to 200 characters.
-fn session_name(param: &'static str, id: String) -> ApiResult<String> {
+/// A client-chosen session id: 1 to 200 bytes.
+fn session_name(id: String) -> ApiResult<String> {
     if id.is_empty() || id.len() > 200 {
         return Err(ApiError::invalid_param(
-            param,
-            format!("{param} must be 1 to 200 characters"),
+            "session_id",
+            "session_id must be 1 to 200 bytes",
         ));
     }
     Ok(id)
 }
 
 /// The request's session (DESIGN.md §4), most explicit first: `session_id` or
-/// `X-Session-Id`, `metadata.session_id`, `prompt_cache_key`; then the session whose recorded
-/// turn the messages continue (clients that replay the history and send no id); then `user`;
-/// else a new session.
+/// `X-Session-Id`; `metadata.session_id`; `prompt_cache_key`; then the session whose recorded
+/// turn the messages continue (clients that replay the history and send no id), with that
+/// turn; then `user`; else a new session. The optional OpenAI fields name a session only when
+/// they are 1 to 200 bytes (OpenAI accepts others, so they are not refused).
 async fn resolve_session(
     s: &AppState,
     headers: &HeaderMap,
     req: &mut ChatRequest,
     messages: &[Message],
-) -> ApiResult<String> {
+) -> ApiResult<(String, Option<i64>)> {
+    let explicit = req
+        .session_id
+        .take()
+        .or_else(|| header(headers, "x-session-id").map(str::to_string));
+    if let Some(id) = explicit {
+        return Ok((session_name(id)?, None));
+    }
+    let usable = |id: Option<String>| id.filter(|i| !i.is_empty() && i.len() <= 200);
     let metadata = req
         .metadata
         .as_ref()
         .and_then(|m| m.get("session_id"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    let named = [
-        ("session_id", req.session_id.take()),
-        (
-            "session_id",
-            header(headers, "x-session-id").map(str::to_string),
-        ),
-        ("metadata", metadata),
-        ("prompt_cache_key", req.prompt_cache_key.take()),
-    ];
-    for (param, id) in named {
-        if let Some(id) = id {
-            return session_name(param, id);
-        }
+    if let Some(id) = usable(metadata).or_else(|| usable(req.prompt_cache_key.take())) {
+        return Ok((id, None));
     }
-    if let Some(id) = clawrl_loop::pair::continued_session(&s.lp, messages).await? {
-        return Ok(id);
+    if let Some((turn, id)) = clawrl_loop::pair::continued_turn(&s.lp, messages).await? {
+        return Ok((id, Some(turn)));
     }
-    match req.user.take() {
-        Some(u) => session_name("user", u),
-        None => Ok(new_session_id()),
-    }
+    Ok((usable(req.user.take()).unwrap_or_else(new_session_id), None))
 }
 
 /// The prompt of `messages`, and how many of them the opt-in policy dropped so that it leaves
@@ -247,11 +245,12 @@ fn fit(s: &AppState, messages: &[Message], tools: Option<&Value>) -> ApiResult<(
         .iter()
         .rposition(|m| m.role == "user")
         .unwrap_or(messages.len().saturating_sub(1));
-    for dropped in 1..=keep_from.saturating_sub(lead) {
-        let seen = drop_oldest(messages, dropped);
-        let prompt = render(&seen)?;
+    for n in 1..=keep_from.saturating_sub(lead) {
+        let seen = drop_oldest(messages, n);
+        // A template that insists on alternating roles may refuse a cut: try the next one.
+        let Ok(prompt) = render(&seen) else { continue };
         if prompt.len() < context {
-            return Ok((prompt, dropped));
+            return Ok((prompt, messages.len() - seen.len()));
         }
     }
     Err(refused)
@@ -263,9 +262,10 @@ pub async fn prepare(
     headers: &HeaderMap,
     mut req: ChatRequest,
 ) -> ApiResult<Prepared> {
-    let session = header(headers, "x-session-id")
-        .map(str::to_string)
-        .or_else(|| req.session_id.clone());
+    let session = req
+        .session_id
+        .clone()
+        .or_else(|| header(headers, "x-session-id").map(str::to_string));
     validated(s, headers, &mut req)
         .await
         .map_err(|e| e.in_session(session.as_deref()))
@@ -361,13 +361,14 @@ async fn validated(
     if tools.as_ref().is_some_and(|t| !t.is_array()) {
         return Err(ApiError::invalid_param("tools", "tools must be an array"));
     }
-    let (prompt, dropped) = fit(s, &messages, tools.as_ref())?;
+    let (session_id, continued) = resolve_session(s, headers, req, &messages).await?;
+    let (prompt, dropped) =
+        fit(s, &messages, tools.as_ref()).map_err(|e| e.in_session(Some(&session_id)))?;
     // Forgiving as OpenAI is: a completion longer than what fits is cut to the room left.
     let room = s.lp.model.config.context_length - prompt.len();
     let cap = room.min(s.limits.max_new_tokens);
     let max_tokens = requested.map_or(512, |n| n as usize).min(cap);
     let clamped = requested.is_some_and(|n| n as usize > cap);
-    let session_id = resolve_session(s, headers, req, &messages).await?;
     Ok(Prepared {
         params: GenerateParams {
             max_tokens,
@@ -390,6 +391,7 @@ async fn validated(
             prompt,
             ends_session: session_done,
         },
+        continued,
         include_usage: req
             .stream_options
             .take()
