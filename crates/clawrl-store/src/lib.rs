@@ -453,16 +453,7 @@ impl Store {
         let Some((turn,)) = previous else {
             return Ok(None);
         };
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO next_states (turn_id, kind, text, created_at)
-             VALUES (?1, ?2, ?3, ?4) RETURNING id",
-        )
-        .bind(turn)
-        .bind(kind)
-        .bind(text)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_next_state(&mut tx, turn, kind, text, now).await?;
         tx.commit().await?;
         Ok(Some((turn, id)))
     }
@@ -483,16 +474,7 @@ impl Store {
         if open.is_none() {
             return Ok(None);
         }
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO next_states (turn_id, kind, text, created_at)
-             VALUES (?1, ?2, ?3, ?4) RETURNING id",
-        )
-        .bind(turn_id)
-        .bind(kind)
-        .bind(text)
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_next_state(&mut tx, turn_id, kind, text, now_ms()).await?;
         tx.commit().await?;
         Ok(Some(id))
     }
@@ -612,15 +594,7 @@ impl Store {
             }
             text.push_str(c);
         }
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO next_states (turn_id, kind, text, created_at)
-             VALUES (?1, 'feedback', ?2, ?3) RETURNING id",
-        )
-        .bind(turn_id)
-        .bind(text)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert_next_state(&mut tx, turn_id, NextKind::Feedback, &text, now).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -993,6 +967,27 @@ impl Store {
         .fetch_one(&self.pool)
         .await?)
     }
+}
+
+/// Inserts a next state of `turn`; returns its id.
+async fn insert_next_state(
+    tx: &mut sqlx::SqliteConnection,
+    turn: i64,
+    kind: NextKind,
+    text: &str,
+    now: i64,
+) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO next_states (turn_id, kind, text, created_at)
+         VALUES (?1, ?2, ?3, ?4) RETURNING id",
+    )
+    .bind(turn)
+    .bind(kind)
+    .bind(text)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(id)
 }
 
 /// Row counts.
