@@ -132,9 +132,12 @@ impl ApiError {
         }
     }
 
-    /// The same error, naming the request's session.
+    /// The same error, naming the request's session (unless it names one already: the
+    /// session recovered from the history is more precise than the request's fields).
     pub fn in_session(mut self, session: Option<&str>) -> Self {
-        self.session = session.map(str::to_string);
+        if self.session.is_none() {
+            self.session = session.map(str::to_string);
+        }
         self
     }
 

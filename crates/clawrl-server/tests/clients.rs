@@ -74,6 +74,21 @@ async fn an_overlong_context_is_refused_in_openai_words_or_trimmed_when_asked() 
     assert_eq!(last["path"], "/v1/chat/completions");
     let (status, _) = t.get("/studio/sessions/long").await;
     assert_eq!(status, 404, "a refused request changes nothing");
+    // A conversation recovered from its history is named in the refusal too.
+    let first = chat(
+        &t,
+        json!({"messages": [user("Hello there.")], "max_tokens": 3}),
+    )
+    .await;
+    let (status, _) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("Hello there."), assistant(&answer(&first)), user(&long)]}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (_, refused) = t.get("/studio/refused").await;
+    assert_eq!(refused["refused"][0]["session_id"], first["session_id"]);
     t.stop().await;
 
     // Opted in: the oldest messages after the system prompt go, never the last user message.
