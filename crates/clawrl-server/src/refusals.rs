@@ -2,59 +2,16 @@
 //! short in-memory list for the Studio (`GET /studio/refused`), and streamed as a `refused`
 //! event: a client whose turns never arrive shows why here.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use clawrl_loop::Event;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::info;
 
 use crate::error::Refusal;
-use crate::state::Shared;
-
-/// How many refusals the Studio can list.
-const KEPT: usize = 200;
-
-/// One refused request.
-#[derive(Clone, Debug, Serialize)]
-pub struct Refused {
-    /// When, ms since the epoch.
-    pub at: i64,
-    /// HTTP method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Why.
-    pub reason: String,
-    /// The request's session, when known.
-    pub session_id: Option<String>,
-}
-
-/// The latest refusals, oldest first.
-#[derive(Default)]
-pub struct Refusals(Mutex<VecDeque<Refused>>);
-
-impl Refusals {
-    fn push(&self, r: Refused) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() == KEPT {
-            q.pop_front();
-        }
-        q.push_back(r);
-    }
-
-    fn list(&self) -> Vec<Refused> {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        q.iter().cloned().collect()
-    }
-}
+use crate::state::{Refused, Shared};
 
 /// Middleware: notes every 4xx answer.
 pub async fn note(State(s): State<Shared>, req: Request, next: Next) -> Response {

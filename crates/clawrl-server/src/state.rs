@@ -1,9 +1,11 @@
 //! What every handler shares: the live loop, and what only HTTP needs (the model id clients
-//! see, whether keys are required, request limits).
+//! see, whether keys are required, request limits, the latest refused requests).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use clawrl_loop::Loop;
+use serde::Serialize;
 
 /// Limits on what one request may ask.
 #[derive(Clone, Copy, Debug)]
@@ -42,8 +44,47 @@ pub struct AppState {
     /// Request limits.
     pub limits: Limits,
     /// The latest refused requests.
-    pub refusals: crate::refusals::Refusals,
+    pub refusals: Refusals,
 }
 
 /// Shared state as handlers see it.
 pub type Shared = Arc<AppState>;
+
+/// How many refusals the Studio can list.
+const KEPT: usize = 200;
+
+/// One refused request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refused {
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Why.
+    pub reason: String,
+    /// The request's session, when known.
+    pub session_id: Option<String>,
+}
+
+/// The latest refusals, oldest first.
+#[derive(Default)]
+pub struct Refusals(Mutex<VecDeque<Refused>>);
+
+impl Refusals {
+    pub(crate) fn push(&self, r: Refused) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == KEPT {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    pub(crate) fn list(&self) -> Vec<Refused> {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().cloned().collect()
+    }
+}
