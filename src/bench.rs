@@ -202,6 +202,7 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
             response: response.clone(),
             advantage: Some(if i % 2 == 0 { 1.0 } else { -1.0 }),
             teacher: Some(Teacher::single(hint_prompt.clone(), response.len())),
+            retry_prompt: None,
         })
         .collect();
     let tuning = if b.full {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_serve;
 mod cmd;
+mod levers;
 mod serve;
 mod simulate;
 

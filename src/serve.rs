@@ -65,7 +65,7 @@ pub(crate) struct ServeArgs {
     /// Samples per training step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Which signals train: combined, rl or opd.
+    /// Which signals train: combined, rl, opd, or none (serve and judge only: the control).
     #[arg(long, default_value = "combined")]
     method: Method,
     /// Hint selection: sequence, token, random or longest.
@@ -74,9 +74,6 @@ pub(crate) struct ServeArgs {
     /// k of the top-k supports.
     #[arg(long, default_value_t = 4)]
     top_k: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
     /// LoRA rank (α is twice the rank).
     #[arg(long, default_value_t = 16)]
     rank: usize,
@@ -86,6 +83,8 @@ pub(crate) struct ServeArgs {
     /// Threads for training (it runs at a lower priority than serving).
     #[arg(long, default_value_t = 1)]
     train_threads: usize,
+    #[command(flatten)]
+    levers: crate::levers::Levers,
     /// Start with training paused.
     #[arg(long)]
     paused: bool,
@@ -141,10 +140,10 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
         method: a.method,
         selection: a.selection,
         top_k: a.top_k,
-        lr: a.lr,
         paused: a.paused,
-        ..TrainingSettings::default()
+        ..a.levers.settings()?
     };
+    config.lp.training.validate()?;
     config.lp.lora = LoraConfig::with_rank(a.rank);
     config.lp.train_threads = a.train_threads.max(1);
     config.ui = a.ui;

@@ -27,13 +27,14 @@ pub(crate) struct SimulateArgs {
     /// API key for --url.
     #[arg(long, env = "CLAWRL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// A persona file (repeatable). Default: the shipped student, TA and teacher.
+    /// A persona file (repeatable). Default: every shipped persona (crates/clawrl-sim/personas).
     #[arg(long, value_name = "FILE")]
     persona: Vec<PathBuf>,
     /// Tasks: a JSON array of {"question", "ground_truth_answer"}.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_TASKS)]
     tasks: PathBuf,
-    /// Training method (repeatable for a sweep): combined, rl, opd.
+    /// Training method (repeatable for a sweep): combined, rl, opd, or none (the untrained
+    /// control: serves and judges, never trains).
     #[arg(long, default_values_t = vec!["combined".to_string()])]
     method: Vec<String>,
     /// Hint selection (repeatable): sequence, token, random, longest.
@@ -51,20 +52,20 @@ pub(crate) struct SimulateArgs {
     /// One adapter (a fresh server) per persona.
     #[arg(long)]
     separate: bool,
-    /// One persona, one seed, 15 sessions.
+    /// The speaker's demo: the persona whose measured base rate is lowest (one the untrained
+    /// model fails), one seed, 15 sessions at most; shows its first answers before and after.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
-    /// The full benchmark: 15 sessions of every persona; `combined` with seeds 0, 1, 2, then
-    /// `rl`, `opd` and the `token`, `random`, `longest` selections with seed 0 (instead of
-    /// --method, --selection and --seed).
+    /// The full benchmark: 15 sessions of every persona; the untrained control (`none`) and
+    /// `combined` with seeds 0, 1, 2, then `rl`, `opd` and the `token`, `random`, `longest`
+    /// selections with seed 0 (instead of --method, --selection and --seed).
     #[arg(long, conflicts_with_all = ["url", "method", "selection", "seed"])]
     full: bool,
     /// Samples per training step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    #[command(flatten)]
+    levers: crate::levers::Levers,
     /// k of the top-k supports (hint selection and OPD).
     #[arg(long, default_value_t = 4)]
     top_k: usize,
@@ -160,9 +161,8 @@ fn server_config(
         batch_size: a.batch_size,
         method: method.parse().map_err(anyhow::Error::msg)?,
         selection: selection.parse().map_err(anyhow::Error::msg)?,
-        lr: a.lr,
         top_k: a.top_k,
-        ..TrainingSettings::default()
+        ..a.levers.settings()?
     };
     c.lp.training.validate()?;
     if a.rank == 0 {
@@ -194,7 +194,23 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     }
     let mut seeds = a.seed.clone();
     if a.quick {
-        personas.truncate(1);
+        // The persona the base fails most often (an unmeasured one counts as failing).
+        let pick = personas
+            .iter()
+            .min_by(|x, y| {
+                let r = |p: &Persona| p.base_rate.unwrap_or(0.0);
+                r(x).total_cmp(&r(y))
+            })
+            .cloned();
+        personas = pick.into_iter().collect();
+        if let (Some(p), false) = (personas.first(), a.json) {
+            eprintln!(
+                "demo: persona {} (the untrained model met it in {} of its first answers)",
+                p.name,
+                p.base_rate
+                    .map_or("an unmeasured share".into(), |r| format!("{:.0} %", r * 100.0))
+            );
+        }
         seeds.truncate(1);
         configs.retain(|c| Some(&c.2) == seeds.first());
         max_sessions = max_sessions.min(15);
@@ -309,9 +325,44 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if a.quick {
+            before_and_after(&runs);
+        }
         println!("{table}");
     }
     Ok(())
+}
+
+/// The demo's summary: per persona, which first answers met the preference, and the first
+/// answer of the first and of the last session.
+fn before_and_after(runs: &[RunResult]) {
+    for r in runs {
+        for (name, p) in &r.personas {
+            let strip: String = p
+                .sessions
+                .iter()
+                .map(|o| if o.first_satisfied { '✓' } else { '·' })
+                .collect();
+            eprintln!("\n{name} ({}): first answers {strip}", r.method);
+            match p.sessions_to_preference {
+                Some(n) => eprintln!("  preference adopted from session {n} on"),
+                None => eprintln!("  never three satisfied first answers in a row"),
+            }
+            let show = |o: &SessionOutcome| {
+                let text: String = o.first_answer.chars().take(300).collect();
+                eprintln!(
+                    "  session {} (policy v{}), first answer:\n    {}",
+                    o.index,
+                    o.policy_version,
+                    text.replace('\n', "\n    ")
+                );
+            };
+            if let (Some(first), Some(last)) = (p.sessions.first(), p.sessions.last()) {
+                show(first);
+                show(last);
+            }
+        }
+    }
 }
 
 /// The JSON report and the markdown table of `runs`, written to `--out` when given.
@@ -332,8 +383,8 @@ fn report(
             serde_json::Value::Null
         } else {
             json!({
+                "settings": a.levers.settings()?,
                 "batch_size": a.batch_size,
-                "lr": a.lr,
                 "top_k": a.top_k,
                 "lora_rank": a.rank,
                 "max_tokens": a.max_tokens,
@@ -437,7 +488,12 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
     }
     let mut out = String::from("| method |");
     for p in personas {
-        out.push_str(&format!(" {} |", p.name));
+        let base = match p.base_rate {
+            Some(r) if p.tests_the_base() => format!(" (base {:.0} %, tests the base)", r * 100.0),
+            Some(r) => format!(" (base {:.0} %)", r * 100.0),
+            None => String::new(),
+        };
+        out.push_str(&format!(" {}{base} |", p.name));
     }
     out.push_str("\n|---|");
     out.push_str(&"---|".repeat(personas.len()));
@@ -450,9 +506,12 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
                 .and_then(|m| m.get(&row))
                 .copied()
                 .flatten();
+            let learned = learned(runs, &row, &p.name)
+                .map(|(k, n)| format!(" · learned {k}/{n}"))
+                .unwrap_or_default();
             out.push_str(&match v {
-                Some(v) => format!(" {v:.1} |"),
-                None => " — |".to_string(),
+                Some(v) => format!(" {v:.1}{learned} |"),
+                None => format!(" —{learned} |"),
             });
         }
         out.push('\n');
@@ -460,10 +519,42 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
     out
 }
 
+/// Sessions a trained run must reach the preference before the control to have learned it.
+const AHEAD_OF_CONTROL: usize = 5;
+
+/// Of the runs of `row` whose seed has a control run (method none), how many learned
+/// `persona`'s preference: reached it, and at least five sessions before the control did (or
+/// the control never did). `None` without a control or for the control's own row.
+fn learned(runs: &[RunResult], row: &str, persona: &str) -> Option<(usize, usize)> {
+    if row.starts_with("none") {
+        return None;
+    }
+    let stp = |r: &RunResult| r.personas.get(persona).map(|p| p.sessions_to_preference);
+    let (mut k, mut n) = (0, 0);
+    for r in runs.iter().filter(|r| row_key(r) == row) {
+        let Some(control) = runs
+            .iter()
+            .find(|c| c.method == "none" && c.seed == r.seed)
+            .and_then(stp)
+        else {
+            continue;
+        };
+        n += 1;
+        let reached = stp(r).flatten();
+        k += usize::from(match (reached, control) {
+            (Some(t), Some(c)) => t + AHEAD_OF_CONTROL <= c,
+            (Some(_), None) => true,
+            (None, _) => false,
+        });
+    }
+    (n > 0).then_some((k, n))
+}
+
 /// The configurations of `--full`: (method, selection, seed).
 fn full_benchmark() -> Vec<(String, String, u64)> {
-    let mut c: Vec<(String, String, u64)> = (0..3)
-        .map(|seed| ("combined".into(), "sequence".into(), seed))
+    let mut c: Vec<(String, String, u64)> = ["none", "combined"]
+        .into_iter()
+        .flat_map(|m| (0..3).map(move |seed| (m.to_string(), "sequence".to_string(), seed)))
         .collect();
     for m in ["rl", "opd"] {
         c.push((m.into(), "sequence".into(), 0));

@@ -18,6 +18,8 @@ const CURVES: [string, string][] = [
   ["loss", "loss (hybrid)"],
   ["loss_rl", "loss, RL part"],
   ["loss_opd", "loss, OPD part"],
+  ["loss_fkl", "loss, forward-KL part"],
+  ["loss_retry", "loss, accepted-retry part"],
   ["clip_frac", "clip fraction (GRPO)"],
   ["kl", "KL to the reference"],
   ["mean_overlap", "mean overlap"],
@@ -27,7 +29,7 @@ const CURVES: [string, string][] = [
 
 /** Editable hyper-parameters: key, label, input type. */
 const FIELDS: [string, string, "number" | "select", string[]?][] = [
-  ["method", "method", "select", ["combined", "rl", "opd"]],
+  ["method", "method", "select", ["combined", "rl", "opd", "none"]],
   ["selection", "hint selection", "select", ["sequence", "token", "random", "longest"]],
   ["batch_size", "batch size (samples per step)", "number"],
   ["top_k", "k (top-k support)", "number"],
@@ -38,11 +40,17 @@ const FIELDS: [string, string, "number" | "select", string[]?][] = [
   ["eps_lo", "ε_lo", "number"],
   ["eps_hi", "ε_hi", "number"],
   ["beta", "β (KL)", "number"],
+  ["support", "OPD support S_i", "select", ["student", "teacher", "union"]],
+  ["w_fkl", "λ (forward KL to the teacher)", "number"],
+  ["w_retry", "w_retry (accepted-retry distillation)", "number"],
+  ["epochs", "passes per batch", "number"],
   ["weight_decay", "weight decay", "number"],
   ["max_grad_norm", "max grad norm", "number"],
 ];
 
 let steps: Step[] = [];
+/** Each recent session's first answer: 1 when the judge accepted it, 0 when not. */
+let firstAnswers: number[] = [];
 let charts: HTMLElement;
 let status: HTMLElement;
 let progress: HTMLElement;
@@ -123,6 +131,7 @@ async function refresh(all: boolean): Promise<void> {
   if (v) renderVersions(v.versions);
   if (all) {
     await refreshRefused();
+    await refreshFirstAnswers();
     const s = await attempt(() => api<{ steps: Step[] }>("GET", "/studio/steps?limit=1000"));
     if (s) {
       steps = s.steps;
@@ -252,10 +261,44 @@ async function saveSettings(): Promise<void> {
   }
 }
 
+/** Reloads how each recent session's first answer was judged, and redraws. */
+async function refreshFirstAnswers(): Promise<void> {
+  const r = await attempt(() =>
+    api<{ sessions: { reward: number | null }[] }>("GET", "/studio/first-answers?limit=200"),
+  );
+  if (!r) return;
+  firstAnswers = r.sessions.filter((s) => s.reward !== null).map((s) => (s.reward === 1 ? 1 : 0));
+  drawCharts();
+}
+
+/** The share of accepted first answers over the last `n` sessions, at every session. */
+function rolling(xs: number[], n: number): number[] {
+  return xs.map((_, i) => {
+    const w = xs.slice(Math.max(0, i - n + 1), i + 1);
+    return w.reduce((a, b) => a + b, 0) / w.length;
+  });
+}
+
 function drawCharts(): void {
+  const satisfied = rolling(firstAnswers, 5);
+  const sessionsCanvas = h("canvas", { width: 260, height: 110 });
+  plot(sessionsCanvas, satisfied, "no judged session yet");
+  const last = satisfied.length ? satisfied[satisfied.length - 1] : undefined;
+  const sessionsChart = h(
+    "figure",
+    { class: "chart", "data-metric": "first_answers", "data-testid": "first-answers" },
+    h(
+      "figcaption",
+      {},
+      "first answers accepted, per session (last 5)",
+      h("span", { class: "num" }, last === undefined ? "—" : last.toFixed(2)),
+    ),
+    sessionsCanvas,
+  );
   fill(
     charts,
-    CURVES.map(([key, label]) => {
+    sessionsChart,
+    ...CURVES.map(([key, label]) => {
       const ys = steps.map((s) => s.metrics[key]).filter((v): v is number => typeof v === "number" && Number.isFinite(v));
       const last = ys.length ? ys[ys.length - 1] : undefined;
       const canvas = h("canvas", { width: 260, height: 110 });
@@ -271,7 +314,7 @@ function drawCharts(): void {
 }
 
 /** A line through the values, scaled to the canvas, with the range written at the side. */
-function plot(canvas: HTMLCanvasElement, ys: number[]): void {
+function plot(canvas: HTMLCanvasElement, ys: number[], empty = "no steps yet"): void {
   const g = canvas.getContext("2d");
   if (!g) return;
   const { width: w, height: ht } = canvas;
@@ -281,7 +324,7 @@ function plot(canvas: HTMLCanvasElement, ys: number[]): void {
   if (!ys.length) {
     g.fillStyle = "#999";
     g.font = "12px sans-serif";
-    g.fillText("no steps yet", 10, ht / 2);
+    g.fillText(empty, 10, ht / 2);
     return;
   }
   let lo = Math.min(...ys);

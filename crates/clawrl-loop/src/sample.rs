@@ -76,10 +76,17 @@ pub async fn judge_turn(
         .map(|a| a.selection.used())
         .unwrap_or_default();
     let opd = analysis.as_ref().and_then(|a| a.opd(refs));
+    // An accepted answer after rejected ones: it also trains under the original prompt.
+    let retry_of = if reward > 0 && turn.turn_type == TurnType::Main {
+        lp.store.retried_turn(turn.id).await?
+    } else {
+        None
+    };
     let sample = (reward != 0 || opd.is_some()).then(|| NewSample {
         turn_id: turn.id,
         advantage: (reward != 0).then_some(f64::from(reward)),
         opd,
+        retry_of,
     });
     let judgement = Judgement {
         votes: verdicts

@@ -1,7 +1,7 @@
 //! Training settings a user may change while the server runs (the Studio's Train view, `serve`
 //! flags), and how they become the objective's and the optimizer's configurations.
 
-use clawrl_objective::{Method, ObjectiveConfig, SelectionMode};
+use clawrl_objective::{Method, ObjectiveConfig, SelectionMode, Support};
 use clawrl_trainer::{AdamWConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +39,24 @@ pub struct TrainingSettings {
     pub beta: f64,
     /// S_i = S^q_i ∩ S^p_{i,h*}.
     pub intersect_support: bool,
+    /// Which tokens S_i the OPD term ranges over: `student` (the paper), `teacher`, `union`.
+    #[serde(default)]
+    pub support: Support,
+    /// λ of the forward KL toward the hinted teacher over its top-k (an extension; 0: off).
+    #[serde(default)]
+    pub w_fkl: f64,
+    /// w_retry of accepted-retry distillation (an extension; 0: off).
+    #[serde(default)]
+    pub w_retry: f64,
+    /// Optimizer steps per batch (1: the paper's one pass, ρ = 1).
+    #[serde(default = "one")]
+    pub epochs: usize,
     /// No steps while paused (samples keep arriving).
     pub paused: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainingSettings {
@@ -61,12 +77,28 @@ impl Default for TrainingSettings {
             w_opd: o.w_opd,
             beta: o.beta,
             intersect_support: false,
+            support: Support::Student,
+            w_fkl: o.w_fkl,
+            w_retry: o.w_retry,
+            epochs: 1,
             paused: false,
         }
     }
 }
 
 impl TrainingSettings {
+    /// The paper's configuration (DESIGN.md §2, personal agents) exactly: the student's top-k
+    /// support, one pass per batch, no extension.
+    pub fn paper() -> Self {
+        Self {
+            support: Support::Student,
+            w_fkl: 0.0,
+            w_retry: 0.0,
+            epochs: 1,
+            ..Self::default()
+        }
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |p: &'static str, m: String| Err(Error::invalid_param(p, m));
@@ -100,11 +132,19 @@ impl TrainingSettings {
             ("w_rl", self.w_rl),
             ("w_opd", self.w_opd),
             ("beta", self.beta),
+            ("w_fkl", self.w_fkl),
+            ("w_retry", self.w_retry),
         ];
         for (name, v) in non_negative {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(name, format!("{name} must be a number ≥ 0, got {v}"));
             }
+        }
+        if !(1..=16).contains(&self.epochs) {
+            return bad(
+                "epochs",
+                format!("epochs must be 1..=16, got {}", self.epochs),
+            );
         }
         if self.eps_lo >= 1.0 {
             return bad(
@@ -126,9 +166,13 @@ impl TrainingSettings {
                 eps_hi: self.eps_hi,
                 delta_clip: self.delta_clip,
                 beta: self.beta,
+                w_fkl: self.w_fkl,
+                w_retry: self.w_retry,
             },
             top_k: self.top_k,
             intersect_support: self.intersect_support,
+            support: self.support,
+            epochs: self.epochs,
         }
     }
 

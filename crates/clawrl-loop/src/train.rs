@@ -42,6 +42,7 @@ fn train_sample(s: &Sample) -> TrainSample {
             prompts: t.prompts.clone(),
             per_position: t.per_position.clone(),
         }),
+        retry_prompt: s.retry_prompt_ids.clone(),
     }
 }
 
@@ -129,7 +130,8 @@ impl Worker {
                 }
                 self.handle(c);
             }
-            if self.settings.paused {
+            // The untrained control serves and judges; its samples stay pending.
+            if self.settings.paused || !self.settings.method.trains() {
                 continue;
             }
             let pending = match self.rt.block_on(self.lp.store.count_pending()) {

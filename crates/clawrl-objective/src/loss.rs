@@ -1,8 +1,11 @@
 //! The hybrid loss of DESIGN.md §2: the GRPO clipped surrogate on the sampled tokens and the
-//! top-k OPD loss with a clipped log-probability gap, per token, then averaged.
+//! top-k OPD loss with a clipped log-probability gap, per token, then averaged — and two
+//! directive terms beyond the paper (README, "Extensions"): a forward KL toward the hinted
+//! teacher over its own top-k, and accepted-retry distillation.
 //!
 //! Symbols follow §2: ℓ_old, ℓ_T, ℓ_cur are log-probs under π_old, the teacher π_T(·|s_t ⊕ h*)
-//! and π_cur; ρ = exp(ℓ_cur − ℓ_old); S_i is the top-k support at position i.
+//! and π_cur; ρ = exp(ℓ_cur − ℓ_old); S_i is the OPD support at position i; K_i is the
+//! teacher's own top-k.
 
 use candle_core::{D, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -18,17 +21,30 @@ pub enum Method {
     Rl,
     /// Directive only: w_RL = 0.
     Opd,
+    /// Nothing trains: the server serves and judges only (the untrained control).
+    None,
 }
 
 impl Method {
-    /// Parses `combined`, `rl` or `opd`.
+    /// Parses `combined`, `rl`, `opd` or `none`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "combined" => Some(Self::Combined),
             "rl" => Some(Self::Rl),
             "opd" => Some(Self::Opd),
+            "none" => Some(Self::None),
             _ => None,
         }
+    }
+
+    /// Whether the directive terms (OPD, forward KL, accepted retries) train.
+    pub fn directive(self) -> bool {
+        matches!(self, Self::Combined | Self::Opd)
+    }
+
+    /// Whether anything trains.
+    pub fn trains(self) -> bool {
+        self != Self::None
     }
 
     /// The name [`Method::parse`] reads.
@@ -37,6 +53,7 @@ impl Method {
             Self::Combined => "combined",
             Self::Rl => "rl",
             Self::Opd => "opd",
+            Self::None => "none",
         }
     }
 }
@@ -44,13 +61,51 @@ impl Method {
 impl std::str::FromStr for Method {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("method must be combined, rl or opd, not {s:?}"))
+        Self::parse(s).ok_or_else(|| format!("method must be combined, rl, opd or none, not {s:?}"))
     }
 }
 
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Which tokens S_i the OPD term ranges over at response position i.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Support {
+    /// S^q_i, the top-k of π_old (the paper).
+    #[default]
+    Student,
+    /// K_i, the top-k of the hinted teacher π_T(·|s_t ⊕ h*_i) (the reference implementation's
+    /// option): tokens the student would not sample can rise.
+    Teacher,
+    /// S^q_i ∪ K_i.
+    Union,
+}
+
+impl std::str::FromStr for Support {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "student" => Ok(Self::Student),
+            "teacher" => Ok(Self::Teacher),
+            "union" => Ok(Self::Union),
+            _ => Err(format!(
+                "support must be student, teacher or union, not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Support {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Student => "student",
+            Self::Teacher => "teacher",
+            Self::Union => "union",
+        })
     }
 }
 
@@ -71,6 +126,10 @@ pub struct ObjectiveConfig {
     pub delta_clip: f64,
     /// β of the k3 KL to the reference policy (0 for personal agents).
     pub beta: f64,
+    /// λ of the forward KL toward the hinted teacher over its top-k (0: the paper).
+    pub w_fkl: f64,
+    /// w_retry of accepted-retry distillation (0: the paper).
+    pub w_retry: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -83,6 +142,8 @@ impl Default for ObjectiveConfig {
             eps_hi: 0.28,
             delta_clip: 1.0,
             beta: 0.0,
+            w_fkl: 0.0,
+            w_retry: 0.0,
         }
     }
 }
@@ -94,6 +155,7 @@ impl ObjectiveConfig {
             Method::Combined => (self.w_rl, self.w_opd),
             Method::Rl => (self.w_rl, 0.0),
             Method::Opd => (0.0, self.w_opd),
+            Method::None => (0.0, 0.0),
         }
     }
 }
@@ -111,6 +173,15 @@ pub struct OpdTerms {
     pub mask: Tensor,
 }
 
+/// The forward-KL inputs of one sample over the teacher's own top-k K_i, `[T, k]`.
+#[derive(Clone, Debug)]
+pub struct FklTerms {
+    /// ℓ_cur(v) for v ∈ K_i (carries the gradient).
+    pub lp_cur: Tensor,
+    /// ℓ_T(v) for v ∈ K_i.
+    pub lp_teacher: Tensor,
+}
+
 /// One sample's inputs: the response tokens' log-probs and what trains on them.
 #[derive(Clone, Debug)]
 pub struct SampleTerms {
@@ -124,10 +195,16 @@ pub struct SampleTerms {
     pub opd: Option<OpdTerms>,
     /// ℓ_ref(y_i) under the reference policy, for the KL term.
     pub lp_ref: Option<Tensor>,
+    /// The forward KL toward the hinted teacher, when the sample has a teacher.
+    pub fkl: Option<FklTerms>,
+    /// ℓ_cur(y_i | s_orig, y_<i), `[T]`: this (accepted) response under the prompt of the
+    /// earlier turn it retried, for accepted-retry distillation.
+    pub retry: Option<Tensor>,
 }
 
 /// What one loss evaluation measured (means over the batch's samples).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LossMetrics {
     /// The batch loss.
     pub loss: f64,
@@ -157,6 +234,14 @@ pub struct LossMetrics {
     pub rl_tokens: usize,
     /// Support entries (i, v ∈ S_i) of the OPD samples.
     pub opd_entries: usize,
+    /// Mean L^FKL over the samples that have a forward-KL part.
+    pub loss_fkl: f64,
+    /// Samples with a forward-KL part.
+    pub fkl_samples: usize,
+    /// Mean L^retry over the samples that have an accepted-retry part.
+    pub loss_retry: f64,
+    /// Samples with an accepted-retry part.
+    pub retry_samples: usize,
 }
 
 impl LossMetrics {
@@ -190,6 +275,10 @@ impl LossMetrics {
             samples: parts.iter().map(|p| p.samples).sum(),
             rl_tokens: parts.iter().map(|p| p.rl_tokens).sum(),
             opd_entries: parts.iter().map(|p| p.opd_entries).sum(),
+            loss_fkl: w(|p| p.loss_fkl, |p| p.fkl_samples),
+            fkl_samples: parts.iter().map(|p| p.fkl_samples).sum(),
+            loss_retry: w(|p| p.loss_retry, |p| p.retry_samples),
+            retry_samples: parts.iter().map(|p| p.retry_samples).sum(),
         }
     }
 }
@@ -273,6 +362,22 @@ pub fn opd_token_losses(
     ))
 }
 
+/// L^FKL_i = Σ_{v∈K_i} π̃_T(v)·(ln π̃_T(v) − ℓ_cur(v)) for every position, with π̃_T = π_T
+/// renormalised over K_i (an extension, README "Extensions"): the forward KL from the hinted
+/// teacher to the student over the teacher's own top-k. Its gradient −Σ π̃_T(v)·∇ℓ_cur(v) lifts
+/// every token the teacher ranks high, including those outside the student's top-k, which the
+/// OPD term over S^q_i cannot reach. Entries with ℓ_T = −∞ add nothing. Returns `[T]`.
+pub fn fkl_token_losses(t: &FklTerms) -> Result<Tensor> {
+    let finite = t.lp_teacher.gt(f64::NEG_INFINITY)?;
+    let zeros = t.lp_teacher.zeros_like()?;
+    let big_neg = zeros.affine(0.0, -1e30)?;
+    let teacher = finite.where_cond(&t.lp_teacher, &big_neg)?;
+    let log_p = teacher.broadcast_sub(&teacher.log_sum_exp(D::Minus1)?.unsqueeze(1)?)?;
+    let p = log_p.exp()?;
+    let gap = finite.where_cond(&log_p.sub(&t.lp_cur)?, &zeros)?;
+    p.mul(&gap)?.sum(D::Minus1)
+}
+
 /// k3 estimator of KL(π_cur ‖ π_ref) per token: exp(ℓ_ref − ℓ_cur) − (ℓ_ref − ℓ_cur) − 1.
 pub fn k3_kl(lp_cur: &Tensor, lp_ref: &Tensor) -> Result<Tensor> {
     let d = lp_ref.sub(lp_cur)?;
@@ -283,8 +388,11 @@ fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
 
-/// The batch loss: L_i = w_RL·L^GRPO_i + w_OPD·L^OPD_i + β·KL_i, a sample's loss the mean over
-/// its tokens, the batch's the mean over samples. Samples with an empty response add 0.
+/// The batch loss: L_i = w_RL·L^GRPO_i + w_OPD·L^OPD_i + λ·L^FKL_i + w_retry·L^retry_i + β·KL_i,
+/// a sample's loss the mean over its tokens, the batch's the mean over samples, where
+/// L^retry_i = −ℓ_cur(y_i | s_orig, y_<i) (accepted-retry distillation; README "Extensions").
+/// The forward-KL and retry terms are directive: they train under `combined` and `opd`.
+/// Samples with an empty response add 0.
 pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Tensor, LossMetrics)> {
     let (w_rl, w_opd) = cfg.weights();
     let mut total: Option<Tensor> = None;
@@ -292,6 +400,7 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
     let (mut clip_n, mut clip_d, mut ratio_sum) = (0.0, 0.0, 0.0);
     let (mut opd_clip_n, mut sup_n, mut dclip_n, mut abs_delta) = (0.0, 0.0, 0.0, 0.0);
     let mut kl_sum = 0.0;
+    let directive = cfg.method.directive();
     for s in samples {
         let t = s.lp_cur.dim(0)?;
         if t == 0 {
@@ -317,6 +426,25 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
             dclip_n += scalar(&dclip.sum_all()?)?;
             abs_delta += scalar(&absd.sum_all()?)?;
             per_token = per_token.add(&l.affine(w_opd, 0.0)?)?;
+        }
+        if let (Some(f), true) = (&s.fkl, directive && cfg.w_fkl != 0.0) {
+            let l = fkl_token_losses(f)?;
+            m.loss_fkl += scalar(&l.mean_all()?)?;
+            m.fkl_samples += 1;
+            per_token = per_token.add(&l.affine(cfg.w_fkl, 0.0)?)?;
+        }
+        if let (Some(lp), true) = (&s.retry, directive && cfg.w_retry != 0.0) {
+            if lp.dims() != s.lp_cur.dims() {
+                candle_core::bail!(
+                    "the retry log-probs have shape {:?}, the response {:?}",
+                    lp.dims(),
+                    s.lp_cur.dims()
+                );
+            }
+            let l = lp.neg()?;
+            m.loss_retry += scalar(&l.mean_all()?)?;
+            m.retry_samples += 1;
+            per_token = per_token.add(&l.affine(cfg.w_retry, 0.0)?)?;
         }
         if let (Some(lp_ref), true) = (&s.lp_ref, cfg.beta != 0.0) {
             let kl = k3_kl(&s.lp_cur, lp_ref)?;
@@ -344,6 +472,8 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
     m.opd_entries = sup_n as usize;
     m.loss_rl /= m.rl_samples.max(1) as f64;
     m.loss_opd /= m.opd_samples.max(1) as f64;
+    m.loss_fkl /= m.fkl_samples.max(1) as f64;
+    m.loss_retry /= m.retry_samples.max(1) as f64;
     m.kl = kl_sum / n;
     m.clip_frac = if clip_d > 0.0 { clip_n / clip_d } else { 0.0 };
     m.mean_ratio = if clip_d > 0.0 {
@@ -363,7 +493,7 @@ mod tests {
 
     #[test]
     fn method_names_round_trip() {
-        for m in [Method::Combined, Method::Rl, Method::Opd] {
+        for m in [Method::Combined, Method::Rl, Method::Opd, Method::None] {
             assert_eq!(Method::parse(m.name()), Some(m));
         }
         assert_eq!(Method::parse("ppo"), None);

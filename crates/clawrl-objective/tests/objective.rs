@@ -2,7 +2,9 @@
 //! its edges.
 
 use candle_core::{D, DType, Device, Tensor, Var};
-use clawrl_objective::{LossMetrics, Method, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss};
+use clawrl_objective::{
+    FklTerms, LossMetrics, Method, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss,
+};
 
 const CPU: Device = Device::Cpu;
 
@@ -26,6 +28,8 @@ fn rl_sample(cur: &[f64], old: &[f64], adv: f64) -> SampleTerms {
         advantage: Some(t1(&vec![adv; cur.len()])),
         opd: None,
         lp_ref: None,
+        fkl: None,
+        retry: None,
     }
 }
 
@@ -75,6 +79,8 @@ fn opd_sample(cur: &[f64], old: &[f64], teacher: &[f64], mask: &[f64]) -> Sample
             mask: t2(&[mask]),
         }),
         lp_ref: None,
+        fkl: None,
+        retry: None,
     }
 }
 
@@ -187,6 +193,8 @@ fn terms(s: &Setup, logits: &Tensor, adv: Option<f64>, opd: bool) -> SampleTerms
             mask: Tensor::ones((3, 3), DType::F64, &CPU).expect("ones"),
         }),
         lp_ref: None,
+        fkl: None,
+        retry: None,
     }
 }
 
@@ -275,6 +283,8 @@ fn empty_responses_padding_and_infinite_log_probs() {
         advantage: Some(t1(&[])),
         opd: None,
         lp_ref: None,
+        fkl: None,
+        retry: None,
     };
     let (l, _) = loss_of(&[empty], &cfg);
     assert_eq!(l, 0.0);
@@ -339,4 +349,121 @@ fn metrics_of_parts_merge_into_the_metrics_of_the_whole() {
         (merged.rl_samples, merged.opd_samples, merged.samples),
         (2, 1, 3)
     );
+}
+
+#[test]
+fn forward_kl_by_hand() {
+    // K = two tokens with teacher log-probs ln 0.3 and ln 0.1 → π̃_T = (0.75, 0.25); the student
+    // gives them 0.5 and 0.05: L = 0.75·ln(0.75/0.5) + 0.25·ln(0.25/0.05).
+    let mut s = rl_sample(&[ln(0.5)], &[ln(0.5)], 0.0);
+    s.advantage = None;
+    s.fkl = Some(FklTerms {
+        lp_cur: t2(&[&[ln(0.5), ln(0.05)]]),
+        lp_teacher: t2(&[&[ln(0.3), ln(0.1)]]),
+    });
+    let expect = 0.75 * ln(0.75 / 0.5) + 0.25 * ln(0.25 / 0.05);
+    let cfg = ObjectiveConfig {
+        w_fkl: 0.5,
+        ..Default::default()
+    };
+    let (l, m) = loss_of(std::slice::from_ref(&s), &cfg);
+    assert!((m.loss_fkl - expect).abs() < 1e-9, "{}", m.loss_fkl);
+    assert!((l - 0.5 * expect).abs() < 1e-9, "{l}");
+    assert_eq!(m.fkl_samples, 1);
+    // A teacher entry at −∞ takes no part; λ = 0 (the paper) or an RL-only method turn it off.
+    s.fkl = Some(FklTerms {
+        lp_cur: t2(&[&[ln(0.5), ln(0.05), -3.0]]),
+        lp_teacher: t2(&[&[ln(0.3), ln(0.1), f64::NEG_INFINITY]]),
+    });
+    let (_, m) = loss_of(std::slice::from_ref(&s), &cfg);
+    assert!((m.loss_fkl - expect).abs() < 1e-9, "{}", m.loss_fkl);
+    let (l, _) = loss_of(std::slice::from_ref(&s), &ObjectiveConfig::default());
+    assert_eq!(l, 0.0);
+    let rl = ObjectiveConfig {
+        method: Method::Rl,
+        ..cfg
+    };
+    assert_eq!(loss_of(&[s], &rl).0, 0.0);
+}
+
+#[test]
+fn accepted_retry_by_hand() {
+    // L^retry = −mean ℓ_cur(y | s_orig) = −(ln 0.5 + ln 0.25)/2, weighted by w_retry.
+    let mut s = rl_sample(&[ln(0.5), ln(0.5)], &[ln(0.5), ln(0.5)], 0.0);
+    s.advantage = None;
+    s.retry = Some(t1(&[ln(0.5), ln(0.25)]));
+    let cfg = ObjectiveConfig {
+        w_retry: 2.0,
+        ..Default::default()
+    };
+    let (l, m) = loss_of(std::slice::from_ref(&s), &cfg);
+    let expect = -(ln(0.5) + ln(0.25)) / 2.0;
+    assert!((m.loss_retry - expect).abs() < 1e-9);
+    assert!((l - 2.0 * expect).abs() < 1e-9, "{l}");
+    assert_eq!(m.retry_samples, 1);
+    // The untrained control trains nothing at all.
+    let none = ObjectiveConfig {
+        method: Method::None,
+        ..cfg
+    };
+    assert_eq!(loss_of(&[s], &none).0, 0.0);
+    // Retry log-probs for a different number of tokens are refused, not broadcast.
+    let mut bad = rl_sample(&[ln(0.5), ln(0.5)], &[ln(0.5), ln(0.5)], 1.0);
+    bad.retry = Some(t1(&[ln(0.5)]));
+    assert!(batch_loss(&[bad], &cfg).is_err());
+}
+
+#[test]
+fn forward_kl_and_retry_gradients_match_finite_differences() {
+    let s = setup();
+    let cfg = ObjectiveConfig {
+        w_fkl: 0.7,
+        w_retry: 0.3,
+        ..Default::default()
+    };
+    // The teacher's own top-k per position, and a second context's logits for the retry.
+    let k_t: Vec<u32> = vec![2, 4, 0, 3, 1, 2, 4, 0, 1];
+    let build = |z: &Tensor| {
+        let lp = z
+            .broadcast_sub(&z.log_sum_exp(D::Minus1).expect("lse").unsqueeze(1).expect("u"))
+            .expect("log-softmax");
+        let ids = Tensor::from_vec(k_t.clone(), (3, 3), &CPU).expect("ids");
+        let mut t = terms(&s, z, Some(1.0), true);
+        t.fkl = Some(FklTerms {
+            lp_cur: lp.gather(&ids, 1).expect("gather"),
+            lp_teacher: t2(&[&[-0.4, -1.9, -2.2], &[-0.8, -1.1, -3.0], &[-0.2, -2.6, -2.7]]),
+        });
+        // The retry scores the same tokens under other logits: here z shifted (a function of z).
+        let shifted = z.affine(0.5, 0.1).expect("affine");
+        let lp2 = shifted
+            .broadcast_sub(&shifted.log_sum_exp(D::Minus1).expect("lse").unsqueeze(1).expect("u"))
+            .expect("log-softmax");
+        let y = Tensor::new(s.y.as_slice(), &CPU).expect("y").unsqueeze(1).expect("u");
+        t.retry = Some(lp2.gather(&y, 1).expect("gather").squeeze(1).expect("squeeze"));
+        t
+    };
+    let (loss, m) = batch_loss(&[build(s.logits.as_tensor())], &cfg).expect("loss");
+    assert_eq!((m.fkl_samples, m.retry_samples), (1, 1));
+    let g = loss
+        .backward()
+        .expect("backward")
+        .get(s.logits.as_tensor())
+        .expect("gradient")
+        .to_vec2::<f64>()
+        .expect("vec");
+    let base = s.logits.as_tensor().to_vec2::<f64>().expect("vec");
+    let h = 1e-6;
+    for i in 0..3 {
+        for v in 0..5 {
+            let at = |delta: f64| {
+                let mut x = base.clone();
+                x[i][v] += delta;
+                let rows: Vec<&[f64]> = x.iter().map(Vec::as_slice).collect();
+                let (l, _) = batch_loss(&[build(&t2(&rows))], &cfg).expect("loss");
+                l.to_scalar::<f64>().expect("scalar")
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!((fd - g[i][v]).abs() < 1e-6, "∂L/∂z[{i}][{v}] = {} vs {fd}", g[i][v]);
+        }
+    }
 }

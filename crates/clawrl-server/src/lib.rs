@@ -227,6 +227,7 @@ fn router(s: Shared) -> Router {
     let annotator = Router::new()
         .route("/studio/sessions", get(sessions))
         .route("/studio/sessions/{id}", get(session))
+        .route("/studio/first-answers", get(first_answers))
         .route("/studio/turns/{id}", get(turn))
         .route("/studio/turns/{id}/inspect", get(inspect))
         .route("/studio/turns/{id}/feedback", post(feedback))

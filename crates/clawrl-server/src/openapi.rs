@@ -33,6 +33,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
+        "/studio/first-answers",
+        "annotator",
+        "Each recent session's first answer and its reward r_t, oldest first (?limit).",
+    ),
+    (
+        "get",
         "/studio/turns/{id}",
         "annotator",
         "A turn: tokens with log-probs and student top-k, next states, votes, hints, samples.",

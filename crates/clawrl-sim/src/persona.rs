@@ -47,6 +47,8 @@ struct PersonaFile {
     #[serde(default)]
     preference: Preference,
     replies: Replies,
+    #[serde(default)]
+    base_rate: Option<f64>,
 }
 
 /// A simulated user.
@@ -62,6 +64,9 @@ pub struct Persona {
     pub preference: Preference,
     /// Its replies.
     pub replies: Replies,
+    /// The measured fraction of first answers the untrained model gets right (the control,
+    /// 15 sessions, 3 seeds), when measured.
+    pub base_rate: Option<f64>,
     forbid: Vec<Regex>,
     require: Vec<Regex>,
 }
@@ -104,6 +109,13 @@ impl Persona {
                 p.max_tokens, p.min_tokens
             )));
         }
+        if let Some(r) = f.base_rate
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(Error::Input(format!(
+                "{origin}: base_rate must be a fraction in 0..=1, got {r}"
+            )));
+        }
         let forbid = compile(&p.forbid_regex, "forbid_regex", &f.name)?;
         let require = compile(&p.require_regex, "require_regex", &f.name)?;
         Ok(Self {
@@ -112,9 +124,16 @@ impl Persona {
             max_turns: f.max_turns,
             preference: f.preference,
             replies: f.replies,
+            base_rate: f.base_rate,
             forbid,
             require,
         })
+    }
+
+    /// Whether the untrained model already satisfies it too often for it to measure learning
+    /// (a measured base rate over 20 %).
+    pub fn tests_the_base(&self) -> bool {
+        self.base_rate.is_some_and(|r| r > 0.2)
     }
 
     /// Reads a persona file.
@@ -164,7 +183,8 @@ impl Persona {
     }
 }
 
-/// The three personas of DESIGN.md §7: student, TA, teacher.
+/// The shipped personas: DESIGN.md §7's student, TA and teacher, then preferences about form
+/// that the base model rarely meets (answer first, brief, a sign-off).
 pub fn builtin_personas() -> Result<Vec<Persona>> {
     [
         (
@@ -175,6 +195,15 @@ pub fn builtin_personas() -> Result<Vec<Persona>> {
         (
             "personas/teacher.toml",
             include_str!("../personas/teacher.toml"),
+        ),
+        (
+            "personas/answer-first.toml",
+            include_str!("../personas/answer-first.toml"),
+        ),
+        ("personas/brief.toml", include_str!("../personas/brief.toml")),
+        (
+            "personas/signoff.toml",
+            include_str!("../personas/signoff.toml"),
         ),
     ]
     .iter()
@@ -260,6 +289,10 @@ mod tests {
                 "friendly",
                 "warm",
                 "well done",
+                "answer:",
+                "short",
+                "brief",
+                "hope this helps",
             ] {
                 assert!(
                     !lower.contains(hint),
@@ -286,5 +319,31 @@ mod tests {
         assert!(Persona::from_toml(&zero, "x.toml").is_err());
         let unknown = format!("{ok}color = 1\n");
         assert!(Persona::from_toml(&unknown, "x.toml").is_err());
+    }
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::*;
+
+    fn persona(name: &str) -> Persona {
+        builtin_personas()
+            .expect("the shipped personas parse")
+            .into_iter()
+            .find(|p| p.name == name)
+            .expect("persona")
+    }
+
+    #[test]
+    fn the_form_personas_check_what_their_corrections_ask_for() {
+        let first = persona("answer-first");
+        assert!(first.violations("Answer: 36\nThey need 36 more.", 10).is_empty());
+        assert!(!first.violations("They need 36 more.\nAnswer: 36", 10).is_empty());
+        let brief = persona("brief");
+        assert!(brief.violations("36.", 2).is_empty());
+        assert!(!brief.violations("long", 41).is_empty());
+        let signoff = persona("signoff");
+        assert!(signoff.violations("It is 36.\n\nHope this helps!\n", 9).is_empty());
+        assert!(!signoff.violations("Hope this helps! It is 36.", 9).is_empty());
     }
 }

@@ -39,6 +39,8 @@ pub struct SessionOutcome {
     pub policy_version: i64,
     /// Why the first answer missed (empty when it met the preference).
     pub violations: Vec<String>,
+    /// The first answer's text.
+    pub first_answer: String,
 }
 
 /// A client of one server.
@@ -100,7 +102,9 @@ impl Simulation {
         loop {
             let t = self.get("/studio/training").await?;
             let batch = t["settings"]["batch_size"].as_i64().unwrap_or(1);
-            let paused = t["settings"]["paused"].as_bool().unwrap_or(false);
+            // The untrained control (method none) never trains: only judging is waited for.
+            let paused = t["settings"]["paused"].as_bool().unwrap_or(false)
+                || t["settings"]["method"].as_str() == Some("none");
             let unjudged = t["unjudged"].as_i64().unwrap_or(0);
             let pending = t["pending_samples"].as_i64().unwrap_or(0);
             if unjudged == 0 && (paused || pending < batch) {
@@ -137,6 +141,7 @@ impl Simulation {
             turns: 0,
             policy_version: 0,
             violations: Vec::new(),
+            first_answer: String::new(),
         };
         for turn in 0..persona.max_turns {
             let r = self
@@ -158,6 +163,7 @@ impl Simulation {
                 out.first_satisfied = violations.is_empty();
                 out.policy_version = r["policy_version"].as_i64().unwrap_or(0);
                 out.violations = violations.clone();
+                out.first_answer = text.clone();
             }
             out.turns += 1;
             messages.push(json!({"role": "assistant", "content": text}));

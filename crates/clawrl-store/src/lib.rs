@@ -134,6 +134,21 @@ pub struct Session {
     pub turns: i64,
 }
 
+/// How a session's first answer was judged: the Train view's "does it learn" curve.
+#[derive(Clone, Debug, Serialize, FromRow)]
+pub struct FirstAnswer {
+    /// The session.
+    pub session_id: String,
+    /// When it started, ms since the epoch.
+    pub created_at: i64,
+    /// Its first main turn.
+    pub turn_id: i64,
+    /// The policy version that answered.
+    pub policy_version: i64,
+    /// r_t of that answer (the majority of its votes); `None` until judged or on a tie.
+    pub reward: Option<i64>,
+}
+
 /// A turn to record.
 #[derive(Clone, Debug)]
 pub struct NewTurn {
@@ -415,6 +430,24 @@ impl Store {
         .bind(offset)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The first answers of the latest `limit` sessions, oldest first, with their rewards.
+    pub async fn first_answers(&self, limit: i64) -> Result<Vec<FirstAnswer>> {
+        let mut rows: Vec<FirstAnswer> = sqlx::query_as(
+            "SELECT s.id AS session_id, s.created_at, t.id AS turn_id, t.policy_version,
+                    (SELECT CASE WHEN SUM(v.value) > 0 THEN 1 WHEN SUM(v.value) < 0 THEN -1 END
+                     FROM votes v WHERE v.turn_id = t.id) AS reward
+             FROM sessions s
+             JOIN turns t ON t.id = (SELECT MIN(id) FROM turns
+                                     WHERE session_id = s.id AND turn_type = 'main')
+             ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        Ok(rows)
     }
 
     /// One session.
@@ -767,6 +800,7 @@ impl Store {
             turn_id,
             advantage: None,
             opd: Some(opd.clone()),
+            retry_of: None,
         };
         let sample = upsert_sample(&mut tx, &new, &[], now).await?;
         tx.commit().await?;
@@ -776,8 +810,9 @@ impl Store {
     /// Pending samples, oldest first, with their turns' tokens.
     pub async fn pending_samples(&self, limit: i64) -> Result<Vec<Sample>> {
         let rows: Vec<SampleRow> = sqlx::query_as(
-            "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
-             JOIN turns t ON t.id = s.turn_id
+            "SELECT s.*, t.prompt_ids, t.response_ids, r.prompt_ids AS retry_prompt_ids
+             FROM samples s JOIN turns t ON t.id = s.turn_id
+             LEFT JOIN turns r ON r.id = s.retry_of
              WHERE s.status = 'pending' ORDER BY s.id LIMIT ?1",
         )
         .bind(limit)
@@ -794,12 +829,35 @@ impl Store {
         Ok(n)
     }
 
+    /// The turn that an answer accepted at `turn_id` retried: the first of the run of main
+    /// turns just before it in its session whose votes rejected them (majority −1), whose
+    /// prompt is the original s_t; `None` when the turn just before was not rejected.
+    pub async fn retried_turn(&self, turn_id: i64) -> Result<Option<i64>> {
+        let earlier: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT t.id, COALESCE((SELECT SUM(v.value) FROM votes v WHERE v.turn_id = t.id), 0)
+             FROM turns t
+             WHERE t.session_id = (SELECT session_id FROM turns WHERE id = ?1)
+               AND t.id < ?1 AND t.turn_type = 'main'
+             ORDER BY t.id DESC LIMIT 64",
+        )
+        .bind(turn_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(earlier
+            .iter()
+            .take_while(|(_, score)| *score < 0)
+            .last()
+            .map(|(id, _)| *id))
+    }
+
     /// Samples of a turn.
     pub async fn samples_of(&self, turn_id: i64) -> Result<Vec<Sample>> {
         let rows: Vec<SampleRow> = self
             .of_turn(
-                "SELECT s.*, t.prompt_ids, t.response_ids FROM samples s
-                 JOIN turns t ON t.id = s.turn_id WHERE s.turn_id = ?1 ORDER BY s.id",
+                "SELECT s.*, t.prompt_ids, t.response_ids, r.prompt_ids AS retry_prompt_ids
+                 FROM samples s JOIN turns t ON t.id = s.turn_id
+                 LEFT JOIN turns r ON r.id = s.retry_of
+                 WHERE s.turn_id = ?1 ORDER BY s.id",
                 turn_id,
             )
             .await?;

@@ -43,6 +43,9 @@ pub struct NewSample {
     pub advantage: Option<f64>,
     /// The directive part.
     pub opd: Option<NewOpd>,
+    /// The earlier turn whose prompt this (accepted) answer also trains under: accepted-retry
+    /// distillation.
+    pub retry_of: Option<i64>,
 }
 
 /// The teacher of an OPD sample: π_T(·|s_t ⊕ h*_i) at response position i is the model on
@@ -95,6 +98,10 @@ pub struct Sample {
     pub prompt_ids: Vec<u32>,
     /// The turn's response.
     pub response_ids: Vec<u32>,
+    /// The earlier turn this answer retried (accepted-retry distillation).
+    pub retry_of: Option<i64>,
+    /// That turn's prompt, s_orig.
+    pub retry_prompt_ids: Option<Vec<u32>>,
 }
 
 /// A sample's row as the database holds it (older rows carry one teacher prompt in
@@ -113,6 +120,8 @@ pub(crate) struct SampleRow {
     created_at: i64,
     prompt_ids: Json<Vec<u32>>,
     response_ids: Json<Vec<u32>>,
+    retry_of: Option<i64>,
+    retry_prompt_ids: Option<Json<Vec<u32>>>,
 }
 
 impl From<SampleRow> for Sample {
@@ -139,6 +148,8 @@ impl From<SampleRow> for Sample {
             created_at: r.created_at,
             prompt_ids: r.prompt_ids.0,
             response_ids: r.response_ids.0,
+            retry_of: r.retry_of,
+            retry_prompt_ids: r.retry_prompt_ids.map(|p| p.0),
         }
     }
 }
@@ -227,10 +238,12 @@ async fn insert_sample(
     now: i64,
 ) -> Result<i64> {
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO samples (turn_id, advantage, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+        "INSERT INTO samples (turn_id, advantage, retry_of, created_at) VALUES (?1, ?2, ?3, ?4)
+         RETURNING id",
     )
     .bind(s.turn_id)
     .bind(s.advantage)
+    .bind(s.retry_of)
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
@@ -262,6 +275,13 @@ pub(crate) async fn upsert_sample(
     if let Some(a) = s.advantage {
         sqlx::query("UPDATE samples SET advantage = ?1 WHERE id = ?2")
             .bind(a)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(r) = s.retry_of {
+        sqlx::query("UPDATE samples SET retry_of = ?1 WHERE id = ?2")
+            .bind(r)
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -114,6 +114,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
                 k: 4,
                 overlap: vec![vec![3, 4], vec![3, 0]],
             }),
+            retry_of: None,
         }),
     };
     let sample = store
@@ -255,4 +256,70 @@ async fn concurrent_writers_queue_instead_of_failing() {
     let distinct: std::collections::BTreeSet<_> = paired.iter().collect();
     assert_eq!(distinct.len(), paired.len());
     assert!(!paired.is_empty() && paired.len() <= 76);
+}
+
+/// A judgement of one vote and no hint, with an RL sample for `turn_id` retrying `retry_of`.
+fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
+    Judgement {
+        votes: vec![Vote {
+            judge: "rules".into(),
+            value: Some(value),
+            raw: "rules".into(),
+        }],
+        hints: Vec::new(),
+        sample: Some(NewSample {
+            turn_id,
+            advantage: Some(value as f64),
+            opd: None,
+            retry_of,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("r.sqlite"))
+        .await
+        .expect("opens");
+    let mut ids = Vec::new();
+    for (i, prompt) in [vec![1, 2], vec![1, 2, 7], vec![1, 2, 7, 8]].into_iter().enumerate() {
+        if i > 0 {
+            let (_, ns) = store
+                .pair_next_state("s", NextKind::Reply, "no")
+                .await
+                .expect("pair")
+                .expect("paired");
+            store
+                .record_judgement(ns, ids[i - 1], &vote(ids[i - 1], -1, None))
+                .await
+                .expect("judged");
+        }
+        let mut t = turn("s", TurnType::Main);
+        t.prompt_ids = prompt;
+        t.continuation = format!("k{i}");
+        ids.push(store.record_turn(&t).await.expect("turn"));
+    }
+    // Two rejected answers, then the third: its retry is of the first, the original s_t.
+    assert_eq!(store.retried_turn(ids[2]).await.expect("query"), Some(ids[0]));
+    assert_eq!(store.retried_turn(ids[1]).await.expect("query"), Some(ids[0]));
+    assert_eq!(store.retried_turn(ids[0]).await.expect("query"), None);
+    let (_, ns) = store
+        .pair_next_state("s", NextKind::Reply, "thanks")
+        .await
+        .expect("pair")
+        .expect("paired");
+    store
+        .record_judgement(ns, ids[2], &vote(ids[2], 1, Some(ids[0])))
+        .await
+        .expect("judged");
+    let samples = store.samples_of(ids[2]).await.expect("samples");
+    assert_eq!(samples[0].retry_of, Some(ids[0]));
+    assert_eq!(samples[0].retry_prompt_ids, Some(vec![1, 2]));
+    assert_eq!(samples[0].prompt_ids, vec![1, 2, 7, 8]);
+    // A turn after an accepted one retried nothing.
+    let mut t = turn("s", TurnType::Main);
+    t.continuation = "k3".into();
+    let later = store.record_turn(&t).await.expect("turn");
+    assert_eq!(store.retried_turn(later).await.expect("query"), None);
 }

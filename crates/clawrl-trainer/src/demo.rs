@@ -80,12 +80,14 @@ pub fn run(
             response: good.clone(),
             advantage: Some(1.0),
             teacher: None,
+            retry_prompt: None,
         },
         TrainSample {
             prompt: p.clone(),
             response: bad.clone(),
             advantage: Some(-1.0),
             teacher: None,
+            retry_prompt: None,
         },
     ];
     out.rewarded.push(t.mean_logprob(&p, &good)?);
@@ -117,6 +119,7 @@ pub fn run(
         response: response.clone(),
         advantage: None,
         teacher: Some(Teacher::single(hinted.clone(), response.len())),
+        retry_prompt: None,
     };
     out.opd_kl.push(t.support_kl(&p, &hinted, &response)?);
     for step in 1..=steps {

@@ -25,15 +25,23 @@ pub enum Gather {
         tokens: Vec<u32>,
         /// k.
         k: usize,
+        /// Further ids gathered after the top-k at each position (the teacher's own top-k K_i,
+        /// for the teacher and union supports and the forward KL); empty rows, or no rows, for
+        /// none.
+        extra: Vec<Vec<u32>>,
     },
     /// The log-probs of the given ids at each position (a teacher on the student's support).
     Ids(Vec<Vec<u32>>),
+    /// The whole log-softmax, `[T, vocab]`: a teacher scored once for any support (no
+    /// gradient is taken through it).
+    All,
 }
 
 /// What the head measured beside the gathered log-probs.
 #[derive(Clone, Debug, Default)]
 pub struct HeadStats {
-    /// The gathered ids per position (for `TokenAndTopK`: `y_i`, then S_i most likely first).
+    /// The gathered ids per position (for `TokenAndTopK`: `y_i`, then S_i most likely first,
+    /// then the extra ids; empty for `All`).
     pub ids: Vec<Vec<u32>>,
     /// The `k` most likely ids per position (of this distribution).
     pub top_k: Vec<Vec<u32>>,
@@ -83,6 +91,7 @@ impl Head {
         match &*self.gather {
             Gather::TokenAndTopK { k, .. } => *k,
             Gather::Ids(ids) => ids.first().map_or(0, Vec::len),
+            Gather::All => 0,
         }
     }
 }
@@ -101,17 +110,28 @@ impl CustomOp1 for Head {
         let vocab = self.w.rows();
         let k = self.k();
         let rows: Vec<Vec<u32>> = match &*self.gather {
-            Gather::TokenAndTopK { tokens, .. } if tokens.len() == t => {
+            Gather::TokenAndTopK { tokens, extra, .. }
+                if tokens.len() == t
+                    && (extra.is_empty()
+                        || (extra.len() == t
+                            && extra.iter().all(|r| r.len() == extra[0].len()))) =>
+            {
                 tokens.iter().map(|&y| vec![y]).collect()
             }
             Gather::Ids(ids) if ids.len() == t && ids.iter().all(|r| r.len() == k) => ids.clone(),
+            Gather::All => vec![Vec::new(); t],
             _ => candle_core::bail!(
                 "the head was given ids for a different number of positions than {t}"
             ),
         };
-        if rows.iter().flatten().any(|&v| v as usize >= vocab) {
+        let extra: &[Vec<u32>] = match &*self.gather {
+            Gather::TokenAndTopK { extra, .. } => extra,
+            _ => &[],
+        };
+        if rows.iter().chain(extra).flatten().any(|&v| v as usize >= vocab) {
             candle_core::bail!("a gathered id is outside the vocabulary of {vocab}");
         }
+        let all = matches!(&*self.gather, Gather::All);
         let mut probs = vec![0f32; t * vocab];
         self.w.matmul_f32(x, t, &mut probs);
         // Per row: top-k and the gathered entries on the logits (the log-softmax keeps their
@@ -121,13 +141,20 @@ impl CustomOp1 for Head {
         let gather_top = matches!(&*self.gather, Gather::TokenAndTopK { .. });
         let per_row: Vec<Row> = probs
             .par_chunks_mut(vocab)
-            .zip(rows.into_par_iter())
-            .map(|(z, mut ids)| {
+            .zip(rows.into_par_iter().enumerate())
+            .map(|(z, (pos, mut ids))| {
                 let top: Vec<u32> = top_k(z, k).into_iter().map(|(i, _)| i).collect();
                 if gather_top {
                     ids.extend_from_slice(&top);
+                    if let Some(e) = extra.get(pos) {
+                        ids.extend_from_slice(e);
+                    }
                 }
-                let picked: Vec<f32> = ids.iter().map(|&i| z[i as usize]).collect();
+                let picked: Vec<f32> = if all {
+                    z.to_vec()
+                } else {
+                    ids.iter().map(|&i| z[i as usize]).collect()
+                };
                 let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let (mut sum, mut weighted) = (0f64, 0f64);
                 for v in z.iter_mut() {
@@ -146,7 +173,7 @@ impl CustomOp1 for Head {
                 (ids, lp, sum.ln() - weighted / sum, top)
             })
             .collect();
-        let m = per_row.first().map_or(0, |r| r.0.len());
+        let m = per_row.first().map_or(0, |r| r.1.len());
         let mut stats = HeadStats::default();
         let mut out = Vec::with_capacity(t * m);
         for (ids, lp, e, top) in per_row {
@@ -178,6 +205,12 @@ impl CustomOp1 for Head {
                 let total: f32 = gr.iter().sum();
                 for (dv, pv) in d.iter_mut().zip(p) {
                     *dv = -pv * total;
+                }
+                if ids.is_empty() && gr.len() == d.len() {
+                    // `All`: every id gathered in order.
+                    for (dv, &gj) in d.iter_mut().zip(gr) {
+                        *dv += gj;
+                    }
                 }
                 for (&gj, &id) in gr.iter().zip(ids) {
                     d[id as usize] += gj;
@@ -212,8 +245,12 @@ mod tests {
         let gather = Gather::TokenAndTopK {
             tokens: vec![1, 3],
             k: 2,
+            extra: vec![vec![3], vec![0]],
         };
-        let (lp, stats) = Head::new(Arc::new(w), gather).forward(&h)?;
+        let w = Arc::new(w);
+        let (lp, stats) = Head::new(w.clone(), gather).forward(&h)?;
+        let (full, _) = Head::new(w, Gather::All).forward(&h)?;
+        let full = full.to_vec2::<f32>()?;
         let lp = lp.to_vec2::<f32>()?;
         let mut entropy = 0.0;
         for (row, z) in logits.iter().enumerate() {
@@ -222,10 +259,13 @@ mod tests {
             for (j, &id) in ids.iter().enumerate() {
                 assert!((lp[row][j] - (z[id as usize] - lse)).abs() < 1e-6);
             }
+            for (v, &zv) in z.iter().enumerate() {
+                assert!((full[row][v] - (zv - lse)).abs() < 1e-6);
+            }
             entropy -= z.iter().map(|v| (v - lse).exp() * (v - lse)).sum::<f32>() as f64;
         }
         // Ties go to the lower index.
-        assert_eq!(stats.ids, vec![vec![1, 0, 2], vec![3, 1, 2]]);
+        assert_eq!(stats.ids, vec![vec![1, 0, 2, 3], vec![3, 1, 2, 0]]);
         assert_eq!(stats.top_k, vec![vec![0, 2], vec![1, 2]]);
         assert!((stats.entropy_sum - entropy).abs() < 1e-5);
         Ok(())

@@ -1,8 +1,11 @@
-//! One step of learning: re-score π_old, score the teacher under the chosen hint, apply the
-//! hybrid objective, step AdamW.
+//! One step of learning: score the teacher under the chosen hint, re-score π_old, apply the
+//! hybrid objective, step AdamW (once, or `epochs` times over the batch).
 
 use candle_core::{D, DType, Device, Tensor};
-use clawrl_objective::{LossMetrics, ObjectiveConfig, OpdTerms, SampleTerms, batch_loss};
+use clawrl_kernels::ops::top_k;
+use clawrl_objective::{
+    FklTerms, LossMetrics, ObjectiveConfig, OpdTerms, SampleTerms, Support, batch_loss,
+};
 use tracing::{info, info_span};
 
 use crate::adamw::{AdamW, AdamWConfig};
@@ -21,6 +24,9 @@ pub struct TrainSample {
     pub advantage: Option<f32>,
     /// The hinted teacher: an OPD sample when present.
     pub teacher: Option<Teacher>,
+    /// s_orig: the prompt of an earlier turn that this accepted response retried (token ids);
+    /// accepted-retry distillation trains the response under it when present.
+    pub retry_prompt: Option<Vec<u32>>,
 }
 
 /// The teacher of an OPD sample (DESIGN.md §2): at response position i, π_T(·|s_t ⊕ h*_i) is
@@ -44,6 +50,31 @@ impl Teacher {
     }
 }
 
+/// What a step's first pass over a sample fixes for its later passes: π_old and the teacher.
+struct Fixed {
+    /// The student's context: the prompt, then the response without its last token.
+    tokens: Vec<u32>,
+    /// The position of the prompt's last token (the first scored).
+    from: usize,
+    /// The gathered ids per position: y_i, S^q_i (k), then K_i (k_T).
+    ids: Vec<Vec<u32>>,
+    /// ℓ_old at `ids`, `[T, 1 + k + k_T]`.
+    lp_old: Tensor,
+    /// Width of S^q_i.
+    k: usize,
+    /// Width of the gathered K_i (0 when not gathered).
+    k_t: usize,
+    /// The teacher at the gathered columns, for samples with one.
+    teacher: Option<TeacherColumns>,
+}
+
+/// ℓ_T at the gathered columns after ℓ(y_i), `[T, k + k_T]`, and the mask of S_i over the
+/// support's columns.
+struct TeacherColumns {
+    lp: Tensor,
+    mask: Tensor,
+}
+
 /// Trainer settings beside the optimizer's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -51,8 +82,12 @@ pub struct TrainConfig {
     pub objective: ObjectiveConfig,
     /// k of the OPD support S_i (top-k of π_old).
     pub top_k: usize,
-    /// S_i = S^q_i ∩ S^p_{i,h*} instead of S^q_i.
+    /// S_i = S^q_i ∩ S^p_{i,h*} instead of S^q_i (with the student support).
     pub intersect_support: bool,
+    /// Which tokens S_i the OPD term ranges over.
+    pub support: Support,
+    /// Optimizer steps per batch (PPO's epochs): π_old stays the policy before the first.
+    pub epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +96,8 @@ impl Default for TrainConfig {
             objective: ObjectiveConfig::default(),
             top_k: 4,
             intersect_support: false,
+            support: Support::Student,
+            epochs: 1,
         }
     }
 }
@@ -107,13 +144,20 @@ impl Trainer {
         })
     }
 
-    /// Steps taken.
+    /// Optimizer steps taken (`epochs` per batch).
     pub fn steps(&self) -> usize {
         self.optimizer.steps()
     }
 
-    /// Builds one sample's objective terms; returns them with the sample's entropy sum.
-    fn terms(&self, s: &TrainSample) -> Result<(SampleTerms, f64)> {
+    /// Whether a sample with a teacher needs the teacher's own top-k K_i as gathered columns.
+    fn gathers_teacher_top_k(&self) -> bool {
+        self.config.support != Support::Student
+            || (self.config.objective.w_fkl != 0.0 && self.config.objective.method.directive())
+    }
+
+    /// The first pass over a sample: fixes π_old and the teacher for every pass of the step
+    /// and returns the first pass's terms and entropy sum.
+    fn first_pass(&self, s: &TrainSample) -> Result<(SampleTerms, f64, Fixed)> {
         let t = s.response.len();
         if s.prompt.is_empty() {
             return Err(Error::InvalidSample("a sample has an empty prompt".into()));
@@ -122,12 +166,33 @@ impl Trainer {
         tokens.extend_from_slice(&s.response[..t - 1]);
         let from = s.prompt.len() - 1;
         let k = self.config.top_k.max(1);
+        // The teacher first, over the whole vocabulary: any support can then be read from it.
+        let teacher_rows = s
+            .teacher
+            .as_ref()
+            .map(|plan| self.teacher_rows(plan, &s.response))
+            .transpose()?;
+        let teacher_top: Vec<Vec<u32>> = teacher_rows
+            .as_ref()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| top_k(r, k).into_iter().map(|(v, _)| v).collect())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let extra = if self.gathers_teacher_top_k() {
+            teacher_top.clone()
+        } else {
+            Vec::new()
+        };
+        let k_t = extra.first().map_or(0, Vec::len);
         let by_token = Gather::TokenAndTopK {
             tokens: s.response.clone(),
             k,
+            extra,
         };
-        // Columns: ℓ(y_i), then ℓ over S_i = top-k of π_old. π_old is the policy before this
-        // update: the same weights, and without dropout when there is dropout.
+        // Columns: ℓ(y_i), ℓ over S^q_i = top-k of π_old, then ℓ over K_i when gathered. π_old
+        // is the policy before this step: the same weights, without dropout when there is any.
         let (lp, lp_old, stats) = if self.policy.dropout() > 0.0 {
             let (old, stats) = self.policy.head(&tokens, from, by_token, Mode::Eval)?;
             let (lp, _) =
@@ -139,59 +204,109 @@ impl Trainer {
             let old = lp.detach();
             (lp, old, stats)
         };
+        let k = stats.ids.first().map_or(0, |r| r.len() - 1 - k_t);
+        let teacher = match &teacher_rows {
+            None => None,
+            Some(rows) => Some(self.teacher_columns(rows, &teacher_top, &stats.ids, k)?),
+        };
+        let fixed = Fixed {
+            tokens,
+            from,
+            ids: stats.ids,
+            lp_old,
+            k,
+            k_t,
+            teacher,
+        };
+        let terms = self.terms(s, &fixed, &lp)?;
+        Ok((terms, stats.entropy_sum, fixed))
+    }
+
+    /// A later pass of the same step: π_cur moved, π_old and the teacher stay as fixed.
+    fn later_pass(&self, s: &TrainSample, fixed: &Fixed) -> Result<(SampleTerms, f64)> {
+        let (lp, stats) = self.policy.head(
+            &fixed.tokens,
+            fixed.from,
+            Gather::Ids(fixed.ids.clone()),
+            Mode::Train,
+        )?;
+        Ok((self.terms(s, fixed, &lp)?, stats.entropy_sum))
+    }
+
+    /// One sample's objective terms from π_cur's log-probs `lp` at `fixed.ids`.
+    fn terms(&self, s: &TrainSample, fixed: &Fixed, lp: &Tensor) -> Result<SampleTerms> {
+        let t = s.response.len();
+        let (k, k_t) = (fixed.k, fixed.k_t);
         let first = |x: &Tensor| x.narrow(1, 0, 1)?.squeeze(1);
-        let lp_cur = first(&lp)?;
-        let lp_old_y = first(&lp_old)?;
         let advantage = s
             .advantage
             .map(|a| Tensor::full(a, t, &Device::Cpu))
             .transpose()?;
-        let opd = match &s.teacher {
-            None => None,
-            Some(plan) => {
-                let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
-                let (teacher, mask) = self.teacher(plan, &s.response, &support)?;
-                let k = support.first().map_or(0, Vec::len);
-                Some(OpdTerms {
-                    lp_cur: lp.narrow(1, 1, k)?,
-                    lp_old: lp_old.narrow(1, 1, k)?,
-                    lp_teacher: teacher,
-                    mask,
-                })
+        // Columns of S_i among the gathered ones (after ℓ(y_i)), by support.
+        let (at, width) = match self.config.support {
+            Support::Student => (0, k),
+            Support::Teacher => (k, k_t),
+            Support::Union => (0, k + k_t),
+        };
+        let (opd, fkl) = match &fixed.teacher {
+            None => (None, None),
+            Some(tc) => {
+                let opd = OpdTerms {
+                    lp_cur: lp.narrow(1, 1 + at, width)?,
+                    lp_old: fixed.lp_old.narrow(1, 1 + at, width)?,
+                    lp_teacher: tc.lp.narrow(1, at, width)?,
+                    mask: tc.mask.clone(),
+                };
+                let fkl = (k_t > 0).then(|| -> Result<FklTerms> {
+                    Ok(FklTerms {
+                        lp_cur: lp.narrow(1, 1 + k, k_t)?,
+                        lp_teacher: tc.lp.narrow(1, k, k_t)?,
+                    })
+                });
+                (Some(opd), fkl.transpose()?)
             }
+        };
+        let directive = self.config.objective.method.directive();
+        let retry = match (&s.retry_prompt, directive && self.config.objective.w_retry != 0.0) {
+            (Some(prompt), true) => {
+                if prompt.is_empty() {
+                    return Err(Error::InvalidSample("a retry prompt is empty".into()));
+                }
+                let mut tokens = prompt.clone();
+                tokens.extend_from_slice(&s.response[..t - 1]);
+                let ys = s.response.iter().map(|&y| vec![y]).collect();
+                let (lp, _) =
+                    self.policy
+                        .head(&tokens, prompt.len() - 1, Gather::Ids(ys), Mode::Train)?;
+                Some(first(&lp)?)
+            }
+            _ => None,
         };
         let lp_ref = if self.config.objective.beta != 0.0 {
             let ys = s.response.iter().map(|&y| vec![y]).collect();
             Some(first(
                 &self
                     .policy
-                    .head(&tokens, from, Gather::Ids(ys), Mode::Reference)?
+                    .head(&fixed.tokens, fixed.from, Gather::Ids(ys), Mode::Reference)?
                     .0,
             )?)
         } else {
             None
         };
-        Ok((
-            SampleTerms {
-                lp_cur,
-                lp_old: lp_old_y,
-                advantage,
-                opd,
-                lp_ref,
-            },
-            stats.entropy_sum,
-        ))
+        Ok(SampleTerms {
+            lp_cur: first(lp)?,
+            lp_old: first(&fixed.lp_old)?,
+            advantage,
+            opd,
+            lp_ref,
+            fkl,
+            retry,
+        })
     }
 
-    /// ℓ_T over the student's support, each position under its own hint's prompt, and the
-    /// support mask (S_i, or S_i ∩ that teacher's own top-k with `intersect_support`); both
-    /// `[T, k]`.
-    fn teacher(
-        &self,
-        plan: &Teacher,
-        response: &[u32],
-        support: &[Vec<u32>],
-    ) -> Result<(Tensor, Tensor)> {
+    /// The hinted teacher's log-softmax at every response position, each under its own hint's
+    /// prompt: `T` rows of `vocab`.
+    fn teacher_rows(&self, plan: &Teacher, response: &[u32]) -> Result<Vec<Vec<f32>>> {
         let t = response.len();
         if plan.per_position.len() != t {
             return Err(Error::InvalidSample(format!(
@@ -205,11 +320,9 @@ impl Trainer {
                 plan.prompts.len()
             )));
         }
-        let k = support.first().map_or(0, Vec::len);
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); t];
         // Each hint's prompt is scored once, over every position; position i keeps the row of
         // its own hint h*_i.
-        let mut values = vec![0f32; t * k];
-        let mut mask = vec![0f32; t * k];
         for (h, hint) in plan.prompts.iter().enumerate() {
             if !plan.per_position.contains(&h) {
                 continue;
@@ -219,33 +332,64 @@ impl Trainer {
             }
             let mut tokens = hint.clone();
             tokens.extend_from_slice(&response[..t - 1]);
-            let (lp, stats) = self.policy.head(
-                &tokens,
-                hint.len() - 1,
-                Gather::Ids(support.to_vec()),
-                Mode::Eval,
-            )?;
-            let rows = lp.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-            for (i, _) in plan
-                .per_position
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| **p == h)
-            {
-                values[i * k..(i + 1) * k].copy_from_slice(&rows[i]);
-                for (j, v) in support[i].iter().enumerate() {
-                    let kept = !self.config.intersect_support || stats.top_k[i].contains(v);
-                    mask[i * k + j] = if kept { 1.0 } else { 0.0 };
+            let (lp, _) = self
+                .policy
+                .head(&tokens, hint.len() - 1, Gather::All, Mode::Eval)?;
+            let all = lp.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (i, row) in all.into_iter().enumerate() {
+                if plan.per_position.get(i) == Some(&h) {
+                    rows[i] = row;
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(values, (t, k), &Device::Cpu)?,
-            Tensor::from_vec(mask, (t, k), &Device::Cpu)?,
-        ))
+        Ok(rows)
     }
 
-    /// One optimizer step on `batch`; samples with an empty response are skipped.
+    /// ℓ_T at the gathered columns after ℓ(y_i) (`[T, k + k_T]`), and the mask of S_i over the
+    /// support's own columns: the student's top-k (∩ K_i with `intersect_support`), K_i, or
+    /// their union (a K_i entry already in S^q_i counted once).
+    fn teacher_columns(
+        &self,
+        rows: &[Vec<f32>],
+        teacher_top: &[Vec<u32>],
+        ids: &[Vec<u32>],
+        k: usize,
+    ) -> Result<TeacherColumns> {
+        let t = rows.len();
+        let m = ids.first().map_or(0, |r| r.len() - 1);
+        let mut lp = Vec::with_capacity(t * m);
+        let mut mask = Vec::new();
+        for ((row, top), gathered) in rows.iter().zip(teacher_top).zip(ids) {
+            let cols = &gathered[1..];
+            lp.extend(cols.iter().map(|&v| row[v as usize]));
+            let (student, teacher) = cols.split_at(k);
+            let keep_student =
+                |v: &u32| !self.config.intersect_support || top.contains(v);
+            match self.config.support {
+                Support::Student => {
+                    mask.extend(student.iter().map(|v| f32::from(u8::from(keep_student(v)))));
+                }
+                Support::Teacher => mask.extend(teacher.iter().map(|_| 1f32)),
+                Support::Union => {
+                    mask.extend(student.iter().map(|v| f32::from(u8::from(keep_student(v)))));
+                    mask.extend(
+                        teacher
+                            .iter()
+                            .map(|v| f32::from(u8::from(!student.contains(v)))),
+                    );
+                }
+            }
+        }
+        let width = if t == 0 { 0 } else { mask.len() / t };
+        Ok(TeacherColumns {
+            lp: Tensor::from_vec(lp, (t, m), &Device::Cpu)?,
+            mask: Tensor::from_vec(mask, (t, width), &Device::Cpu)?,
+        })
+    }
+
+    /// Trains on `batch`: `epochs` optimizer steps over it, π_old and the teacher fixed by the
+    /// first (so ρ = 1 on the first and the clips act on the later ones); samples with an
+    /// empty response are skipped. The metrics are the last pass's.
     ///
     /// Each sample's graph is built, differentiated and dropped before the next (gradient
     /// accumulation), so memory holds one sample's activations, not the batch's.
@@ -259,37 +403,54 @@ impl Trainer {
             ));
         }
         let n = usable.len() as f64;
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.optimizer.params().len()];
-        let mut parts = Vec::with_capacity(usable.len());
-        let (mut entropy, mut tokens) = (0.0, 0);
-        for s in &usable {
-            let _span = info_span!("sample", tokens = s.response.len()).entered();
-            let (terms, e) = self.terms(s)?;
-            entropy += e;
-            tokens += s.response.len();
-            let (loss, metrics) = batch_loss(std::slice::from_ref(&terms), &self.config.objective)?;
-            parts.push(metrics);
-            // The batch loss is the mean over samples: each contributes 1/n of its gradient.
-            let store = loss.affine(1.0 / n, 0.0)?.backward()?;
-            for (acc, p) in grads.iter_mut().zip(self.optimizer.params()) {
-                if let Some(g) = store.get(p.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        Some(a) => a.add(g)?,
-                        None => g.clone(),
-                    });
+        let mut fixed: Vec<Fixed> = Vec::with_capacity(usable.len());
+        let mut out = StepMetrics::default();
+        for epoch in 0..self.config.epochs.max(1) {
+            let mut grads: Vec<Option<Tensor>> = vec![None; self.optimizer.params().len()];
+            let mut parts = Vec::with_capacity(usable.len());
+            let (mut entropy, mut tokens) = (0.0, 0);
+            for (j, s) in usable.iter().enumerate() {
+                let _span = info_span!("sample", epoch, tokens = s.response.len()).entered();
+                let (terms, e) = match fixed.get(j) {
+                    Some(f) => self.later_pass(s, f)?,
+                    None => {
+                        let (terms, e, f) = self.first_pass(s)?;
+                        fixed.push(f);
+                        (terms, e)
+                    }
+                };
+                entropy += e;
+                tokens += s.response.len();
+                let (loss, metrics) =
+                    batch_loss(std::slice::from_ref(&terms), &self.config.objective)?;
+                parts.push(metrics);
+                // The batch loss is the mean over samples: each contributes 1/n of its gradient.
+                let store = loss.affine(1.0 / n, 0.0)?.backward()?;
+                for (acc, p) in grads.iter_mut().zip(self.optimizer.params()) {
+                    if let Some(g) = store.get(p.as_tensor()) {
+                        *acc = Some(match acc.take() {
+                            Some(a) => a.add(g)?,
+                            None => g.clone(),
+                        });
+                    }
                 }
             }
+            let grad_norm = self.optimizer.step(&grads)?;
+            out = StepMetrics {
+                step: self.steps(),
+                loss: LossMetrics::merge(&parts),
+                entropy: entropy / tokens.max(1) as f64,
+                grad_norm,
+                samples: usable.len(),
+                tokens,
+            };
         }
-        let grad_norm = self.optimizer.step(&grads)?;
-        let out = StepMetrics {
-            step: self.steps(),
-            loss: LossMetrics::merge(&parts),
-            entropy: entropy / tokens.max(1) as f64,
-            grad_norm,
-            samples: usable.len(),
-            tokens,
-        };
-        info!(step = out.step, loss = out.loss.loss, grad_norm, "trained");
+        info!(
+            step = out.step,
+            loss = out.loss.loss,
+            grad_norm = out.grad_norm,
+            "trained"
+        );
         Ok(out)
     }
 
@@ -321,14 +482,20 @@ impl Trainer {
         let gather = Gather::TokenAndTopK {
             tokens: response.to_vec(),
             k,
+            extra: Vec::new(),
         };
         let (student, stats) = self
             .policy
             .head(&tokens, prompt.len() - 1, gather, Mode::Eval)?;
-        let support: Vec<Vec<u32>> = stats.ids.iter().map(|r| r[1..].to_vec()).collect();
         let plan = Teacher::single(hint.to_vec(), response.len());
-        let (teacher, _) = self.teacher(&plan, response, &support)?;
-        let k = support.first().map_or(0, Vec::len);
+        let rows = self.teacher_rows(&plan, response)?;
+        let k = stats.ids.first().map_or(0, |r| r.len() - 1);
+        let values: Vec<f32> = rows
+            .iter()
+            .zip(&stats.ids)
+            .flat_map(|(row, ids)| ids[1..].iter().map(|&v| row[v as usize]))
+            .collect();
+        let teacher = Tensor::from_vec(values, (response.len(), k), &Device::Cpu)?;
         let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
             x.broadcast_sub(&x.log_sum_exp(D::Minus1)?.unsqueeze(1)?)
         };

@@ -61,6 +61,7 @@ fn full_fine_tuning_trains_every_projection_and_publishes_a_model() {
             response: good.clone(),
             advantage: Some(1.0),
             teacher: None,
+            retry_prompt: None,
         },
         TrainSample {
             prompt: p.clone(),
@@ -70,6 +71,7 @@ fn full_fine_tuning_trains_every_projection_and_publishes_a_model() {
                 prompt(&m, "pick one\n\n[user's hint / instruction]\nbe brief"),
                 bad.len(),
             )),
+            retry_prompt: None,
         },
     ];
     let (good0, bad0) = (
@@ -93,6 +95,7 @@ fn full_fine_tuning_trains_every_projection_and_publishes_a_model() {
     let gather = Gather::TokenAndTopK {
         tokens: good.clone(),
         k: 4,
+        extra: Vec::new(),
     };
     let (lp, _) = t
         .policy
@@ -159,6 +162,7 @@ fn a_full_fine_tuning_checkpoint_resumes_identically() {
         response: m.tokenizer.encode("in the end").expect("encodes"),
         advantage: Some(1.0),
         teacher: None,
+        retry_prompt: None,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = full_trainer(&m);

@@ -49,6 +49,7 @@ fn the_trainable_forward_matches_the_engine() {
         let gather = Gather::TokenAndTopK {
             tokens: response.clone(),
             k: 3,
+            extra: Vec::new(),
         };
         let (lp, stats) = t
             .policy
@@ -88,6 +89,7 @@ fn every_adapter_tensor_receives_a_nonzero_gradient() {
             response.len(),
         )),
         response,
+        retry_prompt: None,
     };
     // B starts at zero, so A's gradient is zero until B has moved once.
     t.train_step(std::slice::from_ref(&sample)).expect("step");
@@ -96,6 +98,7 @@ fn every_adapter_tensor_receives_a_nonzero_gradient() {
     let gather = Gather::TokenAndTopK {
         tokens: sample.response.clone(),
         k: 4,
+        extra: Vec::new(),
     };
     let (lp, _) = t
         .policy
@@ -135,12 +138,14 @@ fn rl_steps_raise_a_rewarded_response_and_lower_a_punished_one() {
             response: good.clone(),
             advantage: Some(1.0),
             teacher: None,
+            retry_prompt: None,
         },
         TrainSample {
             prompt: p.clone(),
             response: bad.clone(),
             advantage: Some(-1.0),
             teacher: None,
+            retry_prompt: None,
         },
     ];
     for _ in 0..4 {
@@ -171,6 +176,7 @@ fn opd_steps_bring_the_student_towards_the_hinted_teacher() {
         response: response.clone(),
         advantage: None,
         teacher: Some(Teacher::single(hinted.clone(), response.len())),
+        retry_prompt: None,
     };
     let mut kl = t.support_kl(&p, &hinted, &response).expect("kl");
     assert!(kl > 0.0);
@@ -198,6 +204,7 @@ fn a_published_adapter_serves_what_the_trainer_learned() {
         response: response.clone(),
         advantage: Some(1.0),
         teacher: None,
+        retry_prompt: None,
     };
     for _ in 0..3 {
         t.train_step(std::slice::from_ref(&sample)).expect("step");
@@ -241,6 +248,7 @@ fn peft_round_trip_and_a_resumed_checkpoint_continue_identically() {
         response: m.tokenizer.encode("in the end").expect("encodes"),
         advantage: Some(1.0),
         teacher: None,
+        retry_prompt: None,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = trainer(&m, 1e-2);
@@ -296,6 +304,7 @@ fn adapter_gradients_through_the_whole_model_match_finite_differences() {
         response: response.clone(),
         advantage: Some(1.0),
         teacher: None,
+        retry_prompt: None,
     };
     t.train_step(std::slice::from_ref(&sample)).expect("step");
     let mut tokens = p.clone();
@@ -392,6 +401,7 @@ fn adapter_dropout_trains_too() {
         response: good.clone(),
         advantage: Some(1.0),
         teacher: None,
+        retry_prompt: None,
     };
     for _ in 0..4 {
         assert!(
@@ -439,6 +449,7 @@ fn each_position_learns_from_the_teacher_of_its_own_hint() {
                 prompts: hints.to_vec(),
                 per_position,
             }),
+            retry_prompt: None,
         };
         t.train_step(std::slice::from_ref(&sample))
             .expect("step")
@@ -468,6 +479,7 @@ fn each_position_learns_from_the_teacher_of_its_own_hint() {
             prompts: hints.to_vec(),
             per_position: vec![0; n - 1],
         }),
+        retry_prompt: None,
     };
     assert!(t.train_step(std::slice::from_ref(&bad)).is_err());
 }

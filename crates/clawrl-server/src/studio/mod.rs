@@ -14,7 +14,7 @@ use crate::error::{ApiError, ApiResult};
 pub use admin::{create_key, delete_key, events, healthz, keys, metrics};
 pub use hints::{accept_hint, add_hint, preview, reject_hint};
 pub use training::{activate, pause, resume, steps, training, update_training, versions};
-pub use turns::{feedback, inspect, queue, session, sessions, turn};
+pub use turns::{feedback, first_answers, inspect, queue, session, sessions, turn};
 
 /// Longest hint or correction, in characters.
 const MAX_TEXT_CHARS: usize = 4000;

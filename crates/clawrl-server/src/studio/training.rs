@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use clawrl_loop::TrainingSettings;
-use clawrl_objective::{Method, SelectionMode};
+use clawrl_objective::{Method, SelectionMode, Support};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,6 +47,10 @@ pub struct SettingsPatch {
     w_opd: Option<f64>,
     beta: Option<f64>,
     intersect_support: Option<bool>,
+    support: Option<Support>,
+    w_fkl: Option<f64>,
+    w_retry: Option<f64>,
+    epochs: Option<usize>,
     paused: Option<bool>,
 }
 
@@ -70,6 +74,10 @@ impl SettingsPatch {
             w_opd,
             beta,
             intersect_support,
+            support,
+            w_fkl,
+            w_retry,
+            epochs,
             paused
         );
         t

@@ -23,6 +23,16 @@ pub async fn sessions(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResu
     Ok(Json(json!({ "sessions": list })))
 }
 
+/// `GET /studio/first-answers?limit=`: how each recent session's first answer was judged,
+/// oldest first — whether the assistant now answers as its users want without being told.
+pub async fn first_answers(
+    State(s): State<Shared>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let list = s.lp.store.first_answers(p.limit()?).await?;
+    Ok(Json(json!({ "sessions": list })))
+}
+
 /// `GET /studio/sessions/{id}`: the session and its turns (without per-token data).
 pub async fn session(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let session = s.lp.store.session(&id).await?;

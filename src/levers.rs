@@ -1,0 +1,66 @@
+//! The training switches `serve` and `simulate` share: a preset, then the levers beyond the
+//! paper (README, "Extensions"), each overriding the preset.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use clawrl_objective::Support;
+use clawrl_server::TrainingSettings;
+
+/// A starting configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Preset {
+    /// The measured defaults (README, "Simulated users").
+    Product,
+    /// DESIGN.md §2 exactly: the student's top-k support, one pass, no extension.
+    Paper,
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct Levers {
+    /// Start from these settings; the flags below override single levers.
+    #[arg(long, value_enum, default_value_t = Preset::Product)]
+    pub(crate) preset: Preset,
+    /// Learning rate (default: the preset's).
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// The OPD support S_i: student (the paper), teacher or union.
+    #[arg(long)]
+    pub(crate) support: Option<Support>,
+    /// λ of the forward KL toward the hinted teacher over its top-k (0: off).
+    #[arg(long, value_name = "LAMBDA")]
+    pub(crate) fkl: Option<f64>,
+    /// Weight of accepted-retry distillation: an answer accepted after a correction also
+    /// trains under the original prompt (0: off).
+    #[arg(long, value_name = "WEIGHT")]
+    pub(crate) retry: Option<f64>,
+    /// Optimizer passes over each batch (1: the paper's, ρ = 1).
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+}
+
+impl Levers {
+    /// The preset with the given levers applied, checked.
+    pub(crate) fn settings(&self) -> Result<TrainingSettings> {
+        let mut t = match self.preset {
+            Preset::Product => TrainingSettings::default(),
+            Preset::Paper => TrainingSettings::paper(),
+        };
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.support {
+            t.support = v;
+        }
+        if let Some(v) = self.fkl {
+            t.w_fkl = v;
+        }
+        if let Some(v) = self.retry {
+            t.w_retry = v;
+        }
+        if let Some(v) = self.epochs {
+            t.epochs = v;
+        }
+        t.validate()?;
+        Ok(t)
+    }
+}
