@@ -52,8 +52,8 @@ pub(crate) struct SimulateArgs {
     /// One adapter (a fresh server) per persona.
     #[arg(long)]
     separate: bool,
-    /// The speaker's demo: the persona whose measured base rate is lowest (one the untrained
-    /// model fails), one seed, 15 sessions at most; shows its first answers before and after.
+    /// The speaker's demo: the shipped demo persona (else the one with the lowest measured base
+    /// rate), one seed, 15 sessions at most; shows its first answers before and after.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// The full benchmark: 15 sessions of every persona; the untrained control (`none`) and
@@ -194,14 +194,15 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     }
     let mut seeds = a.seed.clone();
     if a.quick {
-        // The persona the base fails most often (an unmeasured one counts as failing).
-        let pick = personas
-            .iter()
-            .min_by(|x, y| {
+        // The demo persona when one is among them, else the one the base fails most often (an
+        // unmeasured one counts as failing).
+        let pick = personas.iter().find(|p| p.demo).or_else(|| {
+            personas.iter().min_by(|x, y| {
                 let r = |p: &Persona| p.base_rate.unwrap_or(0.0);
                 r(x).total_cmp(&r(y))
             })
-            .cloned();
+        });
+        let pick = pick.cloned();
         personas = pick.into_iter().collect();
         if let (Some(p), false) = (personas.first(), a.json) {
             eprintln!(
@@ -373,7 +374,7 @@ fn report(
     runs: &[RunResult],
     personas: &[Persona],
 ) -> Result<(serde_json::Value, String)> {
-    let table = table(runs, personas);
+    let table = table(runs, personas, max_sessions);
     let report = json!({
         // The in-process server judges by rules; a remote one by whatever it was started with.
         "judge": if a.url.is_some() { "the server's" } else { "rules" },
@@ -382,10 +383,19 @@ fn report(
         "training": if a.url.is_some() {
             serde_json::Value::Null
         } else {
+            // Every run's settings but its method and selection (in `runs`).
+            let mut settings = serde_json::to_value(TrainingSettings {
+                batch_size: a.batch_size,
+                top_k: a.top_k,
+                ..a.levers.settings()?
+            })?;
+            if let Some(o) = settings.as_object_mut() {
+                o.remove("method");
+                o.remove("selection");
+                o.remove("paused");
+            }
             json!({
-                "settings": a.levers.settings()?,
-                "batch_size": a.batch_size,
-                "top_k": a.top_k,
+                "settings": settings,
                 "lora_rank": a.rank,
                 "max_tokens": a.max_tokens,
             })
@@ -477,7 +487,7 @@ fn summarize(runs: &[RunResult]) -> BTreeMap<String, BTreeMap<String, Option<f64
 
 /// The paper's Tables 3 and 4 in shape: rows method (and selection), columns personas, the
 /// mean sessions until the preference is adopted (— where it never was).
-fn table(runs: &[RunResult], personas: &[Persona]) -> String {
+fn table(runs: &[RunResult], personas: &[Persona], max_sessions: usize) -> String {
     let summary = summarize(runs);
     let mut rows: Vec<String> = Vec::new();
     for r in runs {
@@ -506,7 +516,7 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
                 .and_then(|m| m.get(&row))
                 .copied()
                 .flatten();
-            let learned = learned(runs, &row, &p.name)
+            let learned = learned(runs, &row, &p.name, max_sessions)
                 .map(|(k, n)| format!(" · learned {k}/{n}"))
                 .unwrap_or_default();
             out.push_str(&match v {
@@ -523,9 +533,16 @@ fn table(runs: &[RunResult], personas: &[Persona]) -> String {
 const AHEAD_OF_CONTROL: usize = 5;
 
 /// Of the runs of `row` whose seed has a control run (method none), how many learned
-/// `persona`'s preference: reached it, and at least five sessions before the control did (or
-/// the control never did). `None` without a control or for the control's own row.
-fn learned(runs: &[RunResult], row: &str, persona: &str) -> Option<(usize, usize)> {
+/// `persona`'s preference: reached it, and at least five sessions before the control did. A
+/// control that never did within `max_sessions` counts as reaching it at the earliest session
+/// it could have after them (`max_sessions − 1`), so "learned" never rests on the window's
+/// end. `None` without a control or for the control's own row.
+fn learned(
+    runs: &[RunResult],
+    row: &str,
+    persona: &str,
+    max_sessions: usize,
+) -> Option<(usize, usize)> {
     if row.starts_with("none") {
         return None;
     }
@@ -541,11 +558,9 @@ fn learned(runs: &[RunResult], row: &str, persona: &str) -> Option<(usize, usize
         };
         n += 1;
         let reached = stp(r).flatten();
-        k += usize::from(match (reached, control) {
-            (Some(t), Some(c)) => t + AHEAD_OF_CONTROL <= c,
-            (Some(_), None) => true,
-            (None, _) => false,
-        });
+        // Three in a row starting at max_sessions − 1 is the first run the window misses.
+        let c = control.unwrap_or(max_sessions.saturating_sub(1));
+        k += usize::from(reached.is_some_and(|t| t + AHEAD_OF_CONTROL <= c));
     }
     (n > 0).then_some((k, n))
 }

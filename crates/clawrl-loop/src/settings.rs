@@ -140,6 +140,15 @@ impl TrainingSettings {
                 return bad(name, format!("{name} must be a number ≥ 0, got {v}"));
             }
         }
+        if self.intersect_support && self.support != Support::Student {
+            return bad(
+                "intersect_support",
+                format!(
+                    "intersect_support narrows the student support; with support {} it has no meaning",
+                    self.support
+                ),
+            );
+        }
         if !(1..=16).contains(&self.epochs) {
             return bad(
                 "epochs",

@@ -195,7 +195,8 @@ impl Worker {
                 return;
             }
         };
-        let step = self.trainer.steps() + 1;
+        // Step numbers count optimizer steps: `epochs` per batch.
+        let step = self.trainer.steps() + self.trainer.config.epochs.max(1);
         let _span = info_span!("train_step", step, samples = batch.len()).entered();
         self.lp.emit(Event::TrainStarted {
             step,

@@ -401,6 +401,8 @@ pub fn batch_loss(samples: &[SampleTerms], cfg: &ObjectiveConfig) -> Result<(Ten
     let (mut opd_clip_n, mut sup_n, mut dclip_n, mut abs_delta) = (0.0, 0.0, 0.0, 0.0);
     let mut kl_sum = 0.0;
     let directive = cfg.method.directive();
+    // The untrained control: no term at all.
+    let samples = if cfg.method.trains() { samples } else { &[] };
     for s in samples {
         let t = s.lp_cur.dim(0)?;
         if t == 0 {

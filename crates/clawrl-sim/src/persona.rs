@@ -49,6 +49,8 @@ struct PersonaFile {
     replies: Replies,
     #[serde(default)]
     base_rate: Option<f64>,
+    #[serde(default)]
+    demo: bool,
 }
 
 /// A simulated user.
@@ -67,6 +69,8 @@ pub struct Persona {
     /// The measured fraction of first answers the untrained model gets right (the control,
     /// 15 sessions, 3 seeds), when measured.
     pub base_rate: Option<f64>,
+    /// The persona `simulate --quick` shows (one the base fails and the loop learns quickly).
+    pub demo: bool,
     forbid: Vec<Regex>,
     require: Vec<Regex>,
 }
@@ -125,6 +129,7 @@ impl Persona {
             preference: f.preference,
             replies: f.replies,
             base_rate: f.base_rate,
+            demo: f.demo,
             forbid,
             require,
         })

@@ -145,7 +145,8 @@ pub struct FirstAnswer {
     pub turn_id: i64,
     /// The policy version that answered.
     pub policy_version: i64,
-    /// r_t of that answer (the majority of its votes); `None` until judged or on a tie.
+    /// r_t of that answer: the majority of its readable votes (as `objective::majority`: 0
+    /// unless one side outnumbers each other); `None` until judged.
     pub reward: Option<i64>,
 }
 
@@ -436,8 +437,12 @@ impl Store {
     pub async fn first_answers(&self, limit: i64) -> Result<Vec<FirstAnswer>> {
         let mut rows: Vec<FirstAnswer> = sqlx::query_as(
             "SELECT s.id AS session_id, s.created_at, t.id AS turn_id, t.policy_version,
-                    (SELECT CASE WHEN SUM(v.value) > 0 THEN 1 WHEN SUM(v.value) < 0 THEN -1 END
-                     FROM votes v WHERE v.turn_id = t.id) AS reward
+                    (SELECT CASE WHEN up > down AND up > zero THEN 1
+                                 WHEN down > up AND down > zero THEN -1
+                                 WHEN up + down + zero > 0 THEN 0 END
+                     FROM (SELECT SUM(v.value = 1) AS up, SUM(v.value = -1) AS down,
+                                  SUM(v.value = 0) AS zero
+                           FROM votes v WHERE v.turn_id = t.id)) AS reward
              FROM sessions s
              JOIN turns t ON t.id = (SELECT MIN(id) FROM turns
                                      WHERE session_id = s.id AND turn_type = 'main')
@@ -830,11 +835,17 @@ impl Store {
     }
 
     /// The turn that an answer accepted at `turn_id` retried: the first of the run of main
-    /// turns just before it in its session whose votes rejected them (majority −1), whose
-    /// prompt is the original s_t; `None` when the turn just before was not rejected.
+    /// turns just before it in its session that were corrected — a majority of their readable
+    /// votes −1 (as `objective::majority`) and a hint — whose prompt is the original s_t; `None`
+    /// when the turn just before was not corrected (or is not judged yet).
     pub async fn retried_turn(&self, turn_id: i64) -> Result<Option<i64>> {
-        let earlier: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT t.id, COALESCE((SELECT SUM(v.value) FROM votes v WHERE v.turn_id = t.id), 0)
+        let earlier: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT t.id,
+                    COALESCE((SELECT down > up AND down > zero
+                              FROM (SELECT SUM(v.value = 1) AS up, SUM(v.value = -1) AS down,
+                                           SUM(v.value = 0) AS zero
+                                    FROM votes v WHERE v.turn_id = t.id)), 0)
+                    AND EXISTS (SELECT 1 FROM hints h WHERE h.turn_id = t.id)
              FROM turns t
              WHERE t.session_id = (SELECT session_id FROM turns WHERE id = ?1)
                AND t.id < ?1 AND t.turn_type = 'main'
@@ -845,7 +856,7 @@ impl Store {
         .await?;
         Ok(earlier
             .iter()
-            .take_while(|(_, score)| *score < 0)
+            .take_while(|(_, corrected)| *corrected)
             .last()
             .map(|(id, _)| *id))
     }

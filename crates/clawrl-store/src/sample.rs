@@ -273,15 +273,10 @@ pub(crate) async fn upsert_sample(
         return insert_sample(tx, s, new_hint_ids, now).await;
     };
     if let Some(a) = s.advantage {
-        sqlx::query("UPDATE samples SET advantage = ?1 WHERE id = ?2")
+        // A new r_t decides the retry too: an answer no longer accepted distils nothing.
+        sqlx::query("UPDATE samples SET advantage = ?1, retry_of = ?2 WHERE id = ?3")
             .bind(a)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    if let Some(r) = s.retry_of {
-        sqlx::query("UPDATE samples SET retry_of = ?1 WHERE id = ?2")
-            .bind(r)
+            .bind(s.retry_of)
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -258,7 +258,8 @@ async fn concurrent_writers_queue_instead_of_failing() {
     assert!(!paired.is_empty() && paired.len() <= 76);
 }
 
-/// A judgement of one vote and no hint, with an RL sample for `turn_id` retrying `retry_of`.
+/// A judgement of one vote (a correction's hint with a −1), with an RL sample for `turn_id`
+/// retrying `retry_of`.
 fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
     Judgement {
         votes: vec![Vote {
@@ -266,7 +267,17 @@ fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
             value: Some(value),
             raw: "rules".into(),
         }],
-        hints: Vec::new(),
+        hints: if value < 0 {
+            vec![NewHint {
+                text: "no".into(),
+                source: HintSource::Judge,
+                author: "rules".into(),
+                overlap: None,
+                status: HintStatus::Candidate,
+            }]
+        } else {
+            Vec::new()
+        },
         sample: Some(NewSample {
             turn_id,
             advantage: Some(value as f64),
@@ -322,4 +333,20 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     t.continuation = "k3".into();
     let later = store.record_turn(&t).await.expect("turn");
     assert_eq!(store.retried_turn(later).await.expect("query"), None);
+    // A later thumbs-down takes the retry away from the still-pending sample.
+    let (_, ns) = store
+        .pair_next_state("s", NextKind::Reply, "actually no")
+        .await
+        .expect("pair")
+        .expect("paired");
+    store
+        .record_judgement(ns, ids[2], &vote(ids[2], -1, None))
+        .await
+        .expect("judged");
+    let samples = store.samples_of(ids[2]).await.expect("samples");
+    assert_eq!(samples[0].retry_of, None);
+    // The curve of first answers: the session's first turn, rejected.
+    let first = store.first_answers(10).await.expect("first answers");
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].turn_id, first[0].reward), (ids[0], Some(-1)));
 }

@@ -66,6 +66,8 @@ struct Fixed {
     k_t: usize,
     /// The teacher at the gathered columns, for samples with one.
     teacher: Option<TeacherColumns>,
+    /// ℓ_ref(y_i), `[T]`, when the KL term is on.
+    lp_ref: Option<Tensor>,
 }
 
 /// ℓ_T at the gathered columns after ℓ(y_i), `[T, k + k_T]`, and the mask of S_i over the
@@ -105,7 +107,8 @@ impl Default for TrainConfig {
 /// What a step did.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepMetrics {
-    /// Step number after this step (1 for the first).
+    /// Optimizer steps taken after this batch (`epochs` per batch: 1 for the first batch of
+    /// one pass).
     pub step: usize,
     /// The objective's measurements.
     pub loss: LossMetrics,
@@ -198,7 +201,7 @@ impl Trainer {
             let (lp, _) =
                 self.policy
                     .head(&tokens, from, Gather::Ids(stats.ids.clone()), Mode::Train)?;
-            (lp, old, stats)
+            (lp, old.detach(), stats)
         } else {
             let (lp, stats) = self.policy.head(&tokens, from, by_token, Mode::Train)?;
             let old = lp.detach();
@@ -209,6 +212,16 @@ impl Trainer {
             None => None,
             Some(rows) => Some(self.teacher_columns(rows, &teacher_top, &stats.ids, k)?),
         };
+        // ℓ_ref(y_i) under the frozen base: the same on every pass.
+        let lp_ref = if self.config.objective.beta != 0.0 {
+            let ys = s.response.iter().map(|&y| vec![y]).collect();
+            let (r, _) = self
+                .policy
+                .head(&tokens, from, Gather::Ids(ys), Mode::Reference)?;
+            Some(r.narrow(1, 0, 1)?.squeeze(1)?)
+        } else {
+            None
+        };
         let fixed = Fixed {
             tokens,
             from,
@@ -217,6 +230,7 @@ impl Trainer {
             k,
             k_t,
             teacher,
+            lp_ref,
         };
         let terms = self.terms(s, &fixed, &lp)?;
         Ok((terms, stats.entropy_sum, fixed))
@@ -282,23 +296,12 @@ impl Trainer {
             }
             _ => None,
         };
-        let lp_ref = if self.config.objective.beta != 0.0 {
-            let ys = s.response.iter().map(|&y| vec![y]).collect();
-            Some(first(
-                &self
-                    .policy
-                    .head(&fixed.tokens, fixed.from, Gather::Ids(ys), Mode::Reference)?
-                    .0,
-            )?)
-        } else {
-            None
-        };
         Ok(SampleTerms {
             lp_cur: first(lp)?,
             lp_old: first(&fixed.lp_old)?,
             advantage,
             opd,
-            lp_ref,
+            lp_ref: fixed.lp_ref.clone(),
             fkl,
             retry,
         })
