@@ -53,7 +53,8 @@ pub(crate) struct SimulateArgs {
     #[arg(long)]
     separate: bool,
     /// The speaker's demo: the shipped demo persona (else the one with the lowest measured base
-    /// rate), one seed, 15 sessions at most; shows its first answers before and after.
+    /// rate), one seed, 15 sessions at most, stopping once the preference is adopted (three
+    /// satisfied first answers in a row); shows its first answers before and after.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// The full benchmark: 15 sessions of every persona; the untrained control (`none`) and
@@ -116,11 +117,20 @@ fn sessions(
     tasks: &[Task],
     max_sessions: usize,
     wait: bool,
+    until_adopted: bool,
     log: &mut dyn FnMut(&SessionOutcome),
 ) -> Result<BTreeMap<String, PersonaResult>> {
     let mut by_persona: BTreeMap<String, Vec<SessionOutcome>> = BTreeMap::new();
     // Personas take turns: session n of every persona before session n + 1 of any.
     for n in 0..max_sessions {
+        let adopted = |s: &Vec<SessionOutcome>| {
+            let first: Vec<bool> = s.iter().map(|o| o.first_satisfied).collect();
+            sessions_to_preference(&first).is_some()
+        };
+        if until_adopted && by_persona.len() == personas.len() && by_persona.values().all(adopted)
+        {
+            break;
+        }
         for (p, persona) in personas.iter().enumerate() {
             let task = (sim.seed as usize * 7919 + n * personas.len() + p) % tasks.len();
             let o = rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?;
@@ -276,6 +286,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                     &tasks,
                     max_sessions,
                     !a.no_wait,
+                    a.quick,
                     &mut log,
                 )?,
             });
@@ -306,6 +317,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                     &tasks,
                     max_sessions,
                     !a.no_wait,
+                    a.quick,
                     &mut log,
                 );
                 rt.block_on(server.shutdown());

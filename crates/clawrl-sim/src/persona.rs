@@ -294,8 +294,9 @@ mod tests {
                 "friendly",
                 "warm",
                 "well done",
-                "answer:",
-                "short",
+                "final answer",
+                "first line",
+                "one or two",
                 "brief",
                 "hope this helps",
             ] {
