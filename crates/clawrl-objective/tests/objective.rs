@@ -198,6 +198,43 @@ fn terms(s: &Setup, logits: &Tensor, adv: Option<f64>, opd: bool) -> SampleTerms
     }
 }
 
+/// Asserts that the gradient of `batch_loss([build(z)])` at the setup's logits matches central
+/// finite differences in every entry; `what` names the case.
+fn assert_gradient_matches_fd(
+    s: &Setup,
+    cfg: &ObjectiveConfig,
+    what: &str,
+    build: impl Fn(&Tensor) -> SampleTerms,
+) {
+    let (loss, _) = batch_loss(&[build(s.logits.as_tensor())], cfg).expect("loss");
+    let g = loss
+        .backward()
+        .expect("backward")
+        .get(s.logits.as_tensor())
+        .expect("logits get a gradient")
+        .to_vec2::<f64>()
+        .expect("vec");
+    let base = s.logits.as_tensor().to_vec2::<f64>().expect("vec");
+    let h = 1e-6;
+    for i in 0..3 {
+        for v in 0..5 {
+            let at = |delta: f64| {
+                let mut x = base.clone();
+                x[i][v] += delta;
+                let rows: Vec<&[f64]> = x.iter().map(Vec::as_slice).collect();
+                let (l, _) = batch_loss(&[build(&t2(&rows))], cfg).expect("loss");
+                l.to_scalar::<f64>().expect("scalar")
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (fd - g[i][v]).abs() < 1e-6,
+                "{what}: ∂L/∂z[{i}][{v}] = {} vs {fd}",
+                g[i][v]
+            );
+        }
+    }
+}
+
 #[test]
 fn gradients_match_finite_differences() {
     let s = setup();
@@ -208,35 +245,12 @@ fn gradients_match_finite_differences() {
         (Some(1.0), true),
         (Some(-1.0), true),
     ] {
-        let cfg = ObjectiveConfig::default();
-        let (loss, _) =
-            batch_loss(&[terms(&s, s.logits.as_tensor(), adv, opd)], &cfg).expect("loss");
-        let grads = loss.backward().expect("backward");
-        let g = grads
-            .get(s.logits.as_tensor())
-            .expect("logits get a gradient")
-            .to_vec2::<f64>()
-            .expect("vec");
-        let base = s.logits.as_tensor().to_vec2::<f64>().expect("vec");
-        let h = 1e-6;
-        for i in 0..3 {
-            for v in 0..5 {
-                let at = |delta: f64| {
-                    let mut x = base.clone();
-                    x[i][v] += delta;
-                    let rows: Vec<&[f64]> = x.iter().map(Vec::as_slice).collect();
-                    let (l, _) =
-                        batch_loss(&[terms(&s, &t2(&rows), adv, opd)], &cfg).expect("loss");
-                    l.to_scalar::<f64>().expect("scalar")
-                };
-                let fd = (at(h) - at(-h)) / (2.0 * h);
-                assert!(
-                    (fd - g[i][v]).abs() < 1e-6,
-                    "adv {adv:?} opd {opd}: ∂L/∂z[{i}][{v}] = {} vs {fd}",
-                    g[i][v]
-                );
-            }
-        }
+        assert_gradient_matches_fd(
+            &s,
+            &ObjectiveConfig::default(),
+            &format!("adv {adv:?} opd {opd}"),
+            |z| terms(&s, z, adv, opd),
+        );
     }
 }
 
@@ -442,28 +456,7 @@ fn forward_kl_and_retry_gradients_match_finite_differences() {
         t.retry = Some(lp2.gather(&y, 1).expect("gather").squeeze(1).expect("squeeze"));
         t
     };
-    let (loss, m) = batch_loss(&[build(s.logits.as_tensor())], &cfg).expect("loss");
+    let (_, m) = batch_loss(&[build(s.logits.as_tensor())], &cfg).expect("loss");
     assert_eq!((m.fkl_samples, m.retry_samples), (1, 1));
-    let g = loss
-        .backward()
-        .expect("backward")
-        .get(s.logits.as_tensor())
-        .expect("gradient")
-        .to_vec2::<f64>()
-        .expect("vec");
-    let base = s.logits.as_tensor().to_vec2::<f64>().expect("vec");
-    let h = 1e-6;
-    for i in 0..3 {
-        for v in 0..5 {
-            let at = |delta: f64| {
-                let mut x = base.clone();
-                x[i][v] += delta;
-                let rows: Vec<&[f64]> = x.iter().map(Vec::as_slice).collect();
-                let (l, _) = batch_loss(&[build(&t2(&rows))], &cfg).expect("loss");
-                l.to_scalar::<f64>().expect("scalar")
-            };
-            let fd = (at(h) - at(-h)) / (2.0 * h);
-            assert!((fd - g[i][v]).abs() < 1e-6, "∂L/∂z[{i}][{v}] = {} vs {fd}", g[i][v]);
-        }
-    }
+    assert_gradient_matches_fd(&s, &cfg, "forward KL and retry", build);
 }

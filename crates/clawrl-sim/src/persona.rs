@@ -326,19 +326,6 @@ mod tests {
         let unknown = format!("{ok}color = 1\n");
         assert!(Persona::from_toml(&unknown, "x.toml").is_err());
     }
-}
-
-#[cfg(test)]
-mod form_tests {
-    use super::*;
-
-    fn persona(name: &str) -> Persona {
-        builtin_personas()
-            .expect("the shipped personas parse")
-            .into_iter()
-            .find(|p| p.name == name)
-            .expect("persona")
-    }
 
     #[test]
     fn the_form_personas_check_what_their_corrections_ask_for() {

@@ -1,36 +1,15 @@
 //! The switches beyond the paper on the tiny model: the OPD support, the forward KL toward the
 //! hinted teacher, accepted-retry distillation and several passes per batch.
 
-use clawrl_model::{Message, Model};
-use clawrl_objective::{Method, ObjectiveConfig, Support};
-use clawrl_trainer::{
-    AdamWConfig, LoraConfig, Teacher, TrainConfig, TrainSample, TrainablePolicy, Trainer,
-};
+mod common;
 
-fn prompt(m: &Model, text: &str) -> Vec<u32> {
-    m.chat_prompt(&[Message::user(text)], None).expect("prompt")
-}
+use clawrl_model::Model;
+use clawrl_objective::{Method, ObjectiveConfig, Support};
+use clawrl_trainer::{Teacher, TrainConfig, TrainSample, Trainer};
+use common::prompt;
 
 fn trainer(m: &Model, lr: f64, config: TrainConfig) -> Trainer {
-    let policy = TrainablePolicy::new(
-        m,
-        LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        },
-        1,
-    )
-    .expect("policy");
-    Trainer::new(
-        policy,
-        AdamWConfig {
-            lr,
-            ..Default::default()
-        },
-        config,
-    )
-    .expect("trainer")
+    common::trainer_with(m, lr, config)
 }
 
 /// An OPD sample of `response` after "hi", taught under a hint.

@@ -1,36 +1,17 @@
 //! The trainer on the tiny model: it computes what the engine computes, every adapter
 //! receives gradient, and steps move the policy the way each signal says.
 
-use clawrl_model::{Message, Model};
+mod common;
+
+use clawrl_model::Model;
 use clawrl_trainer::{
     AdamWConfig, Gather, LoraConfig, Mode, Teacher, TrainConfig, TrainSample, TrainablePolicy,
     Trainer,
 };
-
-fn prompt(m: &Model, text: &str) -> Vec<u32> {
-    m.chat_prompt(&[Message::user(text)], None).expect("prompt")
-}
+use common::{prompt, trainer_with};
 
 fn trainer(m: &Model, lr: f64) -> Trainer {
-    let policy = TrainablePolicy::new(
-        m,
-        LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            ..Default::default()
-        },
-        1,
-    )
-    .expect("policy");
-    Trainer::new(
-        policy,
-        AdamWConfig {
-            lr,
-            ..Default::default()
-        },
-        TrainConfig::default(),
-    )
-    .expect("trainer")
+    trainer_with(m, lr, TrainConfig::default())
 }
 
 #[test]
