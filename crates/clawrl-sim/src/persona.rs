@@ -339,4 +339,19 @@ mod tests {
         assert!(signoff.violations("It is 36.\n\nHope this helps!\n", 9).is_empty());
         assert!(!signoff.violations("Hope this helps! It is 36.", 9).is_empty());
     }
+
+    #[test]
+    fn every_shipped_persona_states_its_base_rate_and_one_is_the_demo() {
+        let all = builtin_personas().expect("personas");
+        assert!(all.iter().all(|p| p.base_rate.is_some()));
+        let demo: Vec<&str> = all
+            .iter()
+            .filter(|p| p.demo)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(demo.len(), 1, "{demo:?}");
+        // The demo must be one the untrained model fails.
+        assert!(all.iter().any(|p| p.demo && !p.tests_the_base()));
+        assert!(persona("student").tests_the_base() && persona("ta").tests_the_base());
+    }
 }
