@@ -18,9 +18,10 @@ pub(crate) enum Preset {
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Levers {
-    /// Start from these settings; the flags below override single levers.
-    #[arg(long, value_enum, default_value_t = Preset::Paper)]
-    pub(crate) preset: Preset,
+    /// Start from these settings; the flags below override single levers. Default: paper
+    /// (`simulate --quick`: extensions, the combination that learns within a demo).
+    #[arg(long, value_enum)]
+    pub(crate) preset: Option<Preset>,
     /// Learning rate (default: the preset's).
     #[arg(long)]
     pub(crate) lr: Option<f64>,
@@ -40,9 +41,9 @@ pub(crate) struct Levers {
 }
 
 impl Levers {
-    /// The preset with the given levers applied, checked.
-    pub(crate) fn settings(&self) -> Result<TrainingSettings> {
-        let mut t = match self.preset {
+    /// The preset (`fallback` when none was given) with the given levers applied, checked.
+    pub(crate) fn settings(&self, fallback: Preset) -> Result<TrainingSettings> {
+        let mut t = match self.preset.unwrap_or(fallback) {
             Preset::Paper => TrainingSettings::default(),
             Preset::Extensions => TrainingSettings::extensions(),
         };

@@ -13,6 +13,8 @@ use clawrl_sim::{
     Persona, SessionOutcome, Simulation, Task, builtin_personas, load_tasks, sessions_to_preference,
 };
 use clawrl_trainer::LoraConfig;
+
+use crate::levers::Preset;
 use serde::Serialize;
 use serde_json::json;
 
@@ -89,6 +91,15 @@ pub(crate) struct SimulateArgs {
 }
 
 impl SimulateArgs {
+    /// The preset when `--preset` is not given: the demo shows the combination that learns.
+    fn preset(&self) -> Preset {
+        if self.quick {
+            Preset::Extensions
+        } else {
+            Preset::Paper
+        }
+    }
+
     /// Whether a running server is driven (no local model needed).
     pub(crate) fn uses_url(&self) -> bool {
         self.url.is_some()
@@ -172,7 +183,7 @@ fn server_config(
         method: method.parse().map_err(anyhow::Error::msg)?,
         selection: selection.parse().map_err(anyhow::Error::msg)?,
         top_k: a.top_k,
-        ..a.levers.settings()?
+        ..a.levers.settings(a.preset())?
     };
     c.lp.training.validate()?;
     if a.rank == 0 {
@@ -399,7 +410,7 @@ fn report(
             let mut settings = serde_json::to_value(TrainingSettings {
                 batch_size: a.batch_size,
                 top_k: a.top_k,
-                ..a.levers.settings()?
+                ..a.levers.settings(a.preset())?
             })?;
             if let Some(o) = settings.as_object_mut() {
                 o.remove("method");
