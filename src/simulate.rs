@@ -13,10 +13,10 @@ use clawrl_sim::{
     Persona, SessionOutcome, Simulation, Task, builtin_personas, load_tasks, sessions_to_preference,
 };
 use clawrl_trainer::LoraConfig;
-
-use crate::levers::Preset;
 use serde::Serialize;
 use serde_json::json;
+
+use crate::levers::Preset;
 
 /// Where the shared task file sits relative to the project root.
 const DEFAULT_TASKS: &str = "../shared/data/gsm8k-test.json";
@@ -138,8 +138,7 @@ fn sessions(
             let first: Vec<bool> = s.iter().map(|o| o.first_satisfied).collect();
             sessions_to_preference(&first).is_some()
         };
-        if until_adopted && by_persona.len() == personas.len() && by_persona.values().all(adopted)
-        {
+        if until_adopted && by_persona.len() == personas.len() && by_persona.values().all(adopted) {
             break;
         }
         for (p, persona) in personas.iter().enumerate() {
@@ -230,7 +229,10 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 "demo: persona {} (the untrained model met it in {} of its first answers)",
                 p.name,
                 p.base_rate
-                    .map_or("an unmeasured share".into(), |r| format!("{:.0} %", r * 100.0))
+                    .map_or("an unmeasured share".into(), |r| format!(
+                        "{:.0} %",
+                        r * 100.0
+                    ))
             );
         }
         seeds.truncate(1);

@@ -439,21 +439,44 @@ fn forward_kl_and_retry_gradients_match_finite_differences() {
     let k_t: Vec<u32> = vec![2, 4, 0, 3, 1, 2, 4, 0, 1];
     let build = |z: &Tensor| {
         let lp = z
-            .broadcast_sub(&z.log_sum_exp(D::Minus1).expect("lse").unsqueeze(1).expect("u"))
+            .broadcast_sub(
+                &z.log_sum_exp(D::Minus1)
+                    .expect("lse")
+                    .unsqueeze(1)
+                    .expect("u"),
+            )
             .expect("log-softmax");
         let ids = Tensor::from_vec(k_t.clone(), (3, 3), &CPU).expect("ids");
         let mut t = terms(&s, z, Some(1.0), true);
         t.fkl = Some(FklTerms {
             lp_cur: lp.gather(&ids, 1).expect("gather"),
-            lp_teacher: t2(&[&[-0.4, -1.9, -2.2], &[-0.8, -1.1, -3.0], &[-0.2, -2.6, -2.7]]),
+            lp_teacher: t2(&[
+                &[-0.4, -1.9, -2.2],
+                &[-0.8, -1.1, -3.0],
+                &[-0.2, -2.6, -2.7],
+            ]),
         });
         // The retry scores the same tokens under other logits: here z shifted (a function of z).
         let shifted = z.affine(0.5, 0.1).expect("affine");
         let lp2 = shifted
-            .broadcast_sub(&shifted.log_sum_exp(D::Minus1).expect("lse").unsqueeze(1).expect("u"))
+            .broadcast_sub(
+                &shifted
+                    .log_sum_exp(D::Minus1)
+                    .expect("lse")
+                    .unsqueeze(1)
+                    .expect("u"),
+            )
             .expect("log-softmax");
-        let y = Tensor::new(s.y.as_slice(), &CPU).expect("y").unsqueeze(1).expect("u");
-        t.retry = Some(lp2.gather(&y, 1).expect("gather").squeeze(1).expect("squeeze"));
+        let y = Tensor::new(s.y.as_slice(), &CPU)
+            .expect("y")
+            .unsqueeze(1)
+            .expect("u");
+        t.retry = Some(
+            lp2.gather(&y, 1)
+                .expect("gather")
+                .squeeze(1)
+                .expect("squeeze"),
+        );
         t
     };
     let (_, m) = batch_loss(&[build(s.logits.as_tensor())], &cfg).expect("loss");

@@ -205,7 +205,10 @@ pub fn builtin_personas() -> Result<Vec<Persona>> {
             "personas/answer-first.toml",
             include_str!("../personas/answer-first.toml"),
         ),
-        ("personas/brief.toml", include_str!("../personas/brief.toml")),
+        (
+            "personas/brief.toml",
+            include_str!("../personas/brief.toml"),
+        ),
         (
             "personas/signoff.toml",
             include_str!("../personas/signoff.toml"),
@@ -330,14 +333,30 @@ mod tests {
     #[test]
     fn the_form_personas_check_what_their_corrections_ask_for() {
         let first = persona("answer-first");
-        assert!(first.violations("Answer: 36\nThey need 36 more.", 10).is_empty());
-        assert!(!first.violations("They need 36 more.\nAnswer: 36", 10).is_empty());
+        assert!(
+            first
+                .violations("Answer: 36\nThey need 36 more.", 10)
+                .is_empty()
+        );
+        assert!(
+            !first
+                .violations("They need 36 more.\nAnswer: 36", 10)
+                .is_empty()
+        );
         let brief = persona("brief");
         assert!(brief.violations("36.", 2).is_empty());
         assert!(!brief.violations("long", 41).is_empty());
         let signoff = persona("signoff");
-        assert!(signoff.violations("It is 36.\n\nHope this helps!\n", 9).is_empty());
-        assert!(!signoff.violations("Hope this helps! It is 36.", 9).is_empty());
+        assert!(
+            signoff
+                .violations("It is 36.\n\nHope this helps!\n", 9)
+                .is_empty()
+        );
+        assert!(
+            !signoff
+                .violations("Hope this helps! It is 36.", 9)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -294,7 +294,10 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
         .await
         .expect("opens");
     let mut ids = Vec::new();
-    for (i, prompt) in [vec![1, 2], vec![1, 2, 7], vec![1, 2, 7, 8]].into_iter().enumerate() {
+    for (i, prompt) in [vec![1, 2], vec![1, 2, 7], vec![1, 2, 7, 8]]
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 {
             let (_, ns) = store
                 .pair_next_state("s", NextKind::Reply, "no")
@@ -312,8 +315,14 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
         ids.push(store.record_turn(&t).await.expect("turn"));
     }
     // Two rejected answers, then the third: its retry is of the first, the original s_t.
-    assert_eq!(store.retried_turn(ids[2]).await.expect("query"), Some(ids[0]));
-    assert_eq!(store.retried_turn(ids[1]).await.expect("query"), Some(ids[0]));
+    assert_eq!(
+        store.retried_turn(ids[2]).await.expect("query"),
+        Some(ids[0])
+    );
+    assert_eq!(
+        store.retried_turn(ids[1]).await.expect("query"),
+        Some(ids[0])
+    );
     assert_eq!(store.retried_turn(ids[0]).await.expect("query"), None);
     let (_, ns) = store
         .pair_next_state("s", NextKind::Reply, "thanks")

@@ -128,7 +128,12 @@ impl CustomOp1 for Head {
             Gather::TokenAndTopK { extra, .. } => extra,
             _ => &[],
         };
-        if rows.iter().chain(extra).flatten().any(|&v| v as usize >= vocab) {
+        if rows
+            .iter()
+            .chain(extra)
+            .flatten()
+            .any(|&v| v as usize >= vocab)
+        {
             candle_core::bail!("a gathered id is outside the vocabulary of {vocab}");
         }
         let all = matches!(&*self.gather, Gather::All);

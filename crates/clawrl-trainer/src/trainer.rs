@@ -281,7 +281,10 @@ impl Trainer {
             }
         };
         let directive = self.config.objective.method.directive();
-        let retry = match (&s.retry_prompt, directive && self.config.objective.w_retry != 0.0) {
+        let retry = match (
+            &s.retry_prompt,
+            directive && self.config.objective.w_retry != 0.0,
+        ) {
             (Some(prompt), true) => {
                 if prompt.is_empty() {
                     return Err(Error::InvalidSample("a retry prompt is empty".into()));
@@ -366,8 +369,7 @@ impl Trainer {
             let cols = &gathered[1..];
             lp.extend(cols.iter().map(|&v| row[v as usize]));
             let (student, teacher) = cols.split_at(k);
-            let keep_student =
-                |v: &u32| !self.config.intersect_support || top.contains(v);
+            let keep_student = |v: &u32| !self.config.intersect_support || top.contains(v);
             match self.config.support {
                 Support::Student => {
                     mask.extend(student.iter().map(|v| f32::from(u8::from(keep_student(v)))));

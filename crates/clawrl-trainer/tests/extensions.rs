@@ -52,10 +52,7 @@ fn each_support_ranges_over_its_own_tokens() {
                 ..Default::default()
             },
         );
-        let step = tr
-            .train_step(&[hinted(&m, &response)])
-            .expect("step")
-            .loss;
+        let step = tr.train_step(&[hinted(&m, &response)]).expect("step").loss;
         assert_eq!(step.opd_samples, 1);
         assert!(step.loss_opd.is_finite());
         step.opd_entries
@@ -165,7 +162,9 @@ fn later_passes_over_a_batch_see_a_moved_policy() {
         retry_prompt: None,
     };
     let mut once = trainer(&m, 5e-2, TrainConfig::default());
-    let one = once.train_step(std::slice::from_ref(&sample)).expect("step");
+    let one = once
+        .train_step(std::slice::from_ref(&sample))
+        .expect("step");
     assert!((one.loss.mean_ratio - 1.0).abs() < 1e-6);
     assert_eq!(one.step, 1);
     let mut thrice = trainer(
