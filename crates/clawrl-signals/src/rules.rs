@@ -51,6 +51,11 @@ const CORRECTIONS: &[&str] = &[
     "try again",
     "please",
     "instead",
+    // A complaint about the answer's form ("That is too long. …") is a correction too.
+    "that is too",
+    "that's too",
+    "too long",
+    "too short",
 ];
 
 /// Words of a tool output that mean it failed.
@@ -196,6 +201,16 @@ mod tests {
         );
         // "no" must open the reply as a word, not as the start of another word.
         assert_eq!(judge(NextKind::Reply, "Nothing else, bye").value, Some(0));
+        let long = judge(
+            NextKind::Reply,
+            "That is too long. Give me just the answer.",
+        );
+        assert_eq!(long.value, Some(-1));
+        assert_eq!(
+            long.hint.as_deref(),
+            Some("That is too long. Give me just the answer.")
+        );
+        assert_eq!(judge(NextKind::Reply, "That's too short.").value, Some(-1));
     }
 
     #[test]
