@@ -158,16 +158,19 @@ fn setup() -> Setup {
     }
 }
 
+/// Row-wise log-softmax of `[T, V]` logits.
+fn log_softmax(z: &Tensor) -> Tensor {
+    z.broadcast_sub(
+        &z.log_sum_exp(D::Minus1)
+            .expect("lse")
+            .unsqueeze(1)
+            .expect("unsqueeze"),
+    )
+    .expect("log-softmax")
+}
+
 fn terms(s: &Setup, logits: &Tensor, adv: Option<f64>, opd: bool) -> SampleTerms {
-    let lp = logits
-        .broadcast_sub(
-            &logits
-                .log_sum_exp(D::Minus1)
-                .expect("lse")
-                .unsqueeze(1)
-                .expect("unsqueeze"),
-        )
-        .expect("log-softmax");
+    let lp = log_softmax(logits);
     let y = Tensor::new(s.y.as_slice(), &CPU)
         .expect("ids")
         .unsqueeze(1)
@@ -438,14 +441,7 @@ fn forward_kl_and_retry_gradients_match_finite_differences() {
     // The teacher's own top-k per position, and a second context's logits for the retry.
     let k_t: Vec<u32> = vec![2, 4, 0, 3, 1, 2, 4, 0, 1];
     let build = |z: &Tensor| {
-        let lp = z
-            .broadcast_sub(
-                &z.log_sum_exp(D::Minus1)
-                    .expect("lse")
-                    .unsqueeze(1)
-                    .expect("u"),
-            )
-            .expect("log-softmax");
+        let lp = log_softmax(z);
         let ids = Tensor::from_vec(k_t.clone(), (3, 3), &CPU).expect("ids");
         let mut t = terms(&s, z, Some(1.0), true);
         t.fkl = Some(FklTerms {
@@ -458,15 +454,7 @@ fn forward_kl_and_retry_gradients_match_finite_differences() {
         });
         // The retry scores the same tokens under other logits: here z shifted (a function of z).
         let shifted = z.affine(0.5, 0.1).expect("affine");
-        let lp2 = shifted
-            .broadcast_sub(
-                &shifted
-                    .log_sum_exp(D::Minus1)
-                    .expect("lse")
-                    .unsqueeze(1)
-                    .expect("u"),
-            )
-            .expect("log-softmax");
+        let lp2 = log_softmax(&shifted);
         let y = Tensor::new(s.y.as_slice(), &CPU)
             .expect("y")
             .unsqueeze(1)
