@@ -9,19 +9,19 @@ use clawrl_server::TrainingSettings;
 /// A starting configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Preset {
-    /// DESIGN.md §2 exactly: the student's top-k support, one pass, no extension (the default).
+    /// DESIGN.md §2 exactly: the student's top-k support, one pass, no extension, lr 1e-4.
     Paper,
-    /// Accepted-retry distillation, the forward KL, the union support and lr 3e-4: learns the
-    /// form personas the paper's setting does not, and then drifts (README, "Simulated users").
+    /// The default: accepted-retry distillation, the forward KL, the union support, two passes
+    /// per batch, lr 5e-4 and β = 1, which learn what the paper's setting does not (README,
+    /// "Simulated users").
     Extensions,
 }
 
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Levers {
-    /// Start from these settings; the flags below override single levers. Default: paper
-    /// (`simulate --quick`: extensions, the combination that learns within a demo).
-    #[arg(long, value_enum)]
-    pub(crate) preset: Option<Preset>,
+    /// Start from these settings; the flags below override single levers.
+    #[arg(long, value_enum, default_value = "extensions")]
+    pub(crate) preset: Preset,
     /// Learning rate (default: the preset's).
     #[arg(long)]
     pub(crate) lr: Option<f64>,
@@ -38,12 +38,21 @@ pub(crate) struct Levers {
     /// Optimizer passes over each batch (1: the paper's, ρ = 1).
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
+    /// w_RL, the weight of the evaluative (policy-gradient) term.
+    #[arg(long, value_name = "WEIGHT")]
+    pub(crate) w_rl: Option<f64>,
+    /// w_OPD, the weight of the directive (on-policy distillation) term.
+    #[arg(long, value_name = "WEIGHT")]
+    pub(crate) w_opd: Option<f64>,
+    /// β of the KL to the base model (0: off): a brake on drift.
+    #[arg(long)]
+    pub(crate) beta: Option<f64>,
 }
 
 impl Levers {
-    /// The preset (`fallback` when none was given) with the given levers applied, checked.
-    pub(crate) fn settings(&self, fallback: Preset) -> Result<TrainingSettings> {
-        let mut t = match self.preset.unwrap_or(fallback) {
+    /// The preset with the given levers applied, checked.
+    pub(crate) fn settings(&self) -> Result<TrainingSettings> {
+        let mut t = match self.preset {
             Preset::Paper => TrainingSettings::default(),
             Preset::Extensions => TrainingSettings::extensions(),
         };
@@ -61,6 +70,15 @@ impl Levers {
         }
         if let Some(v) = self.epochs {
             t.epochs = v;
+        }
+        if let Some(v) = self.w_rl {
+            t.w_rl = v;
+        }
+        if let Some(v) = self.w_opd {
+            t.w_opd = v;
+        }
+        if let Some(v) = self.beta {
+            t.beta = v;
         }
         t.validate()?;
         Ok(t)

@@ -141,7 +141,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
         selection: a.selection,
         top_k: a.top_k,
         paused: a.paused,
-        ..a.levers.settings(crate::levers::Preset::Paper)?
+        ..a.levers.settings()?
     };
     config.lp.training.validate()?;
     config.lp.lora = LoraConfig::with_rank(a.rank);

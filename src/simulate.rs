@@ -16,8 +16,6 @@ use clawrl_trainer::LoraConfig;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::levers::Preset;
-
 /// Where the shared task file sits relative to the project root.
 const DEFAULT_TASKS: &str = "../shared/data/gsm8k-test.json";
 
@@ -91,15 +89,6 @@ pub(crate) struct SimulateArgs {
 }
 
 impl SimulateArgs {
-    /// The preset when `--preset` is not given: the demo shows the combination that learns.
-    fn preset(&self) -> Preset {
-        if self.quick {
-            Preset::Extensions
-        } else {
-            Preset::Paper
-        }
-    }
-
     /// Whether a running server is driven (no local model needed).
     pub(crate) fn uses_url(&self) -> bool {
         self.url.is_some()
@@ -182,7 +171,7 @@ fn server_config(
         method: method.parse().map_err(anyhow::Error::msg)?,
         selection: selection.parse().map_err(anyhow::Error::msg)?,
         top_k: a.top_k,
-        ..a.levers.settings(a.preset())?
+        ..a.levers.settings()?
     };
     c.lp.training.validate()?;
     if a.rank == 0 {
@@ -412,7 +401,7 @@ fn report(
             let mut settings = serde_json::to_value(TrainingSettings {
                 batch_size: a.batch_size,
                 top_k: a.top_k,
-                ..a.levers.settings(a.preset())?
+                ..a.levers.settings()?
             })?;
             if let Some(o) = settings.as_object_mut() {
                 o.remove("method");

@@ -85,7 +85,8 @@ impl Engine {
         config.ui = Some(self.options.ui.clone());
         config.lp.training = TrainingSettings {
             batch_size: self.options.batch_size,
-            ..TrainingSettings::default()
+            // The product's defaults: the levers that learn (README, "Extensions beyond the paper").
+            ..TrainingSettings::extensions()
         };
         status("Starting the server…");
         let server = self

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Training settings (DESIGN.md §2 names; defaults: the paper's personal-agent setting, with a
-/// LoRA learning rate). [`TrainingSettings::extensions`] turns on the levers beyond the paper.
+/// Training settings (DESIGN.md §2 names; `Default`: the paper's personal-agent setting, with a
+/// LoRA learning rate). [`TrainingSettings::extensions`] turns on the levers beyond the paper:
+/// the product's defaults (`serve`, `simulate`, the Studio).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingSettings {
     /// Samples per step.
@@ -88,15 +89,18 @@ impl Default for TrainingSettings {
 
 impl TrainingSettings {
     /// The levers beyond the paper as measured here (README, "Simulated users"):
-    /// accepted-retry distillation and the forward KL at weight 1, the union support, lr 3e-4.
-    /// They learn preferences the paper's setting does not reach within 15 sessions, and then
-    /// drift: not the default until that is fixed.
+    /// accepted-retry distillation and the forward KL at weight 1, the union support, two
+    /// optimizer passes per batch, lr 5e-4, and β = 1 toward the base as the brake that keeps
+    /// that step size from collapsing the policy when many preferences share it. They learn a
+    /// preference the paper's setting does not reach within 15 sessions.
     pub fn extensions() -> Self {
         Self {
-            lr: 3e-4,
+            lr: 5e-4,
+            beta: 1.0,
             support: Support::Union,
             w_fkl: 1.0,
             w_retry: 1.0,
+            epochs: 2,
             ..Self::default()
         }
     }
@@ -217,6 +221,21 @@ mod tests {
         let back: TrainingSettings = serde_json::from_value(v).expect("reads back");
         assert_eq!(back, s);
         assert!(TrainingSettings::default().validate().is_ok());
+        let ext = TrainingSettings::extensions();
+        assert!(ext.validate().is_ok());
+        // The product's defaults differ from the paper only in the levers beyond it.
+        assert_eq!(
+            TrainingSettings {
+                lr: 1e-4,
+                beta: 0.0,
+                support: Support::Student,
+                w_fkl: 0.0,
+                w_retry: 0.0,
+                epochs: 1,
+                ..ext
+            },
+            TrainingSettings::default()
+        );
         let bad = TrainingSettings {
             top_k: 0,
             ..Default::default()

@@ -343,9 +343,12 @@ mod tests {
                 .violations("They need 36 more.\nAnswer: 36", 10)
                 .is_empty()
         );
+        // Each also wants an answer: a bare form with no number is not one.
+        assert!(!first.violations("Answer: see below\n36", 6).is_empty());
         let brief = persona("brief");
         assert!(brief.violations("36.", 2).is_empty());
         assert!(!brief.violations("long", 41).is_empty());
+        assert!(!brief.violations("Sure.", 2).is_empty());
         let signoff = persona("signoff");
         assert!(
             signoff
@@ -357,6 +360,7 @@ mod tests {
                 .violations("Hope this helps! It is 36.", 9)
                 .is_empty()
         );
+        assert!(!signoff.violations("Hope this helps!", 4).is_empty());
     }
 
     #[test]

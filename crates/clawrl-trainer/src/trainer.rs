@@ -385,7 +385,7 @@ impl Trainer {
                 }
             }
         }
-        let width = if t == 0 { 0 } else { mask.len() / t };
+        let width = mask.len().checked_div(t).unwrap_or(0);
         Ok(TeacherColumns {
             lp: Tensor::from_vec(lp, (t, m), &Device::Cpu)?,
             mask: Tensor::from_vec(mask, (t, width), &Device::Cpu)?,
