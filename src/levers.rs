@@ -56,31 +56,22 @@ impl Levers {
             Preset::Paper => TrainingSettings::default(),
             Preset::Extensions => TrainingSettings::extensions(),
         };
-        if let Some(v) = self.lr {
-            t.lr = v;
-        }
-        if let Some(v) = self.support {
-            t.support = v;
-        }
-        if let Some(v) = self.fkl {
-            t.w_fkl = v;
-        }
-        if let Some(v) = self.retry {
-            t.w_retry = v;
-        }
-        if let Some(v) = self.epochs {
-            t.epochs = v;
-        }
-        if let Some(v) = self.w_rl {
-            t.w_rl = v;
-        }
-        if let Some(v) = self.w_opd {
-            t.w_opd = v;
-        }
-        if let Some(v) = self.beta {
-            t.beta = v;
-        }
+        set(&mut t.lr, self.lr);
+        set(&mut t.support, self.support);
+        set(&mut t.w_fkl, self.fkl);
+        set(&mut t.w_retry, self.retry);
+        set(&mut t.epochs, self.epochs);
+        set(&mut t.w_rl, self.w_rl);
+        set(&mut t.w_opd, self.w_opd);
+        set(&mut t.beta, self.beta);
         t.validate()?;
         Ok(t)
+    }
+}
+
+/// A lever given on the command line replaces the preset's value.
+fn set<T>(slot: &mut T, lever: Option<T>) {
+    if let Some(v) = lever {
+        *slot = v;
     }
 }

@@ -332,35 +332,23 @@ mod tests {
 
     #[test]
     fn the_form_personas_check_what_their_corrections_ask_for() {
-        let first = persona("answer-first");
-        assert!(
-            first
-                .violations("Answer: 36\nThey need 36 more.", 10)
-                .is_empty()
-        );
-        assert!(
-            !first
-                .violations("They need 36 more.\nAnswer: 36", 10)
-                .is_empty()
-        );
-        // Each also wants an answer: a bare form with no number is not one.
-        assert!(!first.violations("Answer: see below\n36", 6).is_empty());
-        let brief = persona("brief");
-        assert!(brief.violations("36.", 2).is_empty());
-        assert!(!brief.violations("long", 41).is_empty());
-        assert!(!brief.violations("Sure.", 2).is_empty());
-        let signoff = persona("signoff");
-        assert!(
-            signoff
-                .violations("It is 36.\n\nHope this helps!\n", 9)
-                .is_empty()
-        );
-        assert!(
-            !signoff
-                .violations("Hope this helps! It is 36.", 9)
-                .is_empty()
-        );
-        assert!(!signoff.violations("Hope this helps!", 4).is_empty());
+        // (persona, answer, its tokens, whether it meets the preference). Each also wants an
+        // answer: a bare form with no number is not one.
+        let cases = [
+            ("answer-first", "Answer: 36\nThey need 36 more.", 10, true),
+            ("answer-first", "They need 36 more.\nAnswer: 36", 10, false),
+            ("answer-first", "Answer: see below\n36", 6, false),
+            ("brief", "36.", 2, true),
+            ("brief", "long", 41, false),
+            ("brief", "Sure.", 2, false),
+            ("signoff", "It is 36.\n\nHope this helps!\n", 9, true),
+            ("signoff", "Hope this helps! It is 36.", 9, false),
+            ("signoff", "Hope this helps!", 4, false),
+        ];
+        for (name, text, tokens, meets) in cases {
+            let v = persona(name).violations(text, tokens);
+            assert_eq!(v.is_empty(), meets, "{name} on {text:?}: {v:?}");
+        }
     }
 
     #[test]
