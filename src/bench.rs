@@ -120,6 +120,7 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         max_tokens: b.new_tokens,
         sampling: Sampling::greedy(),
         ignore_eos: true,
+        grammar: None,
         ..GenerateParams::default()
     };
     let adapter = match &b.adapter {

@@ -87,6 +87,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             top_logprobs,
             ignore_eos: false,
+            grammar: None,
         }
     }
 

@@ -14,21 +14,42 @@ use crate::error::Result;
 use crate::events::Event;
 
 /// The key of a conversation that ends in an answer: what a client that replays the history
-/// sends back (roles, texts with their ends trimmed, tool calls), hashed (SHA-256, hex). A
-/// request whose messages up to its last assistant message have the key of a recorded turn's
-/// messages plus its answer continues that turn's session (DESIGN.md §4).
+/// sends back (roles, texts with their ends trimmed, tool calls as id, name and arguments),
+/// hashed (SHA-256, hex). A request whose messages up to its last assistant message have the
+/// key of a recorded turn's messages plus its answer continues that turn's session
+/// (DESIGN.md §4).
 pub fn continuation_key(messages: &[Message]) -> String {
-    let canonical: Vec<(&str, &str, Option<String>)> = messages
+    let canonical: Vec<(&str, &str, Vec<(String, String)>)> = messages
         .iter()
         .map(|m| {
-            let calls = m.tool_calls.as_ref().map(|c| c.to_string());
-            (m.role.as_str(), m.content.trim(), calls)
+            (
+                m.role.as_str(),
+                m.content.trim(),
+                m.tool_calls.as_ref().map(call_keys).unwrap_or_default(),
+            )
         })
         .collect();
     let text = serde_json::to_string(&canonical).unwrap_or_default();
     Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Each call as (id, name and arguments as compact JSON): what survives a client that
+/// re-serialises the calls it replays (field order, whitespace).
+fn call_keys(tool_calls: &serde_json::Value) -> Vec<(String, String)> {
+    let ids = tool_calls
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c.get("id").and_then(|i| i.as_str()).unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    ids.into_iter()
+        .zip(clawrl_model::tools::calls_of(tool_calls))
+        .map(|(id, c)| (id, format!("{}{}", c.name, c.arguments)))
         .collect()
 }
 

@@ -53,6 +53,52 @@ pub fn drop_oldest(messages: &[Message], n: usize) -> Vec<Message> {
     messages[..lead].iter().chain(rest).cloned().collect()
 }
 
+/// The answer as the client receives it, and replays it in later requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The assistant message: the text before any call, and the calls in OpenAI's shape
+    /// (`[{"id", "type": "function", "function": {"name", "arguments": "<json>"}}]`).
+    pub message: Message,
+    /// OpenAI's finish reason: `tool_calls` when the answer calls functions.
+    pub finish_reason: &'static str,
+}
+
+impl Reply {
+    /// The answer to `g`: any well-formed calls to `tool_names` read out of its text
+    /// ([`clawrl_model::tools::parse_calls`]), each given a fresh id; else the text.
+    pub fn of(g: &Generation, tool_names: &[String]) -> Reply {
+        let names: Vec<&str> = tool_names.iter().map(String::as_str).collect();
+        let parsed = (g.finish_reason == FinishReason::Stop && !names.is_empty())
+            .then(|| clawrl_model::tools::parse_calls(&g.text, &names))
+            .flatten();
+        match parsed {
+            Some((content, calls)) => {
+                let calls: Vec<serde_json::Value> = calls
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "id": format!("call_{:024x}", rand::random::<u128>() >> 32),
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments.to_string()},
+                        })
+                    })
+                    .collect();
+                Reply {
+                    message: Message {
+                        tool_calls: Some(calls.into()),
+                        ..Message::new("assistant", content)
+                    },
+                    finish_reason: "tool_calls",
+                }
+            }
+            None => Reply {
+                message: Message::new("assistant", g.text.clone()),
+                finish_reason: finish_reason_name(g.finish_reason),
+            },
+        }
+    }
+}
+
 /// OpenAI's name of a finish reason (a cancelled stream is recorded as `stop`).
 pub fn finish_reason_name(f: FinishReason) -> &'static str {
     match f {
@@ -91,11 +137,17 @@ pub fn generate(
     (live.version, handle)
 }
 
-/// Records a finished generation (committed before the reply completes), then tells the loop.
-/// Returns the turn's id.
-pub async fn record(lp: &Loop, r: &Request, g: &Generation, version: i64) -> Result<i64> {
+/// Records a finished generation and the reply made of it (committed before the reply
+/// completes), then tells the loop. Returns the turn's id.
+pub async fn record(
+    lp: &Loop,
+    r: &Request,
+    g: &Generation,
+    reply: &Reply,
+    version: i64,
+) -> Result<i64> {
     let mut conversation = r.messages.clone();
-    conversation.push(Message::new("assistant", g.text.clone()));
+    conversation.push(reply.message.clone());
     let turn = NewTurn {
         session_id: r.session_id.clone(),
         turn_type: r.turn_type,
@@ -110,7 +162,7 @@ pub async fn record(lp: &Loop, r: &Request, g: &Generation, version: i64) -> Res
         logprobs: g.tokens.iter().map(|t| t.logprob).collect(),
         top_logprobs: g.tokens.iter().map(|t| t.top.clone()).collect(),
         policy_version: version,
-        finish_reason: finish_reason_name(g.finish_reason).into(),
+        finish_reason: reply.finish_reason.into(),
     };
     let turn_id = lp.store.record_turn(&turn).await?;
     if r.ends_session {

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::{debug, info_span};
 
+use crate::constrain::{self, Constraint, Grammar};
 use crate::error::{Error, Result};
 use crate::model::{Model, Policy, in_pool};
 
@@ -60,6 +61,8 @@ pub struct GenerateParams {
     pub top_logprobs: usize,
     /// Keep going past end-of-turn tokens (for benchmarks of a fixed length).
     pub ignore_eos: bool,
+    /// What the output must match (constrained decoding); `None` leaves it free.
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateParams {
@@ -70,6 +73,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             top_logprobs: 0,
             ignore_eos: false,
+            grammar: None,
         }
     }
 }
@@ -201,6 +205,11 @@ impl Policy<'_> {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
+        let mut constraint = params
+            .grammar
+            .as_ref()
+            .map(|g| Constraint::new(self.model, g))
+            .transpose()?;
         let mut cache = self.model.new_cache();
         let mut logits = self.forward(prompt, &mut cache, 1)?;
         let mut tokens: Vec<TokenInfo> = Vec::new();
@@ -215,7 +224,20 @@ impl Policy<'_> {
             .saturating_sub(1);
         let finish = loop {
             ops::log_softmax(&mut logits);
-            let id = sample(&logits, &params.sampling, &mut rng);
+            // Under a grammar the token is drawn from π restricted to what the grammar
+            // allows; the recorded log-prob stays π's own, as the trainer computes it.
+            let id = match constraint.as_mut() {
+                None => sample(&logits, &params.sampling, &mut rng),
+                Some(c) => {
+                    let mut allowed = logits.clone();
+                    constrain::apply(&c.allowed()?, &mut allowed);
+                    let id = sample(&allowed, &params.sampling, &mut rng);
+                    if !self.model.tokenizer.is_end_of_generation(id) {
+                        c.advance(id)?;
+                    }
+                    id
+                }
+            };
             let info = TokenInfo {
                 id,
                 logprob: logits[id as usize],

@@ -15,6 +15,7 @@
 
 mod adapter;
 mod config;
+mod constrain;
 mod error;
 pub mod fetch;
 mod generate;
@@ -26,6 +27,7 @@ mod score;
 mod template;
 mod tiny;
 mod tokenizer;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,7 @@ pub use clawrl_kernels::dot::simd_enabled;
 pub use clawrl_kernels::ops::RopeStyle;
 pub use clawrl_kernels::{QMatrix, Storage};
 pub use config::{Arch, ModelConfig};
+pub use constrain::Grammar;
 pub use error::{Error, Result};
 pub use fetch::{FetchProgress, SMOLLM2_135M};
 pub use generate::{

@@ -140,6 +140,8 @@ pub struct Model {
     pub source: String,
     /// Temperature and top-p for requests that name none.
     pub sampling: crate::SamplingDefaults,
+    /// llguidance's view of the vocabulary, built on the first constrained generation.
+    pub(crate) constraints: crate::constrain::Constraints,
 }
 
 impl std::fmt::Debug for Model {
@@ -187,6 +189,7 @@ impl Model {
             rope,
             sampling: crate::SamplingDefaults::for_name(&source),
             source,
+            constraints: crate::constrain::Constraints::new(),
         })
     }
 

@@ -48,6 +48,8 @@ const TEMPLATE_NAME: &str = "chat";
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template renders `tools` and tool calls itself; else [`crate::tools`]' format.
+    native_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -80,19 +82,28 @@ impl ChatTemplate {
             .map_err(|e| Error::Template(e.to_string()))?;
         Ok(Self {
             env,
+            native_tools: source.contains("tools"),
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
         })
     }
 
-    /// Renders a conversation; `tools` (OpenAI function specs) go to templates that use them;
-    /// `add_generation_prompt` opens the assistant's turn.
+    /// Renders a conversation; `tools` (OpenAI's array of function tools) go to templates that
+    /// render them, else into the system prompt in [`crate::tools`]' format, with earlier calls
+    /// and results; `add_generation_prompt` opens the assistant's turn.
     pub fn render(
         &self,
         messages: &[Message],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String> {
+        let plain;
+        let (messages, tools) = if self.native_tools {
+            (messages, tools)
+        } else {
+            plain = crate::tools::fallback_messages(messages, tools);
+            (&plain[..], None)
+        };
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -122,6 +133,17 @@ mod tests {
             .render(&[Message::user("hi")], None, true)
             .expect("renders");
         assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn templates_without_tools_get_them_in_the_system_prompt() {
+        let t = ChatTemplate::new(CHATML, None, None).expect("compiles");
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "calc"}}]);
+        let s = t
+            .render(&[Message::user("hi")], Some(&tools), true)
+            .expect("renders");
+        assert!(s.starts_with("<|im_start|>system\n# Tools"), "{s}");
+        assert!(s.contains(r#"{"type":"function","function":{"name":"calc"}}"#), "{s}");
     }
 
     #[test]

@@ -230,6 +230,16 @@ impl Tokenizer {
             .unwrap_or_else(|| piece.into_bytes())
     }
 
+    /// The ids of control tokens (`<|im_start|>`, …): never text a grammar may produce.
+    pub fn special_ids(&self) -> std::collections::HashSet<u32> {
+        self.inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Whether generating `id` ends the turn.
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.end_of_generation.contains(&id)

@@ -4,6 +4,7 @@
 
 mod request;
 mod stream;
+mod tools;
 
 use std::ops::ControlFlow;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use clawrl_loop::serve::{self, finish_reason_name};
+use clawrl_loop::serve::{self, Reply};
 use clawrl_model::{Generation, TokenInfo};
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
@@ -87,7 +88,8 @@ pub async fn chat_completions(
             .await
             .map_err(|e| ApiError::internal(format!("generation thread: {e}")))?
             .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let turn_id = serve::record(&s.lp, &p.request, &g, version).await?;
+        let reply = Reply::of(&g, &p.tool_names);
+        let turn_id = serve::record(&s.lp, &p.request, &g, &reply, version).await?;
         let logprobs = p.logprobs.then(|| {
             json!({"content": g.tokens.iter().map(|t| token_logprob(&s, t)).collect::<Vec<_>>()})
         });
@@ -99,9 +101,9 @@ pub async fn chat_completions(
             "system_fingerprint": format!("clawrl-v{version}"),
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": g.text},
+                "message": message_json(&reply),
                 "logprobs": logprobs,
-                "finish_reason": finish_reason_name(g.finish_reason),
+                "finish_reason": reply.finish_reason,
             }],
             "usage": usage(&p, &g),
             "session_id": p.request.session_id,
@@ -118,6 +120,20 @@ pub async fn chat_completions(
     }
     .instrument(span)
     .await
+}
+
+/// The reply's message as OpenAI writes it: with calls, `tool_calls` and a `null` content
+/// when there is no text beside them.
+fn message_json(reply: &Reply) -> Value {
+    let m = &reply.message;
+    match &m.tool_calls {
+        Some(calls) => json!({
+            "role": "assistant",
+            "content": (!m.content.is_empty()).then_some(&m.content),
+            "tool_calls": calls,
+        }),
+        None => json!({"role": "assistant", "content": m.content}),
+    }
 }
 
 /// OpenAI's usage, with what the server changed: a `max_tokens` lowered to the room left

@@ -53,7 +53,8 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// The request body; fields OpenAI defines that do not apply here are accepted and ignored.
+/// The request body; fields OpenAI defines that do not apply here (`frequency_penalty`,
+/// `service_tier`, …) are accepted and ignored.
 #[derive(Deserialize)]
 pub struct ChatRequest {
     messages: Vec<ApiMessage>,
@@ -80,6 +81,12 @@ pub struct ChatRequest {
     #[serde(default)]
     tools: Option<Value>,
     #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
     n: Option<u32>,
     #[serde(default)]
     session_id: Option<String>,
@@ -104,6 +111,8 @@ pub struct Prepared {
     pub continued: Option<i64>,
     /// Generation settings.
     pub params: GenerateParams,
+    /// The functions whose calls are read out of the answer (empty: the answer is text).
+    pub tool_names: Vec<String>,
     /// Return log-probs.
     pub logprobs: bool,
     /// Send usage in a last stream chunk.
@@ -357,13 +366,16 @@ async fn validated(
         (None, Some(v)) => parse_bool("session_done", v)?,
         (None, None) => false,
     };
-    let tools = req.tools.take().filter(|t| !t.is_null());
-    if tools.as_ref().is_some_and(|t| !t.is_array()) {
-        return Err(ApiError::invalid_param("tools", "tools must be an array"));
-    }
+    let plan = super::tools::plan(
+        &s.lp.model,
+        req.tools.take(),
+        req.tool_choice.take(),
+        req.parallel_tool_calls,
+        req.response_format.take(),
+    )?;
     let (session_id, continued) = resolve_session(s, headers, req, &messages).await?;
     let (prompt, dropped) =
-        fit(s, &messages, tools.as_ref()).map_err(|e| e.in_session(Some(&session_id)))?;
+        fit(s, &messages, plan.render.as_ref()).map_err(|e| e.in_session(Some(&session_id)))?;
     // Forgiving as OpenAI is: a completion longer than what fits is cut to the room left.
     let room = s.lp.model.config.context_length - prompt.len();
     let cap = room.min(s.limits.max_new_tokens);
@@ -380,14 +392,16 @@ async fn validated(
             stop,
             top_logprobs: if logprobs { top_logprobs } else { 0 },
             ignore_eos: false,
+            grammar: plan.grammar,
         },
+        tool_names: plan.names,
         logprobs,
         request: Request {
             session_id,
             turn_type,
             messages,
             dropped,
-            tools,
+            tools: plan.render,
             prompt,
             ends_session: session_done,
         },

@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use clawrl_loop::Counters;
-use clawrl_loop::serve::{self, finish_reason_name};
+use clawrl_loop::serve::{self, Reply};
+use clawrl_model::tools::CALL_OPEN;
 use clawrl_model::{FinishReason, TokenInfo};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -31,8 +32,42 @@ fn sse_json(v: &Value) -> SseItem {
     Ok(SseEvent::default().data(v.to_string()))
 }
 
+/// How much of `text` may be streamed as content when the answer may call tools: all of it
+/// up to a `<tool_call>`, or to a suffix that could begin one.
+fn shown(text: &str) -> usize {
+    if let Some(at) = text.find(CALL_OPEN) {
+        return at;
+    }
+    (1..CALL_OPEN.len())
+        .rev()
+        .find(|&k| text.ends_with(&CALL_OPEN[..k]))
+        .map_or(text.len(), |k| text.len() - k)
+}
+
+/// The chunk deltas that carry the reply's calls (one per call, whole, as OpenAI's SDKs
+/// accumulate them).
+fn call_deltas(reply: &Reply) -> Vec<Value> {
+    let calls = reply
+        .message
+        .tool_calls
+        .as_ref()
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut call)| {
+            call["index"] = index.into();
+            json!({"tool_calls": [call]})
+        })
+        .collect()
+}
+
 /// Streams the reply: a chunk per token as it is generated; after the last token the turn is
-/// recorded, then the finish chunk (and usage when asked), then `[DONE]`.
+/// recorded, then the calls (when the answer made any), the finish chunk (and usage when
+/// asked), then `[DONE]`. When tools may be called, text from a `<tool_call>` on is held back
+/// until the end tells whether it is a call.
 pub async fn stream(s: Shared, p: Prepared) -> Response {
     let (piece_tx, mut pieces) = mpsc::channel::<Piece>(64);
     let (out_tx, out_rx) = mpsc::channel::<SseItem>(64);
@@ -77,24 +112,34 @@ pub async fn stream(s: Shared, p: Prepared) -> Response {
         {
             return;
         }
+        let holds = !p.tool_names.is_empty();
+        let (mut text, mut sent) = (String::new(), 0);
         while let Some(piece) = pieces.recv().await {
             let lp = p
                 .logprobs
                 .then(|| json!({"content": [token_logprob(&s, &piece.info)]}));
+            text.push_str(&piece.text);
+            let upto = if holds { shown(&text).max(sent) } else { text.len() };
+            let delta = &text[sent..upto];
+            if delta.is_empty() && lp.is_none() && !piece.text.is_empty() {
+                continue;
+            }
             if out_tx
-                .send(sse_json(&chunk(json!({"content": piece.text}), lp, None)))
+                .send(sse_json(&chunk(json!({"content": delta}), lp, None)))
                 .await
                 .is_err()
             {
                 // The client left; dropping `pieces` stops the generation.
                 return;
             }
+            sent = upto;
         }
         let result = match handle.await {
             Ok(Ok(g)) if g.finish_reason != FinishReason::Cancelled => {
-                serve::record(&s.lp, &p.request, &g, version)
+                let reply = Reply::of(&g, &p.tool_names);
+                serve::record(&s.lp, &p.request, &g, &reply, version)
                     .await
-                    .map(|turn_id| (g, turn_id))
+                    .map(|turn_id| (g, reply, turn_id))
                     .map_err(ApiError::from)
             }
             Ok(Ok(_)) => return,
@@ -102,8 +147,19 @@ pub async fn stream(s: Shared, p: Prepared) -> Response {
             Err(e) => Err(ApiError::internal(format!("generation thread: {e}"))),
         };
         match result {
-            Ok((g, turn_id)) => {
-                let mut last = chunk(json!({}), None, Some(finish_reason_name(g.finish_reason)));
+            Ok((g, reply, turn_id)) => {
+                let tail = if reply.message.tool_calls.is_some() {
+                    call_deltas(&reply)
+                } else if sent < text.len() {
+                    // Held back as a possible call, and not one: it is text after all.
+                    vec![json!({"content": &text[sent..]})]
+                } else {
+                    Vec::new()
+                };
+                for delta in tail {
+                    let _ = out_tx.send(sse_json(&chunk(delta, None, None))).await;
+                }
+                let mut last = chunk(json!({}), None, Some(reply.finish_reason));
                 last["turn_id"] = turn_id.into();
                 last["session_id"] = p.request.session_id.clone().into();
                 last["policy_version"] = version.into();
@@ -130,4 +186,17 @@ pub async fn stream(s: Shared, p: Prepared) -> Response {
         r.headers_mut().insert("x-session-id", v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_may_begin_a_call_is_held_back() {
+        assert_eq!(shown("The sum is 5."), 13);
+        assert_eq!(shown("Let me <tool"), 7);
+        assert_eq!(shown("Let me <tool_call>\n{"), 7);
+        assert_eq!(shown("a < b"), 5);
+    }
 }
