@@ -454,6 +454,57 @@ async fn a_tool_output_is_a_next_state_and_tools_reach_the_template() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_call_is_recorded_and_its_replayed_result_pairs_without_a_session_id() {
+    let t = start().await;
+    let tools = json!([{"type": "function", "function": {"name": "calc", "parameters": {
+        "type": "object",
+        "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["x"], "additionalProperties": false}}}]);
+    let question = user("What is 6 × 7?");
+    let (status, first) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [question], "tools": tools, "tool_choice": "required",
+                    "parallel_tool_calls": false, "max_tokens": 64, "seed": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let choice = &first["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{first}");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().expect("text")).expect("JSON");
+    assert!(args["x"].is_u64(), "{args}");
+    let id = first["turn_id"].as_i64().expect("id");
+    let (_, turn) = t.get(&format!("/studio/turns/{id}")).await;
+    assert_eq!(turn["turn"]["finish_reason"], "tool_calls");
+    assert!(
+        turn["turn"]["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("<tool_call>")),
+        "{turn}"
+    );
+    // The client replays the call as it got it (fields reordered) with the tool's output.
+    let replayed = json!({"role": "assistant", "content": null, "tool_calls": [{
+        "function": {"arguments": call["function"]["arguments"], "name": "calc"},
+        "type": "function", "id": call["id"]}]});
+    let tool = json!({"role": "tool", "tool_call_id": call["id"], "content": "42"});
+    let (status, next) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [question, replayed, tool], "tools": tools, "max_tokens": 4}),
+        )
+        .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(next["session_id"], first["session_id"]);
+    let (_, turn) = t.get(&format!("/studio/turns/{id}")).await;
+    assert_eq!(turn["next_states"][0]["kind"], "tool", "{turn}");
+    assert_eq!(turn["next_states"][0]["text"], "42");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clawrl_server_can_be_the_judge_endpoint_of_another() {
     use clawrl_signals::{HttpJudge, Judge, JudgeInput, NextKind};
     let judge_server = start().await;
