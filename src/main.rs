@@ -1,5 +1,6 @@
 //! `clawrl`: the command line of ClawRL Studio.
 
+mod agent;
 mod bench;
 mod bench_serve;
 mod cmd;
@@ -51,6 +52,9 @@ enum Command {
     /// Simulated users chat with the live server: sessions until each persona's preference
     /// is learned, per method, hint selection and seed.
     Simulate(simulate::SimulateArgs),
+    /// The model as a general agent in a built-in environment (DESIGN.md §8).
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -108,6 +112,14 @@ fn run(cli: Cli) -> Result<()> {
                 Some(model.load()?)
             };
             simulate::simulate(a, m)
+        }
+        Command::Agent(c) => {
+            let m = if c.uses_url() {
+                None
+            } else {
+                Some(model.load()?)
+            };
+            agent::run(c, m)
         }
         Command::Bench(b) => bench::run(b, model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {

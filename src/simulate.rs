@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 /// Where the shared task file sits relative to the project root.
-const DEFAULT_TASKS: &str = "../shared/data/gsm8k-test.json";
+pub(crate) const DEFAULT_TASKS: &str = "../shared/data/gsm8k-test.json";
 
 #[derive(Args)]
 pub(crate) struct SimulateArgs {

@@ -1,0 +1,67 @@
+//! An episode of the tool-call environment against the real server (tiny model, real SQLite
+//! file): the forced first call is answered by the calculator, the answer goes back as the next
+//! message, and the server records the steps as one session whose tool output is a next state.
+
+use std::sync::Arc;
+
+use clawrl_env::{Agent, ToolCallEnv, calculator};
+use clawrl_model::Model;
+use clawrl_sim::Task;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
+    config.bind = "127.0.0.1:0".parse().expect("addr");
+    config.lp.training.paused = true;
+    let server = clawrl_server::start(config, Arc::new(Model::tiny(5)))
+        .await
+        .expect("server");
+    let base = format!("http://{}", server.addr);
+    let env = ToolCallEnv {
+        tasks: vec![Task {
+            question: "Tom has 3 bags of 14 apples. How many apples?".into(),
+            ground_truth_answer: "#### 42".into(),
+        }],
+    };
+    let mut agent = Agent::new(&base, None);
+    agent.call_first = true;
+    agent.max_steps = 2;
+    agent.max_tokens = 120;
+    let e = agent
+        .episode(&env, 0, "env-test", 1)
+        .await
+        .expect("episode");
+    let first = &e.steps[0];
+    assert_eq!(first.calls.len(), 1, "{e:?}");
+    let args = first.calls[0]
+        .strip_prefix("calculator(")
+        .and_then(|c| c.strip_suffix(')'))
+        .expect("a calculator call");
+    let expression: Value = serde_json::from_str(args).expect("JSON arguments");
+    let expression = expression["expression"].as_str().expect("an expression");
+    assert_eq!(first.observation, [calculator(expression)]);
+    assert_eq!(e.steps.len(), 2, "{e:?}");
+
+    // One session of two main turns; the first turn's next state is the calculator's output.
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .expect("GET")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let session = get(format!("{base}/studio/sessions/env-test")).await;
+    assert_eq!(session["turns"].as_array().map(Vec::len), Some(2), "{session}");
+    let turn = get(format!("{base}/studio/turns/{}", first.turn_id)).await;
+    assert_eq!(turn["next_states"][0]["kind"], "tool", "{turn}");
+    assert_eq!(turn["next_states"][0]["text"], first.observation[0]);
+    server.shutdown().await;
+}
