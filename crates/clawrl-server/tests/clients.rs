@@ -293,6 +293,7 @@ async fn null_means_absent_for_every_optional_field() {
         "user",
         "metadata",
         "store",
+        "functions",
     ];
     for field in fields {
         let mut body = json!({"messages": [user("hi"), {"role": "assistant", "content": null}, user("and?")], "max_tokens": 3});

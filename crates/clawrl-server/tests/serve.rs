@@ -443,13 +443,16 @@ async fn a_tool_output_is_a_next_state_and_tools_reach_the_template() {
     assert_eq!(judged["votes"][0]["value"], -1);
     // The tools are stored with the turn, so s_t ⊕ h renders them as s_t did.
     assert_eq!(judged["turn"]["tools"], tools);
-    let (status, bad) = t
-        .post(
-            "/v1/chat/completions",
-            &json!({"messages": [user("x")], "tools": {"not": "a list"}}),
-        )
-        .await;
-    assert_eq!(status, 400, "{bad}");
+    for (bad_body, param) in [
+        (json!({"messages": [user("x")], "tools": {"not": "a list"}}), "tools"),
+        (json!({"messages": [user("x")], "functions": [{"name": "calc"}]}), "functions"),
+        (json!({"messages": [user("x")], "tools": tools, "tool_choice": 1}), "tool_choice"),
+        (json!({"messages": [user("x")], "response_format": {"type": "yaml"}}), "response_format"),
+    ] {
+        let (status, bad) = t.post("/v1/chat/completions", &bad_body).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(bad["error"]["param"], param, "{bad}");
+    }
     t.stop().await;
 }
 

@@ -86,6 +86,9 @@ pub struct ChatRequest {
     parallel_tool_calls: Option<bool>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// The deprecated form of `tools`; refused rather than ignored.
+    #[serde(default)]
+    functions: Option<Value>,
     #[serde(default)]
     n: Option<u32>,
     #[serde(default)]
@@ -366,6 +369,13 @@ async fn validated(
         (None, Some(v)) => parse_bool("session_done", v)?,
         (None, None) => false,
     };
+    if req.functions.take().is_some_and(|f| !f.is_null()) {
+        return Err(ApiError::invalid_param(
+            "functions",
+            "functions is deprecated and not supported: send them as tools \
+             ([{\"type\": \"function\", \"function\": {…}}])",
+        ));
+    }
     let plan = super::tools::plan(
         &s.lp.model,
         req.tools.take(),
