@@ -14,7 +14,6 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
 /// What the output must match.
@@ -76,70 +75,77 @@ impl TokenizerEnv for Vocab {
     }
 }
 
-/// The per-model llguidance state, built on first use (a trie of the vocabulary).
+/// A model's llguidance state, built on first use: a trie of its vocabulary.
 pub(crate) struct Constraints(OnceLock<std::result::Result<ParserFactory, String>>);
 
 impl Constraints {
     pub(crate) fn new() -> Self {
         Self(OnceLock::new())
     }
-}
 
-fn factory(model: &Model) -> Result<&ParserFactory> {
-    model
-        .constraints
-        .0
-        .get_or_init(|| {
-            let tok = &model.tokenizer;
-            let special = tok.special_ids();
-            // The embedding may have more rows than the tokenizer has tokens: those rows are
-            // never allowed (an empty word matches nothing).
-            let words: Vec<Vec<u8>> = (0..model.config.vocab_size as u32)
-                .map(|id| {
-                    if id as usize >= tok.vocab_size() {
-                        Vec::new()
-                    } else if special.contains(&id) {
-                        let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
-                        w.extend(tok.token_bytes(id));
-                        w
-                    } else {
-                        tok.token_bytes(id)
-                    }
-                })
-                .collect();
-            let eog = tok.end_of_generation();
-            let eos = eog.first().copied().unwrap_or(0);
-            let info = TokRxInfo::new(model.config.vocab_size as u32, eos);
-            let trie = TokTrie::from(&info, &words).with_eos_tokens(eog);
-            let env: TokEnv = Arc::new(Vocab {
-                trie,
-                tokenizer: tok.clone(),
-            });
-            let mut f = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
-            f.quiet();
-            Ok(f)
-        })
-        .as_ref()
-        .map_err(|e| Error::InvalidArgument(format!("constrained decoding is unavailable: {e}")))
+    /// The parser factory for `tok` over an embedding of `vocab_size` rows.
+    fn factory(&self, tok: &Tokenizer, vocab_size: usize) -> Result<&ParserFactory> {
+        self.0
+            .get_or_init(|| {
+                let special = tok.special_ids();
+                // The embedding may have more rows than the tokenizer has tokens: those rows
+                // are never allowed (an empty word matches nothing).
+                let words: Vec<Vec<u8>> = (0..vocab_size as u32)
+                    .map(|id| {
+                        if id as usize >= tok.vocab_size() {
+                            Vec::new()
+                        } else if special.contains(&id) {
+                            let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                            w.extend(tok.token_bytes(id));
+                            w
+                        } else {
+                            tok.token_bytes(id)
+                        }
+                    })
+                    .collect();
+                let eog = tok.end_of_generation();
+                let eos = eog.first().copied().unwrap_or(0);
+                let info = TokRxInfo::new(vocab_size as u32, eos);
+                let trie = TokTrie::from(&info, &words).with_eos_tokens(eog);
+                let env: TokEnv = Arc::new(Vocab {
+                    trie,
+                    tokenizer: tok.clone(),
+                });
+                let mut f = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+                f.quiet();
+                Ok(f)
+            })
+            .as_ref()
+            .map_err(|e| {
+                Error::InvalidArgument(format!("constrained decoding is unavailable: {e}"))
+            })
+    }
+
+    /// Compiles `grammar` for `tok` (embedding of `vocab_size` rows). Errors:
+    /// [`Error::InvalidArgument`] with llguidance's message when the grammar or schema is
+    /// malformed or unsupported.
+    pub(crate) fn compile(
+        &self,
+        tok: &Tokenizer,
+        vocab_size: usize,
+        grammar: &Grammar,
+    ) -> Result<Constraint> {
+        let parser = self
+            .factory(tok, vocab_size)?
+            .create_parser(grammar.top_level())
+            .map_err(|e| Error::InvalidArgument(format!("the grammar: {e}")))?;
+        let m = Matcher::new(Ok(parser));
+        match m.get_error() {
+            Some(e) => Err(Error::InvalidArgument(format!("the grammar: {e}"))),
+            None => Ok(Constraint(m)),
+        }
+    }
 }
 
 /// A grammar being followed: the set of allowed next tokens, advanced token by token.
 pub(crate) struct Constraint(Matcher);
 
 impl Constraint {
-    /// Compiles `grammar` for `model`. Errors: [`Error::InvalidArgument`] with llguidance's
-    /// message when the grammar or schema is malformed or unsupported.
-    pub(crate) fn new(model: &Model, grammar: &Grammar) -> Result<Self> {
-        let parser = factory(model)?
-            .create_parser(grammar.top_level())
-            .map_err(|e| Error::InvalidArgument(format!("the grammar: {e}")))?;
-        let m = Matcher::new(Ok(parser));
-        match m.get_error() {
-            Some(e) => Err(Error::InvalidArgument(format!("the grammar: {e}"))),
-            None => Ok(Self(m)),
-        }
-    }
-
     /// The tokens allowed next (only end-of-turn tokens once the grammar is complete).
     pub(crate) fn allowed(&mut self) -> Result<SimpleVob> {
         let mask = self
@@ -168,76 +174,5 @@ pub(crate) fn apply(mask: &SimpleVob, logits: &mut [f32]) {
         if !mask.is_allowed(i as u32) {
             *l = f32::NEG_INFINITY;
         }
-    }
-}
-
-impl Model {
-    /// Checks that `grammar` compiles for this model, without generating: for servers that
-    /// refuse a malformed schema before answering. Errors: [`Error::InvalidArgument`].
-    pub fn check_grammar(&self, grammar: &Grammar) -> Result<()> {
-        Constraint::new(self, grammar).map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes_of(model: &Model, ids: &[u32]) -> String {
-        let b: Vec<u8> = ids
-            .iter()
-            .flat_map(|&i| model.tokenizer.token_bytes(i))
-            .collect();
-        String::from_utf8(b).expect("utf-8")
-    }
-
-    #[test]
-    fn the_mask_admits_only_tokens_that_continue_the_grammar() {
-        let model = Model::tiny(1);
-        let mut c = Constraint::new(&model, &Grammar::Lark(r#"start: "ab" | "ac""#.into()))
-            .expect("compiles");
-        let first = c.allowed().expect("mask").to_list();
-        assert_eq!(bytes_of(&model, &first), "a");
-        c.advance(first[0]).expect("advances");
-        let mut next: Vec<String> = c
-            .allowed()
-            .expect("mask")
-            .to_list()
-            .into_iter()
-            .map(|i| bytes_of(&model, &[i]))
-            .collect();
-        next.sort();
-        assert_eq!(next, ["b", "c"]);
-    }
-
-    #[test]
-    fn a_complete_grammar_allows_only_the_end_of_turn() {
-        let model = Model::tiny(1);
-        let mut c = Constraint::new(&model, &Grammar::Lark(r#"start: "a""#.into()))
-            .expect("compiles");
-        let a = c.allowed().expect("mask").to_list()[0];
-        c.advance(a).expect("advances");
-        let mut end = c.allowed().expect("mask").to_list();
-        let mut eog = model.tokenizer.end_of_generation().to_vec();
-        end.sort_unstable();
-        eog.sort_unstable();
-        assert_eq!(end, eog);
-    }
-
-    #[test]
-    fn malformed_grammars_and_schemas_are_invalid_arguments() {
-        let model = Model::tiny(1);
-        for g in [
-            Grammar::Lark("start: (".into()),
-            Grammar::JsonSchema(serde_json::json!({"type": "no-such-type"})),
-        ] {
-            assert!(
-                matches!(model.check_grammar(&g), Err(Error::InvalidArgument(_))),
-                "{g:?}"
-            );
-        }
-        model
-            .check_grammar(&Grammar::JsonSchema(serde_json::json!({"type": "object"})))
-            .expect("an object schema compiles");
     }
 }

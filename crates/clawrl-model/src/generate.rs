@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tracing::{debug, info_span};
 
-use crate::constrain::{self, Constraint, Grammar};
+use crate::constrain::{self, Grammar};
 use crate::error::{Error, Result};
 use crate::model::{Model, Policy, in_pool};
 
@@ -168,6 +168,14 @@ impl Model {
     ) -> Result<Generation> {
         self.policy(None).generate(prompt, params, on_token)
     }
+
+    /// Checks that `grammar` compiles for this model, without generating: for servers that
+    /// refuse a malformed schema before answering. Errors: [`Error::InvalidArgument`].
+    pub fn check_grammar(&self, grammar: &Grammar) -> Result<()> {
+        self.constraints
+            .compile(&self.tokenizer, self.config.vocab_size, grammar)
+            .map(|_| ())
+    }
 }
 
 impl Policy<'_> {
@@ -208,7 +216,10 @@ impl Policy<'_> {
         let mut constraint = params
             .grammar
             .as_ref()
-            .map(|g| Constraint::new(self.model, g))
+            .map(|g| {
+                let m = self.model;
+                m.constraints.compile(&m.tokenizer, m.config.vocab_size, g)
+            })
             .transpose()?;
         let mut cache = self.model.new_cache();
         let mut logits = self.forward(prompt, &mut cache, 1)?;

@@ -67,13 +67,20 @@ impl Model {
         }
     }
 
-    /// Token ids of a conversation rendered with the chat template, the assistant's turn open.
+    /// Token ids of a conversation rendered with the chat template, the assistant's turn open;
+    /// `tools` and tool calls go through the template when it renders them, else in
+    /// [`tools`]' format (tools in the system prompt, calls and results as text).
     pub fn chat_prompt(
         &self,
         messages: &[Message],
         tools: Option<&serde_json::Value>,
     ) -> Result<Vec<u32>> {
-        let text = self.template.render(messages, tools, true)?;
+        let text = if self.template.renders_tools() {
+            self.template.render(messages, tools, true)?
+        } else {
+            self.template
+                .render(&tools::fallback_messages(messages, tools), None, true)?
+        };
         self.tokenizer.encode_prompt(&text)
     }
 }

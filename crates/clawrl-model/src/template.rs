@@ -48,7 +48,7 @@ const TEMPLATE_NAME: &str = "chat";
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
-    /// The template renders `tools` and tool calls itself; else [`crate::tools`]' format.
+    /// The template renders `tools` and tool calls itself.
     native_tools: bool,
     bos_token: String,
     eos_token: String,
@@ -88,22 +88,20 @@ impl ChatTemplate {
         })
     }
 
-    /// Renders a conversation; `tools` (OpenAI's array of function tools) go to templates that
-    /// render them, else into the system prompt in [`crate::tools`]' format, with earlier calls
-    /// and results; `add_generation_prompt` opens the assistant's turn.
+    /// Whether the template renders `tools` and tool calls itself (its source uses `tools`);
+    /// else a caller brings them into plain messages first ([`crate::tools`]).
+    pub fn renders_tools(&self) -> bool {
+        self.native_tools
+    }
+
+    /// Renders a conversation as the template writes it; `tools` (OpenAI's array of function
+    /// tools) go to the template; `add_generation_prompt` opens the assistant's turn.
     pub fn render(
         &self,
         messages: &[Message],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let plain;
-        let (messages, tools) = if self.native_tools {
-            (messages, tools)
-        } else {
-            plain = crate::tools::fallback_messages(messages, tools);
-            (&plain[..], None)
-        };
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -133,17 +131,6 @@ mod tests {
             .render(&[Message::user("hi")], None, true)
             .expect("renders");
         assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
-    }
-
-    #[test]
-    fn templates_without_tools_get_them_in_the_system_prompt() {
-        let t = ChatTemplate::new(CHATML, None, None).expect("compiles");
-        let tools = serde_json::json!([{"type": "function", "function": {"name": "calc"}}]);
-        let s = t
-            .render(&[Message::user("hi")], Some(&tools), true)
-            .expect("renders");
-        assert!(s.starts_with("<|im_start|>system\n# Tools"), "{s}");
-        assert!(s.contains(r#"{"type":"function","function":{"name":"calc"}}"#), "{s}");
     }
 
     #[test]

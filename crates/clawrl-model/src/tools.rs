@@ -204,8 +204,21 @@ pub fn call_grammar(functions: &[FunctionSpec], only: Option<&str>, parallel: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::template::{CHATML, ChatTemplate};
     use crate::{GenerateParams, Model, Sampling};
     use serde_json::json;
+
+    #[test]
+    fn a_template_without_tools_gets_them_in_the_system_prompt() {
+        let t = ChatTemplate::new(CHATML, None, None).expect("compiles");
+        assert!(!t.renders_tools());
+        let tools = json!([{"type": "function", "function": {"name": "calc"}}]);
+        let s = t
+            .render(&fallback_messages(&[Message::user("hi")], Some(&tools)), None, true)
+            .expect("renders");
+        assert!(s.starts_with("<|im_start|>system\n# Tools"), "{s}");
+        assert!(s.contains(r#"{"type":"function","function":{"name":"calc"}}"#), "{s}");
+    }
 
     fn add() -> FunctionSpec {
         FunctionSpec {
