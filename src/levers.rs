@@ -15,6 +15,20 @@ pub(crate) enum Preset {
     /// per batch, lr 5e-4 and β = 1, which learn what the paper's setting does not (README,
     /// "Simulated users").
     Extensions,
+    /// DESIGN.md §2 for general agents: the paper's setting with C = 2 and β = 0.01 (the
+    /// default of `clawrl agent train`).
+    Agentic,
+}
+
+impl Preset {
+    /// The preset's settings.
+    pub(crate) fn settings(self) -> TrainingSettings {
+        match self {
+            Preset::Paper => TrainingSettings::default(),
+            Preset::Extensions => TrainingSettings::extensions(),
+            Preset::Agentic => TrainingSettings::agentic(),
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -52,10 +66,7 @@ pub(crate) struct Levers {
 impl Levers {
     /// The preset with the given levers applied, checked.
     pub(crate) fn settings(&self) -> Result<TrainingSettings> {
-        let mut t = match self.preset {
-            Preset::Paper => TrainingSettings::default(),
-            Preset::Extensions => TrainingSettings::extensions(),
-        };
+        let mut t = self.preset.settings();
         set(&mut t.lr, self.lr);
         set(&mut t.support, self.support);
         set(&mut t.w_fkl, self.fkl);

@@ -5,16 +5,18 @@ import { mountAnnotate, setAnnotateActive } from "./annotate.js";
 import { mountChat } from "./chat.js";
 import { fill, h, plural } from "./dom.js";
 import { loadInspect, mountInspect } from "./inspect.js";
+import { mountRollouts, showRollouts } from "./rollouts.js";
 import { mountSettings, showSettings } from "./settings.js";
 import { mountTrain, showTrain } from "./train.js";
 
-const VIEWS = ["chat", "annotate", "inspect", "train", "settings"] as const;
+const VIEWS = ["chat", "annotate", "inspect", "train", "rollouts", "settings"] as const;
 type View = (typeof VIEWS)[number];
 const TITLES: Record<View, string> = {
   chat: "Chat",
   annotate: "Annotate",
   inspect: "Inspect",
   train: "Train",
+  rollouts: "Rollouts",
   settings: "Settings",
 };
 
@@ -31,6 +33,7 @@ function route(): void {
   setAnnotateActive(view === "annotate");
   if (view === "inspect" && arg) void loadInspect(Number(arg));
   if (view === "train") void showTrain();
+  if (view === "rollouts") void showRollouts(arg);
   if (view === "settings") void showSettings();
 }
 
@@ -73,6 +76,7 @@ function main(): void {
   mountAnnotate(panes.annotate);
   mountInspect(panes.inspect);
   mountTrain(panes.train);
+  mountRollouts(panes.rollouts);
   mountSettings(panes.settings);
   window.addEventListener("hashchange", route);
   route();

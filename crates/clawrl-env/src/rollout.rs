@@ -1,6 +1,8 @@
 //! Driving an episode through the API: each answer is an action; a call gets the tool's output
 //! as the next message (the next state the server pairs and judges); the final answer ends the
-//! episode and is checked.
+//! episode and is checked. A rollout of a group (training) then delivers its outcome reward o:
+//! one last request carries the check's verdict as the final answer's next state, with
+//! `session_done` and `outcome` (DESIGN.md §8).
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -83,12 +85,15 @@ impl Agent {
     }
 
     /// Runs task `task` of `env` as session `session_id`, sampling with `seed`: answers until
-    /// one calls no tool (the final answer, then checked) or `max_steps` answers.
+    /// one calls no tool (the final answer, then checked) or `max_steps` answers. With
+    /// `group_id` the session is a rollout of that group, and its outcome (1 solved, 0 not) is
+    /// delivered when it ends.
     pub async fn episode<E: Environment>(
         &self,
         env: &E,
         task: usize,
         session_id: &str,
+        group_id: Option<&str>,
         seed: u64,
     ) -> Result<Episode> {
         let (mut state, mut messages) = env.start(task).await?;
@@ -110,24 +115,28 @@ impl Agent {
                     "temperature": self.temperature,
                     "seed": seed.wrapping_mul(1000).wrapping_add(step as u64),
                     "session_id": session_id,
+                    "group_id": group_id,
                 }))
                 .await?;
             let message = r["choices"][0]["message"].clone();
             let turn_id = r["turn_id"].as_i64().unwrap_or(0);
             let action = message["content"].as_str().unwrap_or("").to_string();
-            let calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
+            let calls = message["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let mut step = Step {
                 action,
                 calls: Vec::new(),
                 observation: Vec::new(),
                 turn_id,
             };
+            messages.push(message);
             if calls.is_empty() {
                 episode.truncated = false;
                 episode.steps.push(step);
                 break;
             }
-            messages.push(message);
             for c in &calls {
                 let name = c["function"]["name"].as_str().unwrap_or("");
                 let args = c["function"]["arguments"].as_str().unwrap_or("{}");
@@ -141,6 +150,41 @@ impl Agent {
         // A cut-off episode is checked too: a shell task may be done without a last word.
         let answer = episode.steps.last().map_or("", |s| s.action.as_str());
         episode.success = env.outcome(state, task, answer).await?;
+        if group_id.is_some() {
+            self.deliver_outcome(&mut messages, &episode, session_id, group_id)
+                .await?;
+        }
         Ok(episode)
+    }
+
+    /// Ends rollout `session_id` with its outcome: the check's verdict follows the final answer
+    /// as a user message (a cut-off episode already ends in tool output), so the last action is
+    /// paired and judged like the others. The request's own one-token answer is never trained:
+    /// nothing follows it.
+    async fn deliver_outcome(
+        &self,
+        messages: &mut Vec<Value>,
+        episode: &Episode,
+        session_id: &str,
+        group_id: Option<&str>,
+    ) -> Result<()> {
+        if !episode.truncated {
+            let verdict = if episode.success {
+                "The check passed: that is right."
+            } else {
+                "The check failed: that is wrong."
+            };
+            messages.push(json!({"role": "user", "content": verdict}));
+        }
+        self.chat(&json!({
+            "messages": messages,
+            "max_tokens": 1,
+            "session_id": session_id,
+            "group_id": group_id,
+            "session_done": true,
+            "outcome": if episode.success { 1.0 } else { 0.0 },
+        }))
+        .await?;
+        Ok(())
     }
 }

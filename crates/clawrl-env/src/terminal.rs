@@ -49,13 +49,17 @@ pub struct TerminalEnv {
 impl TerminalEnv {
     /// The shipped tasks (`crates/clawrl-env/tasks/terminal.toml`).
     pub fn builtin() -> Result<Self> {
-        Self::from_toml(include_str!("../tasks/terminal.toml"), "tasks/terminal.toml")
+        Self::from_toml(
+            include_str!("../tasks/terminal.toml"),
+            "tasks/terminal.toml",
+        )
     }
 
     /// Tasks from TOML text (`[[task]]` tables of instruction, setup, check); `origin` names it
     /// in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let f: TaskFile = toml::from_str(text).map_err(|e| Error::Input(format!("{origin}: {e}")))?;
+        let f: TaskFile =
+            toml::from_str(text).map_err(|e| Error::Input(format!("{origin}: {e}")))?;
         if f.task.is_empty() {
             return Err(Error::Input(format!("{origin}: no tasks")));
         }
@@ -69,10 +73,30 @@ impl TerminalEnv {
 pub async fn sandboxed(dir: &Path, command: &str) -> Result<(Option<i32>, String, String)> {
     let d = dir.to_string_lossy();
     let child = tokio::process::Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ])
         .args(["--bind", &d, &d, "--chdir", &d])
-        .args(["--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session"])
-        .args(["--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin"])
+        .args([
+            "--unshare-net",
+            "--unshare-pid",
+            "--die-with-parent",
+            "--new-session",
+        ])
+        .args([
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+        ])
         .args(["--setenv", "HOME", &d, "--setenv", "LC_ALL", "C"])
         .args(["sh", "-c", command])
         .stdin(Stdio::null())
@@ -210,8 +234,15 @@ mod tests {
         assert_ne!(status, Some(0), "{err}");
         assert!(!Path::new(&home).join("clawrl-escape").exists());
         // Only the loopback interface exists in a new network namespace.
-        let (_, out, _) = sandboxed(dir.path(), "cat /proc/net/dev").await.expect("runs");
-        let interfaces: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+        let (_, out, _) = sandboxed(dir.path(), "cat /proc/net/dev")
+            .await
+            .expect("runs");
+        let interfaces: Vec<&str> = out
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
         assert_eq!(interfaces, ["lo"], "{out}");
     }
 
@@ -257,13 +288,18 @@ mod tests {
         assert_eq!(env.len(), solutions.len());
         for (i, solution) in solutions.iter().enumerate() {
             let (dir, _) = env.start(i).await.expect("setup");
-            let (unsolved, _, _) = sandboxed(dir.path(), &env.tasks[i].check).await.expect("check");
+            let (unsolved, _, _) = sandboxed(dir.path(), &env.tasks[i].check)
+                .await
+                .expect("check");
             assert_ne!(unsolved, Some(0), "task {i} passes untouched");
             let mut dir = dir;
             let args = json!({"command": solution}).to_string();
             let seen = env.observe(&mut dir, "shell", &args).await.expect("runs");
             assert!(seen.starts_with("exit status 0"), "task {i}: {seen}");
-            assert!(env.outcome(dir, i, "").await.expect("check"), "task {i}: {solution}");
+            assert!(
+                env.outcome(dir, i, "").await.expect("check"),
+                "task {i}: {solution}"
+            );
         }
     }
 }

@@ -34,9 +34,11 @@ impl ToolCallEnv {
         if name != "calculator" {
             return format!("error: there is no tool named {name:?}; use calculator");
         }
-        let expression = serde_json::from_str::<Value>(arguments)
-            .ok()
-            .and_then(|a| a.get("expression").and_then(Value::as_str).map(str::to_string));
+        let expression = serde_json::from_str::<Value>(arguments).ok().and_then(|a| {
+            a.get("expression")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
         match expression {
             Some(e) => calculator(&e),
             None => "error: call calculator with {\"expression\": \"…\"}".to_string(),
@@ -164,7 +166,10 @@ mod tests {
         assert!(e.solved(0, "The answer is 42"));
         assert!(!e.solved(0, "42 is not it, it is 41"));
         assert!(!e.solved(0, "I do not know"));
-        assert_eq!(reference_number("so 1,200 in all\n#### 1,200"), Some(1200.0));
+        assert_eq!(
+            reference_number("so 1,200 in all\n#### 1,200"),
+            Some(1200.0)
+        );
     }
 
     #[test]

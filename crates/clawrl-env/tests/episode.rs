@@ -30,7 +30,7 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
     agent.max_steps = 2;
     agent.max_tokens = 120;
     let e = agent
-        .episode(&env, 0, "env-test", 1)
+        .episode(&env, 0, "env-test", None, 1)
         .await
         .expect("episode");
     let first = &e.steps[0];
@@ -59,9 +59,34 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
         }
     };
     let session = get(format!("{base}/studio/sessions/env-test")).await;
-    assert_eq!(session["turns"].as_array().map(Vec::len), Some(2), "{session}");
+    assert_eq!(
+        session["turns"].as_array().map(Vec::len),
+        Some(2),
+        "{session}"
+    );
     let turn = get(format!("{base}/studio/turns/{}", first.turn_id)).await;
     assert_eq!(turn["next_states"][0]["kind"], "tool", "{turn}");
     assert_eq!(turn["next_states"][0]["text"], first.observation[0]);
+    assert_eq!(session["session"]["done"], false, "{session}");
+
+    // As a rollout of a group, the episode ends its session with the outcome, and the check's
+    // verdict is the final answer's next state.
+    let e = agent
+        .episode(&env, 0, "env-rollout", Some("group-a"), 2)
+        .await
+        .expect("episode");
+    let session = get(format!("{base}/studio/sessions/env-rollout")).await;
+    assert_eq!(session["session"]["done"], true, "{session}");
+    assert_eq!(session["session"]["group_id"], "group-a");
+    let outcome = if e.success { 1.0 } else { 0.0 };
+    assert_eq!(session["session"]["outcome"].as_f64(), Some(outcome));
+    let last = e.steps.last().expect("a step");
+    let turn = get(format!("{base}/studio/turns/{}", last.turn_id)).await;
+    let next = turn["next_states"][0]["text"].as_str().unwrap_or_default();
+    if e.truncated {
+        assert_eq!(next, last.observation.join("\n\n"), "{turn}");
+    } else {
+        assert!(next.starts_with("The check"), "{turn}");
+    }
     server.shutdown().await;
 }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::Loop;
 use crate::error::Result;
 use crate::events::Event;
+use crate::serve::Request;
 
 /// The key of a conversation that ends in an answer: what a client that replays the history
 /// sends back (roles, texts with their ends trimmed, tool calls as id, name and arguments),
@@ -19,7 +20,7 @@ use crate::events::Event;
 /// key of a recorded turn's messages plus its answer continues that turn's session
 /// (DESIGN.md §4).
 pub fn continuation_key(messages: &[Message]) -> String {
-    let canonical: Vec<(&str, &str, Vec<(String, String)>)> = messages
+    let canonical: Vec<Canonical> = messages
         .iter()
         .map(|m| {
             (
@@ -36,6 +37,9 @@ pub fn continuation_key(messages: &[Message]) -> String {
         .collect()
 }
 
+/// A message as its key sees it: role, trimmed text, and its calls ([`call_keys`]).
+type Canonical<'a> = (&'a str, &'a str, Vec<(String, String)>);
+
 /// Each call as (id, name and arguments as compact JSON): what survives a client that
 /// re-serialises the calls it replays (field order, whitespace).
 fn call_keys(tool_calls: &serde_json::Value) -> Vec<(String, String)> {
@@ -43,7 +47,12 @@ fn call_keys(tool_calls: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|c| c.get("id").and_then(|i| i.as_str()).unwrap_or("").to_string())
+                .map(|c| {
+                    c.get("id")
+                        .and_then(|i| i.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                })
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
@@ -85,19 +94,16 @@ pub fn next_state_of(messages: &[Message]) -> Option<(NextKind, String)> {
     Some((kind, text))
 }
 
-/// Stores the next state a main-line request carries, before generating (the user's reply
-/// exists whether or not this answer completes), and wakes the judge: for `continued`, the
-/// turn its replayed history continues, when known; else for the session's latest unpaired
-/// main turn. Side turns carry none. Marks the session seen either way.
-pub async fn pair(
-    lp: &Loop,
-    session_id: &str,
-    turn_type: TurnType,
-    messages: &[Message],
-    continued: Option<i64>,
-) -> Result<()> {
-    lp.store.touch_session(session_id).await?;
-    let (TurnType::Main, Some((kind, text))) = (turn_type, next_state_of(messages)) else {
+/// Stores the next state request `r` carries, before generating (the user's reply exists
+/// whether or not this answer completes), and wakes the judge: for `continued`, the turn its
+/// replayed history continues, when known; else for the session's latest unpaired main turn.
+/// Side turns carry none. Marks the session seen (and a rollout of `r.group_id`) either way.
+pub async fn pair(lp: &Loop, r: &Request, continued: Option<i64>) -> Result<()> {
+    let session_id = r.session_id.as_str();
+    lp.store
+        .touch_session(session_id, r.group_id.as_deref())
+        .await?;
+    let (TurnType::Main, Some((kind, text))) = (r.turn_type, next_state_of(&r.messages)) else {
         return Ok(());
     };
     let paired = match continued {

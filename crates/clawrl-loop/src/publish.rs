@@ -136,7 +136,11 @@ pub(crate) fn publish_step(
         .save_checkpoint_to(&dir)
         .map_err(|e| Error::Config(format!("checkpoint {}: {e}", dir.display())))?;
     let record = StepRecord::new(m, batch, seconds);
-    let ids: Vec<i64> = batch.iter().map(|s| s.id).collect();
+    // A rollout's advantage was computed for this batch: it is stored with the step.
+    let ids: Vec<(i64, Option<f64>)> = batch
+        .iter()
+        .map(|s| (s.id, s.rollout.as_ref().and(s.advantage)))
+        .collect();
     rt.block_on(store.record_step(
         m.step as i64,
         version,

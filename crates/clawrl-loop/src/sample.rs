@@ -82,9 +82,12 @@ pub async fn judge_turn(
     } else {
         None
     };
-    let sample = (reward != 0 || opd.is_some()).then(|| NewSample {
+    // A rollout's every step trains: its advantage comes at batch time, from the outcome and
+    // the group's other steps (`train::batch_advantages`); a conversation's turn trains on r_t.
+    let rollout = lp.store.session(&turn.session_id).await?.group_id.is_some();
+    let sample = (reward != 0 || opd.is_some() || rollout).then(|| NewSample {
         turn_id: turn.id,
-        advantage: (reward != 0).then_some(f64::from(reward)),
+        advantage: (reward != 0 && !rollout).then_some(f64::from(reward)),
         opd,
         retry_of,
     });

@@ -32,6 +32,10 @@ pub struct Request {
     pub prompt: Vec<u32>,
     /// The session ends with this turn (`session_done`).
     pub ends_session: bool,
+    /// The outcome reward o the ending carries (general agents; only with `ends_session`).
+    pub outcome: Option<f64>,
+    /// The group of rollouts the session belongs to (general agents, DESIGN.md §8).
+    pub group_id: Option<String>,
 }
 
 impl Request {
@@ -166,7 +170,7 @@ pub async fn record(
     };
     let turn_id = lp.store.record_turn(&turn).await?;
     if r.ends_session {
-        lp.store.end_session(&r.session_id).await?;
+        lp.store.end_session(&r.session_id, r.outcome).await?;
     }
     Counters::add(&lp.counters.completions, 1);
     Counters::add(&lp.counters.tokens, g.tokens.len() as u64);

@@ -105,6 +105,16 @@ impl TrainingSettings {
         }
     }
 
+    /// DESIGN.md §2 for general agents (groups of rollouts): the paper's setting with C = 2
+    /// and the k3 KL to the base at β = 0.01.
+    pub fn agentic() -> Self {
+        Self {
+            delta_clip: 2.0,
+            beta: 0.01,
+            ..Self::default()
+        }
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |p: &'static str, m: String| Err(Error::invalid_param(p, m));

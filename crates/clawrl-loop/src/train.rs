@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use clawrl_objective::{group_advantages, step_reward};
 use clawrl_store::Sample;
 use clawrl_trainer::{Teacher, TrainSample, Trainer};
 use tokio::runtime::Handle;
@@ -44,6 +45,28 @@ fn train_sample(s: &Sample) -> TrainSample {
         }),
         retry_prompt: s.retry_prompt_ids.clone(),
     }
+}
+
+/// The advantage each sample of `batch` trains with, same order: r_t (as stored) for a
+/// conversation's turn; for a rollout's step the step reward `R_t = o + (1/m)·Σ_j r_t^(j)`,
+/// standardised among the batch's rollout steps that share its step index t (DESIGN.md §2,
+/// general agents; `clawrl_objective::group_advantages`).
+fn batch_advantages(batch: &[Sample]) -> Vec<Option<f64>> {
+    let steps: Vec<(usize, &clawrl_store::RolloutStep)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.rollout.as_ref().map(|r| (i, r)))
+        .collect();
+    let index: Vec<usize> = steps.iter().map(|(_, r)| r.step_index).collect();
+    let rewards: Vec<f32> = steps
+        .iter()
+        .map(|(_, r)| step_reward(r.outcome as f32, &r.votes))
+        .collect();
+    let mut out: Vec<Option<f64>> = batch.iter().map(|s| s.advantage).collect();
+    for ((i, _), a) in steps.iter().zip(group_advantages(&index, &rewards)) {
+        out[*i] = Some(f64::from(a));
+    }
+    out
 }
 
 impl Loop {
@@ -184,7 +207,7 @@ impl Worker {
     }
 
     fn step(&mut self) {
-        let batch: Vec<Sample> = match self.rt.block_on(
+        let mut batch: Vec<Sample> = match self.rt.block_on(
             self.lp
                 .store
                 .pending_samples(self.settings.batch_size as i64),
@@ -202,6 +225,10 @@ impl Worker {
             step,
             samples: batch.len(),
         });
+        let advantages = batch_advantages(&batch);
+        for (s, a) in batch.iter_mut().zip(advantages) {
+            s.advantage = a;
+        }
         let samples: Vec<TrainSample> = batch.iter().map(train_sample).collect();
         let t0 = Instant::now();
         let metrics = match self.trainer.train_step(&samples) {

@@ -130,7 +130,9 @@ pub fn fallback_messages(messages: &[Message], tools: Option<&Value>) -> Vec<Mes
             "tool" => {
                 let response = format!("<tool_response>\n{}\n</tool_response>", m.content.trim());
                 match out.last_mut() {
-                    Some(prev) if prev.role == "user" && prev.content.ends_with("</tool_response>") => {
+                    Some(prev)
+                        if prev.role == "user" && prev.content.ends_with("</tool_response>") =>
+                    {
                         prev.content = format!("{}\n{response}", prev.content);
                     }
                     _ => out.push(Message::new("user", response)),
@@ -214,10 +216,17 @@ mod tests {
         assert!(!t.renders_tools());
         let tools = json!([{"type": "function", "function": {"name": "calc"}}]);
         let s = t
-            .render(&fallback_messages(&[Message::user("hi")], Some(&tools)), None, true)
+            .render(
+                &fallback_messages(&[Message::user("hi")], Some(&tools)),
+                None,
+                true,
+            )
             .expect("renders");
         assert!(s.starts_with("<|im_start|>system\n# Tools"), "{s}");
-        assert!(s.contains(r#"{"type":"function","function":{"name":"calc"}}"#), "{s}");
+        assert!(
+            s.contains(r#"{"type":"function","function":{"name":"calc"}}"#),
+            "{s}"
+        );
     }
 
     fn add() -> FunctionSpec {
@@ -255,7 +264,11 @@ mod tests {
         let out = fallback_messages(&messages, Some(&tools));
         let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "user"]);
-        assert!(out[0].content.contains(r#""name":"add""#), "{}", out[0].content);
+        assert!(
+            out[0].content.contains(r#""name":"add""#),
+            "{}",
+            out[0].content
+        );
         assert_eq!(
             out[2].content,
             "<tool_call>\n{\"name\":\"add\",\"arguments\":{\"a\":2,\"b\":3}}\n</tool_call>"
@@ -286,7 +299,9 @@ mod tests {
     fn a_forced_call_is_well_formed_even_from_a_random_model() {
         let model = Model::tiny(3);
         let grammar = call_grammar(&[add()], Some("add"), false);
-        let prompt = model.chat_prompt(&[Message::user("2+3?")], None).expect("prompt");
+        let prompt = model
+            .chat_prompt(&[Message::user("2+3?")], None)
+            .expect("prompt");
         for seed in 0..3 {
             let params = GenerateParams {
                 max_tokens: 200,

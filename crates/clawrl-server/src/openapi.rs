@@ -17,7 +17,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "post",
         "/v1/chat/completions",
         "client",
-        "Chat completion, streamed (SSE) or not (OpenAI), with session_id / turn_type / session_done.",
+        "Chat completion, streamed (SSE) or not (OpenAI), with session_id / turn_type / session_done (and a rollout's group_id / outcome).",
     ),
     (
         "get",

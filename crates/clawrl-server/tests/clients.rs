@@ -289,6 +289,8 @@ async fn null_means_absent_for_every_optional_field() {
         "session_id",
         "turn_type",
         "session_done",
+        "outcome",
+        "group_id",
         "prompt_cache_key",
         "user",
         "metadata",

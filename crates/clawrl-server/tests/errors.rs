@@ -89,6 +89,19 @@ async fn bad_requests_get_openai_errors_and_write_nothing() {
             r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
             400,
         ),
+        // A rollout's outcome comes with its end; a group id is 1 to 200 bytes.
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "outcome": 1}"#,
+            400,
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "session_done": true, "outcome": "won"}"#,
+            400,
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "hi"}], "group_id": ""}"#,
+            400,
+        ),
     ];
     for (body, expect) in cases {
         let (status, resp) = raw(&t, chat, body, json_ct).await;

@@ -444,10 +444,22 @@ async fn a_tool_output_is_a_next_state_and_tools_reach_the_template() {
     // The tools are stored with the turn, so s_t ⊕ h renders them as s_t did.
     assert_eq!(judged["turn"]["tools"], tools);
     for (bad_body, param) in [
-        (json!({"messages": [user("x")], "tools": {"not": "a list"}}), "tools"),
-        (json!({"messages": [user("x")], "functions": [{"name": "calc"}]}), "functions"),
-        (json!({"messages": [user("x")], "tools": tools, "tool_choice": 1}), "tool_choice"),
-        (json!({"messages": [user("x")], "response_format": {"type": "yaml"}}), "response_format"),
+        (
+            json!({"messages": [user("x")], "tools": {"not": "a list"}}),
+            "tools",
+        ),
+        (
+            json!({"messages": [user("x")], "functions": [{"name": "calc"}]}),
+            "functions",
+        ),
+        (
+            json!({"messages": [user("x")], "tools": tools, "tool_choice": 1}),
+            "tool_choice",
+        ),
+        (
+            json!({"messages": [user("x")], "response_format": {"type": "yaml"}}),
+            "response_format",
+        ),
     ] {
         let (status, bad) = t.post("/v1/chat/completions", &bad_body).await;
         assert_eq!(status, 400, "{bad}");
@@ -542,4 +554,103 @@ async fn a_clawrl_server_can_be_the_judge_endpoint_of_another() {
         Some(verdict.raw.as_str())
     );
     judge_server.stop().await;
+}
+
+/// One rollout of group `g` as session `id`: two actions, a tool output after the first, the
+/// verdict after the second, then `session_done` with `outcome`. Returns the two turn ids.
+async fn rollout(t: &common::TestServer, id: &str, outcome: f64, end: bool) -> (i64, i64) {
+    let ask = |messages: Value, extra: Value| async move {
+        let mut body = json!({"messages": messages, "max_tokens": 6, "seed": 3,
+                              "session_id": id, "group_id": "g"});
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        let (status, r) = t.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{r}");
+        r
+    };
+    let mut messages = vec![user("What is 6 × 7?")];
+    let first = ask(json!(messages), json!({})).await;
+    messages.push(first["choices"][0]["message"].clone());
+    messages.push(user("The calculator says 42."));
+    let second = ask(json!(messages), json!({})).await;
+    if end {
+        messages.push(second["choices"][0]["message"].clone());
+        messages.push(user("The check is done."));
+        ask(
+            json!(messages),
+            json!({"session_done": true, "outcome": outcome, "max_tokens": 1}),
+        )
+        .await;
+    }
+    let id = |r: &Value| r["turn_id"].as_i64().expect("turn id");
+    (id(&first), id(&second))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_train_once_their_group_ends_on_step_rewards_standardised_by_step_index() {
+    let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
+        c.lp.training.batch_size = 3;
+    })
+    .await;
+    let (a0, a1) = rollout(&t, "r0", 1.0, true).await;
+    let (b0, _) = rollout(&t, "r1", 0.0, false).await;
+    // Three samples (r0's two steps, r1's first) wait for the judge, then for the group: a
+    // batch of 3 could form, but r1 is still running.
+    t.wait_for("/studio/training", |v| {
+        v["pending_samples"] == 3 && v["unjudged"] == 0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (_, status) = t.get("/studio/training").await;
+    assert_eq!(
+        status["steps"], 0,
+        "a rollout trained before its group ended: {status}"
+    );
+
+    // r1 ends (outcome 0): the oldest three samples train as one batch.
+    let (_, r1) = t.get("/studio/sessions/r1").await;
+    let mut messages: Vec<Value> = r1["turns"][1]["messages"]
+        .as_array()
+        .cloned()
+        .expect("messages");
+    messages.push(assistant(r1["turns"][1]["response"].as_str().unwrap_or("")));
+    messages.push(user("The check is done."));
+    let (status, body) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 1, "session_id": "r1",
+                    "session_done": true, "outcome": 0.0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    t.wait_for("/studio/training", |v| v["steps"] == 1).await;
+    let (_, r0) = t.get("/studio/sessions/r0").await;
+    assert_eq!(r0["session"]["group_id"], "g");
+    assert_eq!(r0["session"]["outcome"], 1.0);
+
+    // R_t = o + mean vote; step 0 holds r0's and r1's first actions: standardised, ±1 (or 0
+    // when equal). Step 1 holds r0's second action alone in the batch: 0.
+    let reward = |turn: &Value, o: f64| {
+        let votes: Vec<f64> = turn["votes"]
+            .as_array()
+            .expect("votes")
+            .iter()
+            .filter_map(|v| v["value"].as_f64())
+            .collect();
+        o + votes.iter().sum::<f64>() / votes.len().max(1) as f64
+    };
+    let turn = |id: i64| {
+        let t = &t;
+        async move { t.get(&format!("/studio/turns/{id}")).await.1 }
+    };
+    let (ta0, tb0, ta1) = (turn(a0).await, turn(b0).await, turn(a1).await);
+    let gap = reward(&ta0, 1.0) - reward(&tb0, 0.0);
+    let expect = if gap.abs() < 1e-9 { 0.0 } else { gap.signum() };
+    let advantage = |v: &Value| v["advantage"].as_f64().expect("an advantage");
+    assert!((advantage(&ta0) - expect).abs() < 1e-4, "{ta0}");
+    assert!((advantage(&tb0) + expect).abs() < 1e-4, "{tb0}");
+    assert!(advantage(&ta1).abs() < 1e-4, "{ta1}");
+    assert_eq!(ta0["samples"][0]["status"], "trained");
+    t.stop().await;
 }

@@ -15,7 +15,7 @@ use sqlx::{FromRow, SqlitePool};
 
 mod sample;
 
-pub use sample::{HintRef, NewOpd, NewSample, Sample, SelectionRecord, TeacherPlan};
+pub use sample::{HintRef, NewOpd, NewSample, RolloutStep, Sample, SelectionRecord, TeacherPlan};
 use sample::{SampleRow, upsert_sample};
 /// JSON columns as the records carry them.
 pub use sqlx::types::Json;
@@ -119,6 +119,25 @@ pub enum Role {
     Owner,
 }
 
+/// A sample with its turn's tokens, its retry's prompt and, for a rollout, its step index,
+/// its session's outcome and its turn's readable votes ([`sample::SampleRow`]).
+const SAMPLE_SELECT: &str = "SELECT s.*, t.prompt_ids, t.response_ids,
+        r.prompt_ids AS retry_prompt_ids, g.group_id, g.outcome,
+        (SELECT COUNT(*) FROM turns u WHERE u.session_id = t.session_id
+             AND u.turn_type = 'main' AND u.id < t.id) AS step_index,
+        (SELECT json_group_array(v.value) FROM votes v
+             WHERE v.turn_id = t.id AND v.value IS NOT NULL) AS votes
+    FROM samples s JOIN turns t ON t.id = s.turn_id JOIN sessions g ON g.id = t.session_id
+    LEFT JOIN turns r ON r.id = s.retry_of";
+
+/// A sample `s` (of session `g`) that may train now: pending, and a rollout's only when no
+/// session of its group is open and no next state of the group waits for the judge.
+const READY: &str = "s.status = 'pending' AND (g.group_id IS NULL OR (
+        NOT EXISTS (SELECT 1 FROM sessions o WHERE o.group_id = g.group_id AND o.done = 0)
+        AND NOT EXISTS (SELECT 1 FROM next_states n JOIN turns u ON u.id = n.turn_id
+                        JOIN sessions o ON o.id = u.session_id
+                        WHERE n.judged = 0 AND o.group_id = g.group_id)))";
+
 /// A session.
 #[derive(Clone, Debug, Serialize, FromRow)]
 pub struct Session {
@@ -132,6 +151,10 @@ pub struct Session {
     pub done: bool,
     /// Turns recorded.
     pub turns: i64,
+    /// The group of rollouts it belongs to (general agents); `None` for a conversation.
+    pub group_id: Option<String>,
+    /// The outcome reward o its `session_done` carried.
+    pub outcome: Option<f64>,
 }
 
 /// How a session's first answer was judged: the Train view's "does it learn" curve.
@@ -386,24 +409,28 @@ impl Store {
     }
 
     /// Creates the session if new and marks it seen now (a session that had ended by idling
-    /// and is continued is open again).
-    pub async fn touch_session(&self, id: &str) -> Result<()> {
+    /// and is continued is open again). `group_id` makes it a rollout of that group; a later
+    /// request without one leaves the group as it was.
+    pub async fn touch_session(&self, id: &str, group_id: Option<&str>) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO sessions (id, created_at, last_seen) VALUES (?1, ?2, ?2)
-             ON CONFLICT(id) DO UPDATE SET last_seen = ?2, done = 0",
+            "INSERT INTO sessions (id, created_at, last_seen, group_id) VALUES (?1, ?2, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET last_seen = ?2, done = 0,
+                 group_id = COALESCE(?3, group_id)",
         )
         .bind(id)
         .bind(now)
+        .bind(group_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Marks a session ended.
-    pub async fn end_session(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE sessions SET done = 1 WHERE id = ?1")
+    /// Marks a session ended, with the outcome reward o when the client knows one.
+    pub async fn end_session(&self, id: &str, outcome: Option<f64>) -> Result<()> {
+        sqlx::query("UPDATE sessions SET done = 1, outcome = COALESCE(?2, outcome) WHERE id = ?1")
             .bind(id)
+            .bind(outcome)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -423,7 +450,7 @@ impl Store {
     /// Sessions, most recent first.
     pub async fn sessions(&self, limit: i64, offset: i64) -> Result<Vec<Session>> {
         Ok(sqlx::query_as(
-            "SELECT s.id, s.created_at, s.last_seen, s.done,
+            "SELECT s.id, s.created_at, s.last_seen, s.done, s.group_id, s.outcome,
                     (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS turns
              FROM sessions s ORDER BY s.last_seen DESC LIMIT ?1 OFFSET ?2",
         )
@@ -458,7 +485,7 @@ impl Store {
     /// One session.
     pub async fn session(&self, id: &str) -> Result<Session> {
         sqlx::query_as(
-            "SELECT s.id, s.created_at, s.last_seen, s.done,
+            "SELECT s.id, s.created_at, s.last_seen, s.done, s.group_id, s.outcome,
                     (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS turns
              FROM sessions s WHERE s.id = ?1",
         )
@@ -812,25 +839,27 @@ impl Store {
         Ok(sample)
     }
 
-    /// Pending samples, oldest first, with their turns' tokens.
+    /// Samples ready to train, oldest first, with their turns' tokens: pending ones, a
+    /// rollout's only once every session of its group has ended and been judged (its
+    /// advantage needs the outcome and the group's other steps).
     pub async fn pending_samples(&self, limit: i64) -> Result<Vec<Sample>> {
-        let rows: Vec<SampleRow> = sqlx::query_as(
-            "SELECT s.*, t.prompt_ids, t.response_ids, r.prompt_ids AS retry_prompt_ids
-             FROM samples s JOIN turns t ON t.id = s.turn_id
-             LEFT JOIN turns r ON r.id = s.retry_of
-             WHERE s.status = 'pending' ORDER BY s.id LIMIT ?1",
-        )
+        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
+            "{SAMPLE_SELECT} WHERE {READY} ORDER BY s.id LIMIT ?1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(Sample::from).collect())
     }
 
-    /// Pending samples.
+    /// Samples ready to train (as [`Store::pending_samples`] takes them).
     pub async fn count_pending(&self) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM samples WHERE status = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as(&format!(
+            "SELECT COUNT(*) FROM samples s JOIN turns t ON t.id = s.turn_id
+             JOIN sessions g ON g.id = t.session_id WHERE {READY}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n)
     }
 
@@ -865,10 +894,7 @@ impl Store {
     pub async fn samples_of(&self, turn_id: i64) -> Result<Vec<Sample>> {
         let rows: Vec<SampleRow> = self
             .of_turn(
-                "SELECT s.*, t.prompt_ids, t.response_ids, r.prompt_ids AS retry_prompt_ids
-                 FROM samples s JOIN turns t ON t.id = s.turn_id
-                 LEFT JOIN turns r ON r.id = s.retry_of
-                 WHERE s.turn_id = ?1 ORDER BY s.id",
+                &format!("{SAMPLE_SELECT} WHERE s.turn_id = ?1 ORDER BY s.id"),
                 turn_id,
             )
             .await?;
@@ -876,7 +902,8 @@ impl Store {
     }
 
     /// Records a finished step in one transaction: its metrics, the version it published, and
-    /// its samples marked trained.
+    /// its samples marked trained, each as (id, the advantage it trained with: a rollout's is
+    /// computed at batch time; `None` keeps the stored one).
     pub async fn record_step<M: Serialize>(
         &self,
         step: i64,
@@ -884,7 +911,7 @@ impl Store {
         checkpoint: &str,
         metrics: &M,
         seconds: f64,
-        samples: &[i64],
+        samples: &[(i64, Option<f64>)],
     ) -> Result<()> {
         let now = now_ms();
         let mut tx = self.write().await?;
@@ -909,15 +936,18 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        for id in samples {
+        for (id, advantage) in samples {
             // A sample rejected while the step ran stays dropped.
             sqlx::query(
-                "UPDATE samples SET status = 'trained', step = ?1 WHERE id = ?2 AND status = 'pending'",
+                "UPDATE samples SET status = 'trained', step = ?1,
+                     advantage = COALESCE(?3, advantage)
+                 WHERE id = ?2 AND status = 'pending'",
             )
-                .bind(step)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            .bind(step)
+            .bind(id)
+            .bind(advantage)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -102,6 +102,22 @@ pub struct Sample {
     pub retry_of: Option<i64>,
     /// That turn's prompt, s_orig.
     pub retry_prompt_ids: Option<Vec<u32>>,
+    /// The step of a rollout (general agents); `None` for a conversation's turn.
+    pub rollout: Option<RolloutStep>,
+}
+
+/// A sample's turn as a step of a rollout: what its advantage is computed from at batch time
+/// (`R_t = o + (1/m)·Σ_j r_t^(j)`, standardised by step index; DESIGN.md §2).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutStep {
+    /// The group of rollouts (of one task).
+    pub group_id: String,
+    /// t: the turn's index among its session's main turns, from 0.
+    pub step_index: usize,
+    /// o: the outcome reward its session ended with (0 when none was delivered).
+    pub outcome: f64,
+    /// r_t^(j): the turn's readable votes.
+    pub votes: Vec<i8>,
 }
 
 /// A sample's row as the database holds it (older rows carry one teacher prompt in
@@ -122,6 +138,10 @@ pub(crate) struct SampleRow {
     response_ids: Json<Vec<u32>>,
     retry_of: Option<i64>,
     retry_prompt_ids: Option<Json<Vec<u32>>>,
+    group_id: Option<String>,
+    outcome: Option<f64>,
+    step_index: i64,
+    votes: Json<Vec<i8>>,
 }
 
 impl From<SampleRow> for Sample {
@@ -150,6 +170,12 @@ impl From<SampleRow> for Sample {
             response_ids: r.response_ids.0,
             retry_of: r.retry_of,
             retry_prompt_ids: r.retry_prompt_ids.map(|p| p.0),
+            rollout: r.group_id.map(|group_id| RolloutStep {
+                group_id,
+                step_index: usize::try_from(r.step_index).unwrap_or(0),
+                outcome: r.outcome.unwrap_or(0.0),
+                votes: r.votes.0,
+            }),
         }
     }
 }

@@ -190,7 +190,14 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     );
 
     store
-        .record_step(1, 1, "/tmp/v1", &json!({"loss": 0.5}), 2.0, &[accepted])
+        .record_step(
+            1,
+            1,
+            "/tmp/v1",
+            &json!({"loss": 0.5}),
+            2.0,
+            &[(accepted, None)],
+        )
         .await
         .expect("step");
     assert_eq!(store.count_pending().await.expect("count"), 0);

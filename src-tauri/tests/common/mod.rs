@@ -399,6 +399,40 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     )?;
     d.screenshot(&shots.join("inspect.png"))?;
 
+    // Rollouts: an environment's episode (a rollout of a group, ended with its outcome), sent
+    // from the page as any client would, shown as its steps.
+    d.wait(
+        "a rollout sent",
+        "if (!window.__rollout) { window.__rollout = 'sending'; (async () => { \
+           const post = (b) => fetch('/v1/chat/completions', {method: 'POST', \
+             headers: {'content-type': 'application/json'}, body: JSON.stringify(b)}) \
+             .then((r) => r.json()); \
+           const m = [{role: 'user', content: 'What is 2 + 2?'}]; \
+           const a = await post({messages: m, max_tokens: 8, session_id: 'studio-rollout', group_id: 'studio-task'}); \
+           m.push(a.choices[0].message, {role: 'user', content: 'The check passed: that is right.'}); \
+           await post({messages: m, max_tokens: 1, session_id: 'studio-rollout', group_id: 'studio-task', \
+             session_done: true, outcome: 1}); \
+           window.__rollout = 'sent'; })(); } \
+         return window.__rollout === 'sent';",
+        LONG,
+    )?;
+    d.click("[data-testid=tab-rollouts]")?;
+    d.wait(
+        "the rollout's group",
+        &text_is("rollout-groups", "t.includes('studio-task · 1/1 solved')"),
+        SHORT,
+    )?;
+    d.click("[data-testid=rollout-groups] a")?;
+    d.wait(
+        "the rollout's step with its observation",
+        &text_is(
+            "rollout-steps",
+            "t.includes('outcome 1') && t.includes('The check passed')",
+        ),
+        SHORT,
+    )?;
+    d.screenshot(&shots.join("rollouts.png"))?;
+
     // Settings: the model and judge being served.
     d.click("[data-testid=tab-settings]")?;
     d.wait(

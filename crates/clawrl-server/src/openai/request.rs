@@ -97,6 +97,12 @@ pub struct ChatRequest {
     turn_type: Option<String>,
     #[serde(default)]
     session_done: Option<bool>,
+    /// The outcome reward o of a rollout, with `session_done` (DESIGN.md §8).
+    #[serde(default)]
+    outcome: Option<f64>,
+    /// The group of rollouts (of one task) the session belongs to (DESIGN.md §8).
+    #[serde(default)]
+    group_id: Option<String>,
     #[serde(default)]
     prompt_cache_key: Option<String>,
     #[serde(default)]
@@ -186,6 +192,51 @@ fn convert(m: ApiMessage) -> ApiResult<Message> {
 
 fn new_session_id() -> String {
     format!("anon-{:016x}", rand::random::<u64>())
+}
+
+/// A rollout's extra fields (DESIGN.md §8), body first, then headers: the outcome reward o
+/// (`outcome` or `X-Session-Outcome`, a finite number, only with `session_done`) and the group
+/// (`group_id` or `X-Group-Id`, 1 to 200 bytes).
+fn rollout_fields(
+    req: &mut ChatRequest,
+    headers: &HeaderMap,
+    session_done: bool,
+) -> ApiResult<(Option<f64>, Option<String>)> {
+    let outcome = match (req.outcome, header(headers, "x-session-outcome")) {
+        (Some(o), _) => Some(o),
+        (None, Some(v)) => Some(v.trim().parse::<f64>().map_err(|_| {
+            ApiError::invalid_param("outcome", format!("outcome must be a number, got {v:?}"))
+        })?),
+        (None, None) => None,
+    };
+    if let Some(o) = outcome {
+        if !o.is_finite() {
+            return Err(ApiError::invalid_param(
+                "outcome",
+                "outcome must be a finite number",
+            ));
+        }
+        if !session_done {
+            return Err(ApiError::invalid_param(
+                "outcome",
+                "outcome is the reward of a finished rollout: send it with session_done: true",
+            ));
+        }
+    }
+    let group_id = req
+        .group_id
+        .take()
+        .or_else(|| header(headers, "x-group-id").map(str::to_string));
+    if group_id
+        .as_ref()
+        .is_some_and(|g| g.is_empty() || g.len() > 200)
+    {
+        return Err(ApiError::invalid_param(
+            "group_id",
+            "group_id must be 1 to 200 bytes",
+        ));
+    }
+    Ok((outcome, group_id))
 }
 
 /// A client-chosen session id: 1 to 200 bytes.
@@ -369,6 +420,7 @@ async fn validated(
         (None, Some(v)) => parse_bool("session_done", v)?,
         (None, None) => false,
     };
+    let (outcome, group_id) = rollout_fields(req, headers, session_done)?;
     if req.functions.take().is_some_and(|f| !f.is_null()) {
         return Err(ApiError::invalid_param(
             "functions",
@@ -414,6 +466,8 @@ async fn validated(
             tools: plan.render,
             prompt,
             ends_session: session_done,
+            outcome,
+            group_id,
         },
         continued,
         include_usage: req

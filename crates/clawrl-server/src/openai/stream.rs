@@ -119,7 +119,11 @@ pub async fn stream(s: Shared, p: Prepared) -> Response {
                 .logprobs
                 .then(|| json!({"content": [token_logprob(&s, &piece.info)]}));
             text.push_str(&piece.text);
-            let upto = if holds { shown(&text).max(sent) } else { text.len() };
+            let upto = if holds {
+                shown(&text).max(sent)
+            } else {
+                text.len()
+            };
             let delta = &text[sent..upto];
             if delta.is_empty() && lp.is_none() && !piece.text.is_empty() {
                 continue;

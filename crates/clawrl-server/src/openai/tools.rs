@@ -137,9 +137,9 @@ fn response_format(v: Option<Value>) -> ApiResult<Option<Grammar>> {
     })?;
     Ok(match f {
         ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(Grammar::JsonSchema(
-            serde_json::json!({"type": "object"}),
-        )),
+        ResponseFormat::JsonObject => {
+            Some(Grammar::JsonSchema(serde_json::json!({"type": "object"})))
+        }
         // A format without a schema is any JSON value.
         ResponseFormat::JsonSchema { json_schema } => Some(Grammar::JsonSchema(
             json_schema.schema.unwrap_or_else(|| serde_json::json!({})),
@@ -169,7 +169,11 @@ pub fn plan(
     format: Option<Value>,
 ) -> ApiResult<ToolPlan> {
     let tools = tools.filter(|t| !t.is_null());
-    let functions = tools.as_ref().map(functions).transpose()?.unwrap_or_default();
+    let functions = tools
+        .as_ref()
+        .map(functions)
+        .transpose()?
+        .unwrap_or_default();
     let choice = tool_choice(choice)?;
     let format = response_format(format)?;
     let forced = match (&choice, functions.is_empty()) {
@@ -188,11 +192,9 @@ pub fn plan(
             }
             Some(call_grammar(&functions, Some(n), false))
         }
-        (Some(ToolChoice::Required), false) => Some(call_grammar(
-            &functions,
-            None,
-            parallel.unwrap_or(true),
-        )),
+        (Some(ToolChoice::Required), false) => {
+            Some(call_grammar(&functions, None, parallel.unwrap_or(true)))
+        }
         _ => None,
     };
     let (forced, param) = match forced {
@@ -245,8 +247,8 @@ mod tests {
             let p = plan(&m, Some(tools()), Some(choice), None, None).expect("forced");
             assert!(matches!(p.grammar, Some(Grammar::Lark(_))));
         }
-        let json_answer = plan(&m, None, None, None, Some(json!({"type": "json_object"})))
-            .expect("json_object");
+        let json_answer =
+            plan(&m, None, None, None, Some(json!({"type": "json_object"}))).expect("json_object");
         assert!(matches!(json_answer.grammar, Some(Grammar::JsonSchema(_))));
     }
 
@@ -263,7 +265,12 @@ mod tests {
                 None,
                 "tool_choice",
             ),
-            (Some(json!([{"type": "custom", "custom": {}}])), None, None, "tools"),
+            (
+                Some(json!([{"type": "custom", "custom": {}}])),
+                None,
+                None,
+                "tools",
+            ),
             (
                 Some(json!([{"type": "function", "function": {"name": "a b"}}])),
                 None,
@@ -274,7 +281,9 @@ mod tests {
             (
                 None,
                 None,
-                Some(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}})),
+                Some(
+                    json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}),
+                ),
                 "response_format",
             ),
         ];

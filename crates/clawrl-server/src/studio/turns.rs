@@ -33,13 +33,19 @@ pub async fn first_answers(
     Ok(Json(json!({ "sessions": list })))
 }
 
-/// `GET /studio/sessions/{id}`: the session and its turns (without per-token data).
+/// `GET /studio/sessions/{id}`: the session (a rollout's with its group and outcome) and its
+/// turns with their next states, votes and advantage (without per-token data).
 pub async fn session(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let session = s.lp.store.session(&id).await?;
     let mut turns = Vec::new();
     for t in s.lp.store.turns_of(&id).await? {
         let votes = s.lp.store.votes_of(t.id).await?;
+        // A rollout's steps as the Studio shows them: action, observation, votes, advantage.
+        let samples = s.lp.store.samples_of(t.id).await?;
         turns.push(json!({
+            "next_states": s.lp.store.next_states_of(t.id).await?,
+            "advantage": samples.iter().find_map(|x| x.advantage),
+            "sample_status": samples.last().map(|x| x.status.as_str()),
             "id": t.id,
             "turn_type": t.turn_type,
             "messages": t.messages.0,
