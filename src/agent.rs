@@ -446,6 +446,12 @@ async fn train<E: Environment + 'static>(
             rates(&rollouts.iter().map(|(_, e)| e).collect::<Vec<_>>()),
             rates(&of_seed(&after, seed)),
         );
+        // Each seed's result as soon as it is known: a run of several seeds takes hours here.
+        eprintln!(
+            "seed {seed}: held-out success {} before, {} after; {} steps trained (policy v{}); \
+             training rollouts solved {}",
+            b["success"], f["success"], trained["steps"], trained["policy_version"], r["success"]
+        );
         per_seed.push(json!({
             "seed": seed,
             "success_before": b["success"],

@@ -12,7 +12,6 @@ use tracing::{info, warn};
 use crate::Loop;
 use crate::error::Result;
 use crate::events::Event;
-use crate::serve::Request;
 
 /// The key of a conversation that ends in an answer: what a client that replays the history
 /// sends back (roles, texts with their ends trimmed, tool calls as id, name and arguments),
@@ -94,16 +93,21 @@ pub fn next_state_of(messages: &[Message]) -> Option<(NextKind, String)> {
     Some((kind, text))
 }
 
-/// Stores the next state request `r` carries, before generating (the user's reply exists
-/// whether or not this answer completes), and wakes the judge: for `continued`, the turn its
-/// replayed history continues, when known; else for the session's latest unpaired main turn.
-/// Side turns carry none. Marks the session seen (and a rollout of `r.group_id`) either way.
-pub async fn pair(lp: &Loop, r: &Request, continued: Option<i64>) -> Result<()> {
-    let session_id = r.session_id.as_str();
-    lp.store
-        .touch_session(session_id, r.group_id.as_deref())
-        .await?;
-    let (TurnType::Main, Some((kind, text))) = (r.turn_type, next_state_of(&r.messages)) else {
+/// Stores the next state a main-line request carries, before generating (the user's reply
+/// exists whether or not this answer completes), and wakes the judge: for `continued`, the
+/// turn its replayed history continues, when known; else for the session's latest unpaired
+/// main turn. Side turns carry none. Marks the session seen (and a rollout of `group_id`)
+/// either way.
+pub async fn pair(
+    lp: &Loop,
+    session_id: &str,
+    group_id: Option<&str>,
+    turn_type: TurnType,
+    messages: &[Message],
+    continued: Option<i64>,
+) -> Result<()> {
+    lp.store.touch_session(session_id, group_id).await?;
+    let (TurnType::Main, Some((kind, text))) = (turn_type, next_state_of(messages)) else {
         return Ok(());
     };
     let paired = match continued {

@@ -74,7 +74,15 @@ pub async fn chat_completions(
 ) -> ApiResult<Response> {
     let p = prepare(&s, &headers, req).await?;
     let r = &p.request;
-    clawrl_loop::pair::pair(&s.lp, r, p.continued).await?;
+    clawrl_loop::pair::pair(
+        &s.lp,
+        &r.session_id,
+        r.group_id.as_deref(),
+        r.turn_type,
+        &r.messages,
+        p.continued,
+    )
+    .await?;
     let span = info_span!("chat", session = %r.session_id, stream = p.stream, prompt_tokens = r.prompt.len());
     if p.stream {
         return Ok(stream::stream(s, p).instrument(span).await);
