@@ -240,8 +240,10 @@ impl Target {
         })
     }
 
-    fn agent(&self, c: &Common) -> Arc<Agent> {
+    /// A client of the server; `evaluate`: its episodes are never trained on.
+    fn agent(&self, c: &Common, evaluate: bool) -> Arc<Agent> {
         let mut agent = Agent::new(&self.base, c.api_key.clone());
+        agent.evaluate = evaluate;
         agent.max_steps = c.max_steps;
         agent.max_tokens = c.max_tokens;
         agent.temperature = c.temperature;
@@ -365,7 +367,7 @@ async fn eval<E: Environment + 'static>(
         ..TrainingSettings::default()
     };
     let target = Target::start(c, model.as_ref(), untrained).await?;
-    let agent = target.agent(c);
+    let agent = target.agent(c, true);
     let env = Arc::new(env);
     let eps = held_out(c, &agent, (&env, offset), &c.seed, "eval").await?;
     target.stop().await;
@@ -417,8 +419,8 @@ async fn train<E: Environment + 'static>(
         // Each seed trains its own adapter from the base (in-process; `--url`'s server keeps
         // what it learned).
         let target = Target::start(c, model.as_ref(), settings.clone()).await?;
-        let agent = target.agent(c);
-        let before = held_out(c, &agent, (&held, offset), &[seed], "before").await?;
+        let (evaluator, agent) = (target.agent(c, true), target.agent(c, false));
+        let before = held_out(c, &evaluator, (&held, offset), &[seed], "before").await?;
         let (name, count, group_size) = (train_env.name(), train_env.len(), a.group_size);
         let jobs: Vec<Job> = (0..a.rounds)
             .flat_map(|round| {
@@ -439,7 +441,7 @@ async fn train<E: Environment + 'static>(
         let bar = bar(c, jobs.len(), "training");
         let rollouts = episodes(&agent, &train_env, jobs, c.parallel, &bar).await?;
         let trained = drain(c, &target.base).await?;
-        let after = held_out(c, &agent, (&held, offset), &[seed], "after").await?;
+        let after = held_out(c, &evaluator, (&held, offset), &[seed], "after").await?;
         target.stop().await;
         let (b, r, f) = (
             rates(&of_seed(&before, seed)),

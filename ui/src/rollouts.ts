@@ -1,7 +1,7 @@
 // Rollouts: the episodes of general agents (DESIGN.md §8), grouped by task. A rollout is a
 // session of a group; each step shows the action, the observation that followed (its next
-// state), the judge's votes, and the advantage it trained with (R_t = o + mean vote,
-// standardised among the batch's steps of the same index).
+// state), its reward R_t = o + mean vote, and the advantage it trained with (R_t standardised
+// among the batch's steps of the same index).
 
 import { api, onEvent } from "./api.js";
 import { attempt, fill, h, signed } from "./dom.js";
@@ -100,6 +100,7 @@ async function showRollout(id: string): Promise<void> {
     const v = t.votes.map((x) => x.value).filter((x): x is number => x !== null);
     return v.length ? v.reduce((a, b) => a + b, 0) / v.length : 0;
   };
+  const o = r.session.outcome ?? 0;
   const rows = r.turns
     // The last request only delivers the outcome: nothing follows its answer.
     .filter((t) => t.next_states.length > 0)
@@ -110,7 +111,7 @@ async function showRollout(id: string): Promise<void> {
         h("td", {}, i),
         h("td", {}, h("pre", {}, t.response)),
         h("td", {}, h("pre", {}, t.next_states.map((n) => `[${n.kind}] ${n.text}`).join("\n"))),
-        h("td", {}, signed(round(mean(t)))),
+        h("td", { title: `o ${o} + mean vote ${round(mean(t))}` }, signed(round(o + mean(t)))),
         h("td", {}, t.advantage === null ? "–" : signed(round(t.advantage))),
         h("td", {}, t.sample_status ?? "–"),
       ),
@@ -121,7 +122,7 @@ async function showRollout(id: string): Promise<void> {
     h(
       "table",
       { class: "steps" },
-      h("tr", {}, ["t", "action", "observation", "mean vote", "advantage", "sample"].map((c) => h("th", {}, c))),
+      h("tr", {}, ["t", "action", "observation", "reward R_t", "advantage", "sample"].map((c) => h("th", {}, c))),
       rows,
     ),
   );

@@ -50,6 +50,9 @@ pub struct Agent {
     pub max_steps: usize,
     /// The first answer must call a tool (`tool_choice: "required"`); later ones choose.
     pub call_first: bool,
+    /// Evaluation: the episodes are side turns, served and never trained on (held-out tasks
+    /// must not leak into training).
+    pub evaluate: bool,
 }
 
 impl Agent {
@@ -64,6 +67,7 @@ impl Agent {
             temperature: 0.7,
             max_steps: 4,
             call_first: false,
+            evaluate: false,
         }
     }
 
@@ -116,6 +120,7 @@ impl Agent {
                     "seed": seed.wrapping_mul(1000).wrapping_add(step as u64),
                     "session_id": session_id,
                     "group_id": group_id,
+                    "turn_type": if self.evaluate { "side" } else { "main" },
                 }))
                 .await?;
             let message = r["choices"][0]["message"].clone();

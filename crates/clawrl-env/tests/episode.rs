@@ -88,5 +88,15 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
     } else {
         assert!(next.starts_with("The check"), "{turn}");
     }
+
+    // Evaluation never trains: its answers are side turns, and no next state is paired.
+    agent.evaluate = true;
+    let e = agent
+        .episode(&env, 0, "env-eval", None, 3)
+        .await
+        .expect("episode");
+    let turn = get(format!("{base}/studio/turns/{}", e.steps[0].turn_id)).await;
+    assert_eq!(turn["turn"]["turn_type"], "side", "{turn}");
+    assert_eq!(turn["next_states"], serde_json::json!([]), "{turn}");
     server.shutdown().await;
 }
