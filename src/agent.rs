@@ -118,20 +118,26 @@ pub(crate) struct TrainArgs {
 }
 
 impl AgentCmd {
+    /// The flags both commands take.
+    fn common(&self) -> &Common {
+        match self {
+            AgentCmd::Eval(a) => &a.c,
+            AgentCmd::Train(a) => &a.c,
+        }
+    }
+
     /// Whether a running server is driven (no local model needed).
     pub(crate) fn uses_url(&self) -> bool {
-        match self {
-            AgentCmd::Eval(a) => a.c.url.is_some(),
-            AgentCmd::Train(a) => a.c.url.is_some(),
-        }
+        self.common().url.is_some()
     }
 }
 
 pub(crate) fn run(cmd: AgentCmd, model: Option<Model>) -> Result<()> {
     let model = model.map(Arc::new);
-    let (c, train) = match &cmd {
-        AgentCmd::Eval(a) => (&a.c, None),
-        AgentCmd::Train(a) => (&a.c, Some(a)),
+    let c = cmd.common();
+    let train = match &cmd {
+        AgentCmd::Eval(_) => None,
+        AgentCmd::Train(a) => Some(a),
     };
     if c.n == 0 || c.max_steps == 0 || c.parallel == 0 {
         bail!("--n, --max-steps and --parallel must be at least 1");
@@ -194,19 +200,12 @@ fn dispatch<E: Environment + 'static>(
         AgentCmd::Eval(a) => rt.block_on(eval(&a.c, held, model))?,
         AgentCmd::Train(a) => rt.block_on(train(a, train_split, held, model))?,
     };
-    if cmd_json(cmd) {
+    if cmd.common().json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
-}
-
-fn cmd_json(cmd: &AgentCmd) -> bool {
-    match cmd {
-        AgentCmd::Eval(a) => a.c.json,
-        AgentCmd::Train(a) => a.c.json,
-    }
 }
 
 /// A server to drive: one started in-process (with its scratch directory), or `--url`'s.
