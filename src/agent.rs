@@ -486,22 +486,22 @@ async fn train<E: Environment + 'static>(
     }))
 }
 
-/// Waits until every rollout's next states are judged and their samples trained, flushing a
-/// last partial batch (the batch size is lowered to what is left, then restored). Returns the
-/// server's training status.
+/// Waits until every rollout's next states are judged, their samples trained and the newest
+/// version served, flushing a last partial batch (the batch size is lowered to what is left,
+/// then restored). Returns the server's training status.
 async fn drain(c: &Common, base: &str) -> Result<Value> {
     let http = &reqwest::Client::new();
     let auth = &|r: reqwest::RequestBuilder| match &c.api_key {
         Some(k) => r.bearer_auth(k),
         None => r,
     };
-    let status = || async {
-        let r = auth(http.get(format!("{base}/studio/training")))
+    let get = |path: &'static str| async move {
+        let r = auth(http.get(format!("{base}{path}")))
             .send()
             .await
-            .context("reading the training status")?;
+            .with_context(|| format!("GET {path}"))?;
         if !r.status().is_success() {
-            bail!("GET /studio/training: {}", r.status());
+            bail!("GET {path}: {}", r.status());
         }
         anyhow::Ok(r.json::<Value>().await?)
     };
@@ -527,7 +527,7 @@ async fn drain(c: &Common, base: &str) -> Result<Value> {
     spinner.enable_steady_tick(Duration::from_millis(200));
     let mut restore = None;
     let result = loop {
-        let s = status().await?;
+        let s = get("/studio/training").await?;
         let pending = s["pending_samples"].as_i64().unwrap_or(0);
         let unjudged = s["unjudged"].as_i64().unwrap_or(0);
         let batch = s["settings"]["batch_size"].as_i64().unwrap_or(1);
@@ -540,7 +540,15 @@ async fn drain(c: &Common, base: &str) -> Result<Value> {
             bail!("training is paused (a failed step pauses it; see the server's log)");
         }
         if pending == 0 && unjudged == 0 {
-            break s;
+            // The last step is recorded before its version is swapped in: wait for the swap.
+            let versions = get("/studio/versions").await?;
+            let newest = versions["versions"]
+                .as_array()
+                .and_then(|v| v.last())
+                .map(|v| v["version"].clone());
+            if newest.is_none_or(|v| v == s["policy_version"]) {
+                break s;
+            }
         }
         if unjudged == 0 && pending < batch {
             restore.get_or_insert(batch);
