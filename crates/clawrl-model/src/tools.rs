@@ -146,15 +146,18 @@ pub fn fallback_messages(messages: &[Message], tools: Option<&Value>) -> Vec<Mes
 
 /// What a generated answer holds: the text before any call, and the calls. `None` when the
 /// text has a `<tool_call>` that is not a well-formed call to one of `names` (the answer is
-/// then plain text).
+/// then plain text). Each call's JSON is read as one value, so a string argument may hold
+/// `</tool_call>` itself (a shell command may).
 pub fn parse_calls(text: &str, names: &[&str]) -> Option<(String, Vec<ToolCall>)> {
     let first = text.find(CALL_OPEN)?;
     let mut calls = Vec::new();
     let mut rest = &text[first..];
     while let Some(start) = rest.find(CALL_OPEN) {
         let after = &rest[start + CALL_OPEN.len()..];
-        let end = after.find(CALL_CLOSE)?;
-        let body: Value = serde_json::from_str(after[..end].trim()).ok()?;
+        let mut values = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+        let body = values.next()?.ok()?;
+        let tail = after[values.byte_offset()..].trim_start();
+        let tail = tail.strip_prefix(CALL_CLOSE)?;
         let name = body.get("name")?.as_str()?;
         if !names.contains(&name) {
             return None;
@@ -167,7 +170,7 @@ pub fn parse_calls(text: &str, names: &[&str]) -> Option<(String, Vec<ToolCall>)
             name: name.to_string(),
             arguments,
         });
-        rest = &after[end + CALL_CLOSE.len()..];
+        rest = tail;
     }
     Some((text[..first].trim().to_string(), calls))
 }
@@ -293,6 +296,22 @@ mod tests {
         assert_eq!(parse_calls("no calls here", &["add"]), None);
         assert_eq!(parse_calls(&call.render(), &["sub"]), None);
         assert_eq!(parse_calls("<tool_call>\n{\"name\":", &["add"]), None);
+        // The closing tag inside a string argument is the argument's.
+        let odd = ToolCall {
+            name: "add".into(),
+            arguments: json!({"a": "x</tool_call>y"}),
+        };
+        assert_eq!(
+            parse_calls(&odd.render(), &["add"]),
+            Some((String::new(), vec![odd]))
+        );
+        assert_eq!(
+            parse_calls(
+                "<tool_call>{\"name\":\"add\",\"arguments\":{}} tail",
+                &["add"]
+            ),
+            None
+        );
     }
 
     #[test]
