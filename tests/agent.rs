@@ -4,12 +4,18 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[test]
 fn agent_train_reports_success_before_and_after_the_steps_it_trained() {
+    // A task file of our own in GSM8K's shape (the held-out split starts at task 1000).
+    let dir = tempfile::tempdir().expect("dir");
+    let tasks = dir.path().join("tasks.json");
+    let all: Vec<Value> = (0..1002)
+        .map(|i| json!({"question": format!("What is {i} + 1?"), "ground_truth_answer": format!("#### {}", i + 1)}))
+        .collect();
+    std::fs::write(&tasks, Value::from(all).to_string()).expect("tasks written");
     let out = Command::new(env!("CARGO_BIN_EXE_clawrl"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
             "agent",
             "train",
@@ -29,7 +35,9 @@ fn agent_train_reports_success_before_and_after_the_steps_it_trained() {
             "--max-tokens",
             "96",
             "--json",
+            "--tasks",
         ])
+        .arg(&tasks)
         .output()
         .expect("clawrl runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
