@@ -197,11 +197,13 @@ fn openclaw_talks_to_the_server_and_its_conversation_trains_it() {
             turn["hints"]
         );
     }
-    // Two samples fill the batch: a step, and a new version served.
-    let status = wait_for(&format!("{url}/studio/training"), "a training step", |v| {
-        v["steps"].as_i64().is_some_and(|s| s >= 1)
+    // Two samples fill the batch: a step, and a new version served (a step is recorded just
+    // before its version is swapped in, so wait for the version).
+    let status = wait_for(&format!("{url}/studio/training"), "a new version", |v| {
+        v["policy_version"].as_i64().is_some_and(|p| p >= 1)
     });
     assert_eq!(status["policy_version"], 1, "{status}");
+    assert_eq!(status["steps"], 1, "{status}");
     let refused = get(&format!("{url}/studio/refused"));
     assert_eq!(refused["refused"], serde_json::json!([]), "{refused}");
 }
