@@ -150,6 +150,18 @@ impl Driver {
         )
     }
 
+    /// Waits until the text `t` of the element with test id `testid` passes `test` (JavaScript
+    /// over `t`).
+    pub fn wait_text(
+        &self,
+        what: &str,
+        testid: &str,
+        test: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.wait(what, &text_is(testid, test), timeout)
+    }
+
     /// Polls `script` until it returns something truthy; returns that value.
     pub fn wait(&self, what: &str, script: &str, timeout: Duration) -> Result<Value> {
         let start = Instant::now();
@@ -281,11 +293,7 @@ fn text_of(testid: &str) -> String {
 pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     d.find("[data-testid=chat-input]", LONG)
         .context("the Studio UI never appeared")?;
-    d.wait(
-        "the live event stream",
-        &text_is("connection", "t === 'live'"),
-        SHORT,
-    )?;
+    d.wait_text("the live event stream", "connection", "t === 'live'", SHORT)?;
 
     // Train every sample at once, through the Train view's form.
     d.click("[data-testid=tab-train]")?;
@@ -294,9 +302,10 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
         "1",
         "[data-testid=settings-save]",
     )?;
-    d.wait(
+    d.wait_text(
         "batch size 1 applied",
-        &text_is("pending", "t.includes('(batch 1)')"),
+        "pending",
+        "t.includes('(batch 1)')",
         SHORT,
     )?;
 
@@ -328,9 +337,10 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
         "Answer with one word only.",
         "[data-testid=correction-send]",
     )?;
-    d.wait(
+    d.wait_text(
         "the judge's vote",
-        &text_is("turn-status", "t.includes('judged −1')"),
+        "turn-status",
+        "t.includes('judged −1')",
         LONG,
     )?;
 
@@ -365,9 +375,10 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     // Train: a step ran and its version is served.
     d.click("[data-testid=tab-train]")?;
     d.find("[data-testid=versions] tr[data-version='1']", LONG)?;
-    d.wait(
+    d.wait_text(
         "a new version served",
-        &text_is("live-version", "/serving v[1-9]/.test(t)"),
+        "live-version",
+        "/serving v[1-9]/.test(t)",
         LONG,
     )?;
     d.wait(
@@ -417,29 +428,24 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
         LONG,
     )?;
     d.click("[data-testid=tab-rollouts]")?;
-    d.wait(
+    d.wait_text(
         "the rollout's group",
-        &text_is("rollout-groups", "t.includes('studio-task · 1/1 solved')"),
+        "rollout-groups",
+        "t.includes('studio-task · 1/1 solved')",
         SHORT,
     )?;
     d.click("[data-testid=rollout-groups] a")?;
-    d.wait(
+    d.wait_text(
         "the rollout's step with its observation",
-        &text_is(
-            "rollout-steps",
-            "t.includes('outcome 1') && t.includes('The check passed')",
-        ),
+        "rollout-steps",
+        "t.includes('outcome 1') && t.includes('The check passed')",
         SHORT,
     )?;
     d.screenshot(&shots.join("rollouts.png"))?;
 
     // Settings: the model and judge being served.
     d.click("[data-testid=tab-settings]")?;
-    d.wait(
-        "the model id",
-        &text_is("model-id", "t === 'clawrl'"),
-        SHORT,
-    )?;
+    d.wait_text("the model id", "model-id", "t === 'clawrl'", SHORT)?;
     d.screenshot(&shots.join("settings.png"))?;
     Ok(())
 }
