@@ -2,12 +2,13 @@
 
 use std::io::{BufRead, Read, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use clawrl_model::{
-    GenerateParams, Generation, MAX_TOP_LOGPROBS, Message, Model, SMOLLM2_135M, Sampling,
+    GenerateParams, Generation, LoraAdapter, MAX_TOP_LOGPROBS, Message, Model, SMOLLM2_135M,
+    Sampling,
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +168,9 @@ pub(crate) struct GenerateArgs {
     /// Alternatives per token in --json output (0–20).
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// Generate with this LoRA adapter (a PEFT directory) on top of the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -194,15 +198,18 @@ pub(crate) fn generate(args: GenerateArgs, model: &Model) -> Result<()> {
         model.chat_prompt(&msgs, None)?
     };
     let params = args.sampling.params(if args.json { args.top_k } else { 0 });
+    let adapter = adapter_of(model, args.adapter.as_deref())?;
     let mut out = std::io::stdout();
     let stream = !args.json;
-    let g: Generation = model.generate(&prompt, &params, |_, text| {
-        if stream {
-            print!("{text}");
-            let _ = out.flush();
-        }
-        ControlFlow::Continue(())
-    })?;
+    let g: Generation = model
+        .policy(adapter.as_ref())
+        .generate(&prompt, &params, |_, text| {
+            if stream {
+                print!("{text}");
+                let _ = out.flush();
+            }
+            ControlFlow::Continue(())
+        })?;
     if args.json {
         let json = GenerateJson {
             token_ids: g.token_ids(),
@@ -252,6 +259,15 @@ fn default_top_k() -> usize {
     4
 }
 
+/// The adapter in `dir` (PEFT layout) for `model`, if any.
+fn adapter_of(model: &Model, dir: Option<&Path>) -> Result<Option<LoraAdapter>> {
+    dir.map(|dir| {
+        clawrl_trainer::load_adapter(model, dir, 0)
+            .with_context(|| format!("loading the adapter in {}", dir.display()))
+    })
+    .transpose()
+}
+
 #[derive(Serialize)]
 struct ScoreRow {
     prompt_ids: Vec<u32>,
@@ -287,13 +303,7 @@ pub(crate) fn score(args: ScoreArgs, model: &Model) -> Result<()> {
         (None, Some(ids)) => ids,
         _ => bail!("give exactly one of \"response\" (text) or \"response_ids\""),
     };
-    let adapter = match &args.adapter {
-        Some(dir) => Some(
-            clawrl_trainer::load_adapter(model, dir, 0)
-                .with_context(|| format!("loading the adapter in {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let adapter = adapter_of(model, args.adapter.as_deref())?;
     let rows = model
         .policy(adapter.as_ref())
         .score(&prompts, &response, req.top_k)?;

@@ -4,6 +4,7 @@ mod agent;
 mod bench;
 mod bench_serve;
 mod cmd;
+mod export;
 mod levers;
 mod serve;
 mod simulate;
@@ -55,6 +56,9 @@ enum Command {
     /// The model as a general agent in a built-in environment (DESIGN.md §8).
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// Export a trained assistant for other runtimes.
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Measure speed and memory.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -121,6 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             agent::run(c, m)
         }
+        Command::Export(c) => export::run(c, &model),
         Command::Bench(b) => bench::run(b, model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;

@@ -27,6 +27,8 @@ pub struct Options {
 struct Running {
     server: Server,
     data_dir: PathBuf,
+    model: Arc<Model>,
+    model_path: PathBuf,
 }
 
 /// The server the window talks to, one at a time.
@@ -69,7 +71,8 @@ impl Engine {
             })?,
         };
         status(&format!("Loading {}…", path.display()));
-        let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let model =
+            Arc::new(Model::load(&path).with_context(|| format!("loading {}", path.display()))?);
         // Adapters fit one base model only: another model gets a database of its own.
         let data_dir = if self.options.model.as_ref() == Some(&path)
             || self.options.model.is_none() && is_embedded(&path)
@@ -91,11 +94,16 @@ impl Engine {
         status("Starting the server…");
         let server = self
             .rt
-            .block_on(clawrl_server::start(config, Arc::new(model)))
+            .block_on(clawrl_server::start(config, model.clone()))
             .context("starting the server")?;
         let addr = server.addr;
         tracing::info!(%addr, model = %path.display(), data = %data_dir.display(), "engine started");
-        *self.lock() = Some(Running { server, data_dir });
+        *self.lock() = Some(Running {
+            server,
+            data_dir,
+            model,
+            model_path: path,
+        });
         Ok(addr)
     }
 
@@ -113,11 +121,7 @@ impl Engine {
         let Some(r) = guard.as_ref() else {
             bail!("the engine is not running");
         };
-        let version = r.server.policy_version();
-        if version == 0 {
-            bail!("version 0 is the base model: there is no adapter to export yet");
-        }
-        let from = r.data_dir.join("checkpoints").join(format!("v{version}"));
+        let (version, from) = r.serving_checkpoint()?;
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
             std::fs::copy(from.join(f), to.join(f)).with_context(|| {
                 format!("copying {} to {}", from.join(f).display(), to.display())
@@ -126,9 +130,55 @@ impl Engine {
         Ok(version)
     }
 
+    /// Writes the base model with the serving adapter merged into it (GGUF, merged projections
+    /// in f32) to `to`; returns the version. The base must be a GGUF file.
+    pub fn export_gguf(&self, to: &Path) -> Result<i64> {
+        let (model, path, version, from) = {
+            let guard = self.lock();
+            let Some(r) = guard.as_ref() else {
+                bail!("the engine is not running");
+            };
+            let (version, from) = r.serving_checkpoint()?;
+            (r.model.clone(), r.model_path.clone(), version, from)
+        };
+        if path.is_dir() {
+            bail!(
+                "{} is a Hugging Face folder: a merged GGUF needs a GGUF base (export the adapter in PEFT's layout instead)",
+                path.display()
+            );
+        }
+        let adapter = clawrl_trainer::load_adapter(&model, &from, version as u64)
+            .with_context(|| format!("loading {}", from.display()))?;
+        clawrl_model::merge_to_gguf(
+            &path,
+            &adapter,
+            to,
+            clawrl_model::MergedType::F32,
+            |_, _| {},
+        )
+        .with_context(|| format!("writing {}", to.display()))?;
+        Ok(version)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
         // A panic elsewhere leaves the slot itself valid.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Running {
+    /// The serving version and its checkpoint directory; an error for the base (version 0).
+    fn serving_checkpoint(&self) -> Result<(i64, PathBuf)> {
+        let version = self.server.policy_version();
+        if version == 0 {
+            bail!("version 0 is the base model: there is no adapter to export yet");
+        }
+        Ok((
+            version,
+            self.data_dir
+                .join("checkpoints")
+                .join(format!("v{version}")),
+        ))
     }
 }
 

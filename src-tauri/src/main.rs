@@ -133,6 +133,13 @@ fn menu(app: &AppHandle) -> tauri::Result<Menu<tauri::Wry>> {
                 true,
                 None::<&str>,
             )?,
+            &MenuItem::with_id(
+                app,
+                "export_gguf",
+                "Export merged model (GGUF)…",
+                true,
+                None::<&str>,
+            )?,
             &PredefinedMenuItem::separator(app)?,
             &PredefinedMenuItem::quit(app, None)?,
         ],
@@ -187,6 +194,38 @@ fn on_menu(app: &AppHandle, engine: &Arc<Engine>, id: &str) {
                         .title("Export adapter")
                         .kind(kind)
                         .show(|_| {});
+                });
+        }
+        "export_gguf" => {
+            let app = app.clone();
+            app.clone()
+                .dialog()
+                .file()
+                .set_title("Export the base model with the serving adapter merged (GGUF)")
+                .add_filter("GGUF model", &["gguf"])
+                .set_file_name("clawrl-merged.gguf")
+                .save_file(move |p| {
+                    let Some(path) = p.and_then(|p| p.into_path().ok()) else {
+                        return;
+                    };
+                    // Merging takes seconds: off the event loop.
+                    std::thread::spawn(move || {
+                        let (text, kind) = match engine.export_gguf(&path) {
+                            Ok(v) => (
+                                format!(
+                                    "The base model with adapter v{v} merged is saved as {}; llama.cpp loads it.",
+                                    path.display()
+                                ),
+                                MessageDialogKind::Info,
+                            ),
+                            Err(e) => (format!("{e:#}"), MessageDialogKind::Error),
+                        };
+                        app.dialog()
+                            .message(text)
+                            .title("Export merged model")
+                            .kind(kind)
+                            .show(|_| {});
+                    });
                 });
         }
         _ => {}

@@ -2,6 +2,7 @@
 //! so a newly trained adapter is published without reloading or copying the base.
 
 use clawrl_kernels::{QMatrix, Storage};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -52,6 +53,20 @@ impl Target {
     /// Parses a PEFT module name.
     pub fn parse(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.peft_name() == name)
+    }
+
+    /// llama.cpp's tensor name in a GGUF block (`attn_q`, …, `ffn_down`; the tensor is
+    /// `blk.N.<name>.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
     }
 
     /// PEFT's parent module (`self_attn` or `mlp`).
@@ -151,6 +166,37 @@ impl LoraAdapter {
             )));
         }
         Ok(())
+    }
+
+    /// Whether it wraps projection `target` of block `layer`.
+    pub fn wraps(&self, layer: usize, target: Target) -> bool {
+        self.blocks
+            .get(layer)
+            .is_some_and(|b| b[target.index()].is_some())
+    }
+
+    /// The update it makes to projection `target` of block `layer`, `ΔW = (α/r)·B A`
+    /// (`out × in`, row-major, rows in the base's order), or `None` where it wraps nothing:
+    /// `W + ΔW` is the merged weight (LoRA, Hu et al. 2021, eq. 3).
+    pub fn delta(&self, layer: usize, target: Target) -> Option<Vec<f32>> {
+        let w = self.blocks.get(layer)?[target.index()].as_ref()?;
+        let (Storage::F32(a), Storage::F32(b)) = (w.a.storage(), w.b.storage()) else {
+            return None;
+        };
+        let (rank, input, output) = (w.a.rows(), w.a.cols(), w.b.rows());
+        let mut delta = vec![0.0f32; output * input];
+        delta
+            .par_chunks_mut(input)
+            .enumerate()
+            .for_each(|(o, row)| {
+                for (k, &bk) in b[o * rank..(o + 1) * rank].iter().enumerate() {
+                    let s = self.scale * bk;
+                    for (d, &ak) in row.iter_mut().zip(&a[k * input..(k + 1) * input]) {
+                        *d += s * ak;
+                    }
+                }
+            });
+        Some(delta)
     }
 
     pub(crate) fn apply(&self, layer: usize, target: Target, x: &[f32], t: usize, y: &mut [f32]) {

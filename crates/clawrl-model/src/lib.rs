@@ -17,6 +17,7 @@ mod adapter;
 mod config;
 mod constrain;
 mod error;
+mod export;
 pub mod fetch;
 mod generate;
 mod gguf;
@@ -38,6 +39,7 @@ pub use clawrl_kernels::{QMatrix, Storage};
 pub use config::{Arch, ModelConfig};
 pub use constrain::Grammar;
 pub use error::{Error, Result};
+pub use export::{ExportSummary, MergedType, merge_to_gguf};
 pub use fetch::{FetchProgress, SMOLLM2_135M};
 pub use generate::{
     FinishReason, GenerateParams, Generation, MAX_TOP_LOGPROBS, Sampling, TokenInfo,
