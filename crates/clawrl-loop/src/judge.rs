@@ -9,11 +9,11 @@ use clawrl_signals::{Judge, JudgeInput, RulesJudge, Verdict, user_text};
 use clawrl_store::{Judgement, NextKind, NextState, TurnType};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::Loop;
 use crate::error::Result;
 use crate::events::Event;
 use crate::sample::judge_turn;
 use crate::select::messages_of;
+use crate::{Component, Loop};
 
 /// Runs until aborted: judges pending next states as they arrive, oldest first; a failure is
 /// logged and retried later.
@@ -36,9 +36,18 @@ pub async fn run(lp: Arc<Loop>) {
         }
         for ns in pending {
             let span = info_span!("judge", turn_id = ns.turn_id, next_state = ns.id);
-            if let Err(e) = judge_one(&lp, &ns).instrument(span).await {
-                warn!(turn_id = ns.turn_id, error = %e, "judging failed; retrying later");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+            match judge_one(&lp, &ns).instrument(span).await {
+                Ok(()) => lp.resolve(Component::Judge),
+                Err(e) => {
+                    warn!(turn_id = ns.turn_id, error = %e, "judging failed; retrying later");
+                    lp.report(
+                        Component::Judge,
+                        format!(
+                            "judging failed ({e}); next states are kept and judged again every few seconds"
+                        ),
+                    );
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
             }
         }
     }

@@ -18,6 +18,7 @@
 
 mod error;
 mod events;
+mod health;
 pub mod judge;
 pub mod pair;
 mod publish;
@@ -40,6 +41,7 @@ use tracing::info;
 
 pub use error::{Error, Result};
 pub use events::{Counters, Event, StepRecord};
+pub use health::{Component, Problem};
 pub use select::Analysis;
 pub use settings::TrainingSettings;
 
@@ -135,6 +137,7 @@ pub struct Loop {
     control: std::sync::mpsc::Sender<Control>,
     judge_wake: Notify,
     events: broadcast::Sender<Event>,
+    problems: health::Problems,
 }
 
 impl Loop {
@@ -254,6 +257,7 @@ pub async fn start(config: LoopConfig, model: Arc<Model>, store: Store) -> Resul
         control,
         judge_wake: Notify::new(),
         events,
+        problems: Default::default(),
     });
     let setup = publish::TrainerSetup {
         model,

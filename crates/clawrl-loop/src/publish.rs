@@ -12,12 +12,12 @@ use clawrl_store::Sample;
 use clawrl_trainer::{Gate, LoraConfig, StepMetrics, TrainablePolicy, Trainer};
 use serde_json::json;
 use tokio::runtime::Handle;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, StepRecord};
 use crate::settings::TrainingSettings;
-use crate::{Live, Loop};
+use crate::{Component, Live, Loop};
 
 /// What the training thread needs to build, load and checkpoint its trainer.
 pub(crate) struct TrainerSetup {
@@ -47,8 +47,8 @@ pub(crate) fn fresh(setup: &TrainerSetup, settings: &TrainingSettings) -> Result
 }
 
 /// A trainer holding `version`'s weights (a fresh adapter for the base, version 0) and the
-/// policy that serves them.
-fn load(
+/// policy that serves them. Errors: [`Error::Config`] when its checkpoint cannot be read.
+pub(crate) fn load(
     lp: &Loop,
     setup: &TrainerSetup,
     settings: &TrainingSettings,
@@ -94,9 +94,41 @@ pub(crate) fn restore(
             .last()
             .map_or(0, |v| v.version),
     };
-    let (trainer, live) = load(lp, setup, settings, version, rt)?;
-    lp.swap(live);
-    Ok(trainer)
+    // A checkpoint that cannot be read (corrupt, deleted) must not keep the server down: the
+    // newest earlier version that loads serves instead, down to the base, and says so.
+    let mut earlier: Vec<i64> = rt
+        .block_on(lp.store.versions())?
+        .iter()
+        .map(|v| v.version)
+        .filter(|&v| v < version)
+        .collect();
+    earlier.push(0);
+    earlier.sort_unstable_by(|a, b| b.cmp(a));
+    earlier.dedup();
+    let mut unreadable = Vec::new();
+    for v in std::iter::once(version).chain(earlier) {
+        match load(lp, setup, settings, v, rt) {
+            Ok((trainer, live)) => {
+                if !unreadable.is_empty() {
+                    lp.report(
+                        Component::Checkpoint,
+                        format!(
+                            "{}; serving v{v} instead (the next training step continues from it)",
+                            unreadable.join("; ")
+                        ),
+                    );
+                }
+                lp.swap(live);
+                return Ok(trainer);
+            }
+            Err(Error::Config(e)) => {
+                error!(version = v, error = %e, "cannot load the checkpoint");
+                unreadable.push(format!("the checkpoint of v{v} cannot be read ({e})"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Config(unreadable.join("; ")))
 }
 
 /// Serves an earlier `version` (roll back) and returns the trainer that continues from it.
@@ -132,9 +164,13 @@ pub(crate) fn publish_step(
         .map_or(0, |v| v.version)
         + 1;
     let dir = setup.checkpoints.join(format!("v{version}"));
-    trainer
-        .save_checkpoint_to(&dir)
-        .map_err(|e| Error::Config(format!("checkpoint {}: {e}", dir.display())))?;
+    if let Err(e) = trainer.save_checkpoint_to(&dir) {
+        // A half-written checkpoint (a full disk) is no version: nothing refers to it yet.
+        if let Err(rm) = std::fs::remove_dir_all(&dir) {
+            warn!(dir = %dir.display(), error = %rm, "removing a half-written checkpoint");
+        }
+        return Err(Error::Config(format!("checkpoint {}: {e}", dir.display())));
+    }
     let record = StepRecord::new(m, batch, seconds);
     // A rollout's advantage was computed for this batch: it is stored with the step.
     let ids: Vec<(i64, Option<f64>)> = batch
@@ -161,6 +197,8 @@ pub(crate) fn publish_step(
         version,
         adapter: Some(Arc::new(adapter)),
     });
+    lp.resolve(Component::Training);
+    lp.resolve(Component::Checkpoint);
     info!(
         step = m.step,
         version,

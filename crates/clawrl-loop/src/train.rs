@@ -15,11 +15,11 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing::{error, info_span, warn};
 
-use crate::Loop;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::publish::{TrainerSetup, activate, publish_step};
+use crate::publish::{TrainerSetup, activate, load, publish_step};
 use crate::settings::TrainingSettings;
+use crate::{Component, Loop};
 
 /// Messages to the training thread.
 pub(crate) enum Control {
@@ -183,6 +183,10 @@ impl Worker {
                     max_grad_norm: new.max_grad_norm,
                     ..cur
                 };
+                // Resuming is the owner's word that the cause is fixed; a new failure reports again.
+                if self.settings.paused && !s.paused {
+                    self.lp.resolve(Component::Training);
+                }
                 self.settings = s;
             }
             Control::Activate(version, reply) => {
@@ -198,6 +202,13 @@ impl Worker {
     /// samples stay pending.
     fn pause(&mut self, what: &str, e: &Error) {
         error!(error = %e, "{what} failed; training paused");
+        self.lp.report(
+            Component::Training,
+            format!(
+                "{what} failed ({e}); training is paused and its samples stay pending: resume it \
+                 (POST /studio/training/settings with \"paused\": false) once fixed"
+            ),
+        );
         self.settings.paused = true;
         // Validated settings stay valid with `paused` set.
         let _ = self.lp.set_settings(self.settings.clone());
@@ -245,6 +256,13 @@ impl Worker {
             seconds,
             &self.rt,
         ) {
+            // The step's samples stay pending: the trainer goes back to the served version, so
+            // that they are not trained twice once training resumes.
+            let live = self.lp.live().version;
+            match load(&self.lp, &self.setup, &self.settings, live, &self.rt) {
+                Ok((trainer, _)) => self.trainer = trainer,
+                Err(e) => warn!(error = %e, version = live, "reloading the served version"),
+            }
             self.pause("publishing the step", &e);
         }
     }

@@ -105,6 +105,21 @@ impl ApiError {
         }
     }
 
+    /// 503 with `code`: the server cannot do it now, and a retry may succeed (OpenAI's SDKs
+    /// retry a 503 by themselves).
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::warn!(%message, "unavailable");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            message,
+            param: None,
+            code: Some(code),
+            session: None,
+        }
+    }
+
     /// 500: our fault; the message is logged and answered.
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();
@@ -173,6 +188,13 @@ impl From<clawrl_store::Error> for ApiError {
     fn from(e: clawrl_store::Error) -> Self {
         match e {
             clawrl_store::Error::NotFound(what) => Self::not_found(format!("{what} not found")),
+            e if e.is_busy() => Self::unavailable(
+                "database_locked",
+                format!(
+                    "the database is locked by another process ({e}); nothing of this request \
+                     was recorded: retry later"
+                ),
+            ),
             other => Self::internal(other.to_string()),
         }
     }

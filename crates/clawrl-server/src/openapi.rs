@@ -8,7 +8,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "get",
         "/healthz",
         "none",
-        "Liveness, the model and the served policy version.",
+        "Liveness (200 while serving), status ok or degraded with the failing components (problems), the model and the served policy version.",
     ),
     ("get", "/openapi.json", "none", "This document."),
     ("get", "/metrics", "client", "Prometheus metrics."),

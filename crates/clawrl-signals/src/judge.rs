@@ -131,7 +131,9 @@ impl Judge for ModelJudge {
 
 /// Any OpenAI-compatible chat endpoint as the judge.
 pub struct HttpJudge {
-    client: reqwest::blocking::Client,
+    /// Built on first use: judging runs on a blocking thread, and a blocking client must not
+    /// be built inside the server's async runtime (reqwest panics there).
+    client: std::sync::OnceLock<reqwest::blocking::Client>,
     url: String,
     model: String,
     key: Option<String>,
@@ -141,18 +143,48 @@ pub struct HttpJudge {
 impl HttpJudge {
     /// A judge calling `base_url` (e.g. `http://localhost:8000/v1`) with `model`; `key` is sent
     /// as a bearer token.
+    ///
+    /// Errors: [`Error::Http`] when `base_url` is not an http(s) URL.
     pub fn new(base_url: &str, model: &str, key: Option<String>) -> Result<Self> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| Error::Http(e.to_string()))?;
+        match reqwest::Url::parse(base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(Error::Http(format!(
+                    "the judge URL {base_url:?} is not an http(s) URL (e.g. http://localhost:8000/v1)"
+                )));
+            }
+        }
         Ok(Self {
-            client,
+            client: std::sync::OnceLock::new(),
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             model: model.to_string(),
             key,
             name: format!("http:{model}"),
         })
+    }
+}
+
+/// An error with its chain of causes ("error sending request …: connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+impl HttpJudge {
+    fn client(&self) -> Result<&reqwest::blocking::Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        Ok(self.client.get_or_init(|| c))
     }
 }
 
@@ -168,11 +200,11 @@ impl Judge for HttpJudge {
             "temperature": 0.6,
             "max_tokens": 512,
         });
-        let mut req = self.client.post(&self.url).json(&body);
+        let mut req = self.client()?.post(&self.url).json(&body);
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().map_err(|e| Error::Http(e.to_string()))?;
+        let resp = req.send().map_err(|e| Error::Http(with_causes(&e)))?;
         let status = resp.status();
         let value: serde_json::Value = resp.json().map_err(|e| Error::Http(e.to_string()))?;
         if !status.is_success() {

@@ -34,6 +34,21 @@ pub enum Error {
     NotFound(String),
 }
 
+impl Error {
+    /// Whether another connection or process held the database past the busy timeout
+    /// (SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED`, any extended code): nothing was written,
+    /// and the same call may succeed later.
+    pub fn is_busy(&self) -> bool {
+        let Error::Db(e) = self else {
+            return false;
+        };
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    }
+}
+
 /// Results of store operations.
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -69,10 +69,12 @@ pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResu
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: 200 while serving; `status` is `degraded` while a component fails
+/// (`problems`: component, message, since_ms).
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
+    let problems = s.lp.problems();
     Json(
-        json!({ "status": "ok", "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version, "sampling_defaults": s.lp.model.sampling }),
+        json!({ "status": if problems.is_empty() { "ok" } else { "degraded" }, "problems": problems, "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version, "sampling_defaults": s.lp.model.sampling }),
     )
 }
 
