@@ -20,6 +20,10 @@ pub(crate) struct ServeBench {
     /// Turns per session in each phase (idle, then training).
     #[arg(long, default_value_t = 4)]
     turns: usize,
+    /// Run each phase this long instead (seconds): every session keeps starting turns until
+    /// then (--turns is ignored; a turn in flight finishes).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
     /// New tokens per answer.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
@@ -56,6 +60,7 @@ struct Stats {
 struct Report {
     sessions: usize,
     turns: usize,
+    duration_s: Option<u64>,
     max_tokens: usize,
     idle: Stats,
     training: Stats,
@@ -155,12 +160,20 @@ async fn phase(b: &ServeBench, base: &str, tag: &str) -> (Vec<Timing>, usize) {
     for s in 0..b.sessions {
         let (http, url) = (http.clone(), url.clone());
         let (turns, max_tokens) = (b.turns, b.max_tokens);
+        let deadline = b.duration.map(|d| Instant::now() + Duration::from_secs(d));
         let session = format!("{tag}-{s}");
         tasks.push(tokio::spawn(async move {
             let mut messages =
                 vec![json!({"role": "user", "content": QUESTIONS[s % QUESTIONS.len()]})];
             let (mut timings, mut failed) = (Vec::new(), 0);
-            for _ in 0..turns {
+            for i in 0.. {
+                let more = match deadline {
+                    Some(d) => Instant::now() < d,
+                    None => i < turns,
+                };
+                if !more {
+                    break;
+                }
                 let body = json!({"messages": messages, "max_tokens": max_tokens, "stream": true,
                                   "session_id": session, "seed": 0});
                 match turn(&http, &url, &body).await {
@@ -184,7 +197,8 @@ async fn phase(b: &ServeBench, base: &str, tag: &str) -> (Vec<Timing>, usize) {
                 all.extend(t);
                 failed += f;
             }
-            Err(_) => failed += b.turns,
+            // A session task that panicked: count it as one failure.
+            Err(_) => failed += 1,
         }
     }
     (all, failed)
@@ -240,10 +254,16 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
         let server = clawrl_server::start(config, Arc::new(model)).await?;
         let base = format!("http://{}", server.addr);
         if !b.json {
-            eprintln!(
-                "phase 1: {} sessions × {} turns, training paused",
-                b.sessions, b.turns
-            );
+            match b.duration {
+                Some(d) => eprintln!(
+                    "phase 1: {} sessions for {d} s, training paused",
+                    b.sessions
+                ),
+                None => eprintln!(
+                    "phase 1: {} sessions × {} turns, training paused",
+                    b.sessions, b.turns
+                ),
+            }
         }
         let (idle, failed_idle) = phase(&b, &base, "idle").await;
         let steps: StepTimes = Arc::new(Mutex::new(Vec::new()));
@@ -282,6 +302,7 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
         anyhow::Ok(Report {
             sessions: b.sessions,
             turns: b.turns,
+            duration_s: b.duration,
             max_tokens: b.max_tokens,
             idle,
             training,
