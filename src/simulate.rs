@@ -110,16 +110,30 @@ struct RunResult {
     personas: BTreeMap<String, PersonaResult>,
 }
 
+/// How many sessions a run has and how it paces them.
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// Sessions per persona at most.
+    max_sessions: usize,
+    /// Wait for training to catch up after each session.
+    wait: bool,
+    /// Stop once every persona's preference is learned.
+    until_adopted: bool,
+}
+
 fn sessions(
     rt: &tokio::runtime::Runtime,
     sim: &Simulation,
     personas: &[Persona],
     tasks: &[Task],
-    max_sessions: usize,
-    wait: bool,
-    until_adopted: bool,
+    schedule: Schedule,
     log: &mut dyn FnMut(&SessionOutcome),
 ) -> Result<BTreeMap<String, PersonaResult>> {
+    let Schedule {
+        max_sessions,
+        wait,
+        until_adopted,
+    } = schedule;
     let mut by_persona: BTreeMap<String, Vec<SessionOutcome>> = BTreeMap::new();
     // Personas take turns: session n of every persona before session n + 1 of any.
     for n in 0..max_sessions {
@@ -235,6 +249,11 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     if max_sessions < 3 {
         bail!("--max-sessions must be at least 3 (the metric needs three sessions in a row)");
     }
+    let schedule = Schedule {
+        max_sessions,
+        wait: !a.no_wait,
+        until_adopted: a.quick,
+    };
     // Every run's settings are checked before the first one starts, not midway through a sweep.
     if a.url.is_none() {
         for (method, selection, seed) in &configs {
@@ -281,16 +300,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 selection: "server's".into(),
                 seed,
                 mode,
-                personas: sessions(
-                    &rt,
-                    &sim,
-                    &personas,
-                    &tasks,
-                    max_sessions,
-                    !a.no_wait,
-                    a.quick,
-                    &mut log,
-                )?,
+                personas: sessions(&rt, &sim, &personas, &tasks, schedule, &mut log)?,
             });
         }
     } else {
@@ -312,16 +322,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 let server = rt.block_on(clawrl_server::start(config, model.clone()))?;
                 let mut sim = Simulation::new(&format!("http://{}", server.addr), None, seed);
                 sim.max_tokens = a.max_tokens;
-                let r = sessions(
-                    &rt,
-                    &sim,
-                    &group,
-                    &tasks,
-                    max_sessions,
-                    !a.no_wait,
-                    a.quick,
-                    &mut log,
-                );
+                let r = sessions(&rt, &sim, &group, &tasks, schedule, &mut log);
                 rt.block_on(server.shutdown());
                 results.extend(r?);
             }

@@ -116,7 +116,20 @@ async function loadKeys(quiet: boolean): Promise<void> {
       }
       await loadKeys(false);
     });
-    return h("tr", {}, h("td", {}, k.name), h("td", {}, k.role), h("td", {}, new Date(k.created_at).toLocaleString()), h("td", {}, del));
+    // Poisoning: everything the key contributed stops training, and serving rolls back
+    // before the first version trained on it.
+    const reject = h("button", { "data-testid": `reject-key-${k.id}` }, "Reject contributions");
+    reject.addEventListener("click", async () => {
+      if (!confirm(`Reject everything ${k.name} contributed (hints, replies, the samples they made) and roll back the versions trained on it?`)) return;
+      try {
+        const r = await api("POST", `/studio/keys/${k.id}/reject`, {});
+        const back = r.rolled_back_to === null ? "no version had trained on it" : `serving rolled back to v${r.rolled_back_to}`;
+        toast(`${k.name}: ${r.samples_dropped} samples dropped, ${r.hints_rejected} hints rejected, ${r.samples_requeued} other samples queued again; ${back}.`, "info");
+      } catch (e) {
+        toast(e instanceof Error ? e.message : String(e), "error");
+      }
+    });
+    return h("tr", {}, h("td", {}, k.name), h("td", {}, k.role), h("td", {}, new Date(k.created_at).toLocaleString()), h("td", {}, reject, " ", del));
   });
   fill(
     keys,

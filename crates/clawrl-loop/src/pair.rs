@@ -97,7 +97,7 @@ pub fn next_state_of(messages: &[Message]) -> Option<(NextKind, String)> {
 /// exists whether or not this answer completes), and wakes the judge: for `continued`, the
 /// turn its replayed history continues, when known; else for the session's latest unpaired
 /// main turn. Side turns carry none. Marks the session seen (and a rollout of `group_id`)
-/// either way.
+/// either way. `key_id` is the API key that sent it (`None`: no key).
 pub async fn pair(
     lp: &Loop,
     session_id: &str,
@@ -105,6 +105,7 @@ pub async fn pair(
     turn_type: TurnType,
     messages: &[Message],
     continued: Option<i64>,
+    key_id: Option<i64>,
 ) -> Result<()> {
     lp.store.touch_session(session_id, group_id).await?;
     let (TurnType::Main, Some((kind, text))) = (turn_type, next_state_of(messages)) else {
@@ -113,12 +114,12 @@ pub async fn pair(
     let paired = match continued {
         Some(turn_id) => lp
             .store
-            .pair_turn(turn_id, kind, &text)
+            .pair_turn(turn_id, kind, &text, key_id)
             .await?
             .map(|_| turn_id),
         None => lp
             .store
-            .pair_next_state(session_id, kind, &text)
+            .pair_next_state(session_id, kind, &text, key_id)
             .await?
             .map(|(turn_id, _)| turn_id),
     };
@@ -130,17 +131,17 @@ pub async fn pair(
 }
 
 /// Records explicit feedback (a thumb and/or a correction) as a turn's next state, and wakes
-/// the judge. Returns the next state's id.
+/// the judge. `author` names the key `key_id` that sent it. Returns the next state's id.
 pub async fn feedback(
     lp: &Loop,
     turn_id: i64,
     thumb: Option<i8>,
     correction: Option<&str>,
-    author: &str,
+    (author, key_id): (&str, Option<i64>),
 ) -> Result<i64> {
     let id = lp
         .store
-        .record_feedback(turn_id, thumb, correction, author)
+        .record_feedback(turn_id, thumb, correction, author, key_id)
         .await?;
     lp.emit(Event::NextState {
         turn_id,

@@ -5,8 +5,10 @@
 
 use clawrl_signals::{Verdict, candidate_hints, majority};
 use clawrl_store::{
-    Hint, HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, Turn, TurnType, Vote,
+    Hint, HintRef, HintSource, HintStatus, Judgement, NewHint, NewSample, Rejection, Turn,
+    TurnType, Vote,
 };
+use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::Loop;
@@ -98,6 +100,8 @@ pub async fn judge_turn(
                 judge: judge_name.to_string(),
                 value: v.value.map(i64::from),
                 raw: v.raw.clone(),
+                // The store gives a vote the key of the next state it judged.
+                key_id: None,
             })
             .collect(),
         hints: new_hints
@@ -116,6 +120,7 @@ pub async fn judge_turn(
                 } else {
                     HintStatus::Candidate
                 },
+                key_id: None,
             })
             .collect(),
         sample,
@@ -210,8 +215,14 @@ pub async fn accept_hint(lp: &Loop, hint_id: i64) -> Result<Accepted> {
     })
 }
 
-/// Adds a person's candidate hint to a turn (it trains only once accepted); returns its id.
-pub async fn add_hint(lp: &Loop, turn_id: i64, text: String, author: String) -> Result<i64> {
+/// Adds a person's candidate hint to a turn (it trains only once accepted); `author` names
+/// the key `key_id` that sent it. Returns its id.
+pub async fn add_hint(
+    lp: &Loop,
+    turn_id: i64,
+    text: String,
+    (author, key_id): (String, Option<i64>),
+) -> Result<i64> {
     let turn = trainable_turn(lp, turn_id).await?;
     let settings = lp.settings();
     let a = analyse(
@@ -232,6 +243,7 @@ pub async fn add_hint(lp: &Loop, turn_id: i64, text: String, author: String) -> 
                 author,
                 overlap: a.selection.totals.first().map(|&t| t as i64),
                 status: HintStatus::Candidate,
+                key_id,
             },
         )
         .await?;
@@ -253,4 +265,38 @@ pub async fn reject_hint(lp: &Loop, hint_id: i64) -> Result<()> {
         status: HintStatus::Rejected,
     });
     Ok(())
+}
+
+/// What rejecting a key's contributions did, and the version that serves after it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KeyRejection {
+    /// What the store changed.
+    #[serde(flatten)]
+    pub rejection: Rejection,
+    /// The version rolled back to, when one of its samples had trained (or was training).
+    pub rolled_back_to: Option<i64>,
+}
+
+/// Rejects everything key `key_id` contributed (poisoning): its hints, its next states, and
+/// every sample they touched ([`clawrl_store::Store::reject_key`]); when any of those had
+/// trained, serving rolls back to the version before the first that trained on one (the
+/// samples trained since, clean ones, train again). A step running meanwhile finishes first:
+/// its samples may have been among them, so then the version served before it comes back.
+pub async fn reject_key(lp: &Loop, key_id: i64) -> Result<KeyRejection> {
+    let served_before = lp.live().version;
+    let rejection = lp.store.reject_key(key_id).await?;
+    let target = match rejection.first_version {
+        Some(v) => Some((v - 1).max(0)),
+        None if rejection.samples_dropped > 0 => Some(served_before),
+        None => None,
+    };
+    if let Some(v) = target {
+        lp.activate(v).await?;
+    }
+    info!(key_id, ?rejection, rolled_back_to = ?target, "rejected a key's contributions");
+    lp.wake_trainer();
+    Ok(KeyRejection {
+        rejection,
+        rolled_back_to: target,
+    })
 }

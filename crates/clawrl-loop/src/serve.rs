@@ -36,6 +36,8 @@ pub struct Request {
     pub outcome: Option<f64>,
     /// The group of rollouts the session belongs to (general agents, DESIGN.md §8).
     pub group_id: Option<String>,
+    /// The API key that sent it (`None`: no key).
+    pub key_id: Option<i64>,
 }
 
 impl Request {
@@ -167,6 +169,7 @@ pub async fn record(
         top_logprobs: g.tokens.iter().map(|t| t.top.clone()).collect(),
         policy_version: version,
         finish_reason: reply.finish_reason.into(),
+        key_id: r.key_id,
     };
     let turn_id = lp.store.record_turn(&turn).await?;
     if r.ends_session {

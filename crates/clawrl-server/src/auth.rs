@@ -13,6 +13,8 @@ use crate::state::Shared;
 /// Who is calling.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The key's id (`None` without keys).
+    pub key_id: Option<i64>,
     /// The key's name (`local` without keys).
     pub name: String,
     /// Its role.
@@ -40,12 +42,17 @@ async fn check(s: Shared, mut req: Request, next: Next, need: Role) -> Response 
             .into_response();
         };
         match s.lp.store.key_role(key).await {
-            Ok(Some((name, role))) => Caller { name, role },
+            Ok(Some((id, name, role))) => Caller {
+                key_id: Some(id),
+                name,
+                role,
+            },
             Ok(None) => return ApiError::unauthorized("unknown API key").into_response(),
             Err(e) => return ApiError::from(e).into_response(),
         }
     } else {
         Caller {
+            key_id: None,
             name: "local".into(),
             role: Role::Owner,
         }

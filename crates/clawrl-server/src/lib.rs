@@ -249,6 +249,7 @@ fn router(s: Shared) -> Router {
         .route("/studio/versions/{v}/activate", post(activate))
         .route("/studio/keys", get(keys).post(create_key))
         .route("/studio/keys/{id}", delete(delete_key))
+        .route("/studio/keys/{id}/reject", post(reject_key))
         .route_layer(from_fn_with_state(s.clone(), auth::owner));
     let limit = s.limits.max_body_bytes;
     Router::new()

@@ -147,6 +147,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "Create a key {name, role}; the key is shown once.",
     ),
     ("delete", "/studio/keys/{id}", "owner", "Delete a key."),
+    (
+        "post",
+        "/studio/keys/{id}/reject",
+        "owner",
+        "Reject everything a key contributed (poisoning): its hints, next states and the samples they touched; roll back before the first version trained on them.",
+    ),
 ];
 
 /// The document.

@@ -654,3 +654,97 @@ async fn rollouts_train_once_their_group_ends_on_step_rewards_standardised_by_st
     assert_eq!(ta0["samples"][0]["status"], "trained");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_contributions_are_rejected_and_the_versions_trained_on_them_rolled_back() {
+    let t = common::start_with(tempfile::tempdir().expect("dir"), |c| {
+        c.owner_key = Some("owner-key-0123456789".into())
+    })
+    .await;
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    for name in ["alice", "mallory"] {
+        let (status, k) = t
+            .post("/studio/keys", &json!({"name": name, "role": "client"}))
+            .await;
+        assert_eq!(status, 201, "{k}");
+        ids.push(k["id"].as_i64().expect("id"));
+        keys.push(k["key"].as_str().expect("key").to_string());
+    }
+    let (alice, mallory) = (keys[0].clone(), keys[1].clone());
+    // A session as `key`: a question, then a correction of the answer (a sample).
+    let corrected = |key: String, session: &'static str| {
+        let (http, url) = (t.http.clone(), format!("{}/v1/chat/completions", t.url));
+        async move {
+            let ask = |messages: Value| {
+                http.post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!(
+                    {"messages": messages, "max_tokens": 8, "session_id": session, "seed": 1}))
+                    .send()
+            };
+            let first: Value = ask(json!([user("Name a colour.")]))
+                .await
+                .expect("chat")
+                .json()
+                .await
+                .expect("json");
+            let answer = first["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("");
+            let r = ask(json!([
+                user("Name a colour."),
+                assistant(answer),
+                user("No, say blue.")
+            ]))
+            .await
+            .expect("chat");
+            assert_eq!(r.status(), 200);
+            first["turn_id"].as_i64().expect("turn id")
+        }
+    };
+    corrected(alice.clone(), "a1").await;
+    let poisoned = corrected(mallory.clone(), "m1").await;
+    t.wait_for("/studio/training", |v| v["policy_version"] == 1)
+        .await;
+    corrected(mallory.clone(), "m2").await;
+    t.wait_for("/studio/training", |v| v["pending_samples"] == 1)
+        .await;
+
+    // Each contribution carries its key: the next state, the judge's vote and hint.
+    let (_, turn) = t.get(&format!("/studio/turns/{poisoned}")).await;
+    assert_eq!(turn["next_states"][0]["key_id"], ids[1], "{turn}");
+    assert_eq!(turn["votes"][0]["key_id"], ids[1], "{turn}");
+    assert_eq!(turn["hints"][0]["key_id"], ids[1], "{turn}");
+
+    let (status, r) = t
+        .post(&format!("/studio/keys/{}/reject", ids[1]), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["samples_dropped"], 2,
+        "the trained one and the pending one: {r}"
+    );
+    assert_eq!(r["first_version"], 1, "{r}");
+    assert_eq!(r["rolled_back_to"], 0, "{r}");
+    assert_eq!(r["samples_requeued"], 1, "alice's sample trains again: {r}");
+    assert!(r["hints_rejected"].as_u64() >= Some(2), "{r}");
+    let status = t
+        .wait_for("/studio/training", |v| v["policy_version"] == 0)
+        .await;
+    assert_eq!(status["pending_samples"], 1, "{status}");
+    let (_, turn) = t.get(&format!("/studio/turns/{poisoned}")).await;
+    assert_eq!(turn["samples"][0]["status"], "dropped", "{turn}");
+
+    // Training goes on from the version before, without mallory.
+    corrected(alice, "a2").await;
+    t.wait_for("/studio/training", |v| {
+        v["policy_version"] == 2 && v["pending_samples"] == 0
+    })
+    .await;
+    let (status, r) = t.post("/studio/keys/999/reject", &json!({})).await;
+    assert_eq!(status, 200, "an unknown key contributed nothing: {r}");
+    assert_eq!(r["samples_dropped"], 0);
+    assert_eq!(r["rolled_back_to"], Value::Null);
+    t.stop().await;
+}

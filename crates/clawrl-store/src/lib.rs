@@ -217,6 +217,8 @@ pub struct NewTurn {
     pub policy_version: i64,
     /// Why generation stopped.
     pub finish_reason: String,
+    /// The API key that asked (`None`: no key).
+    pub key_id: Option<i64>,
 }
 
 /// A recorded turn.
@@ -270,6 +272,8 @@ pub struct NextState {
     pub judged: bool,
     /// When.
     pub created_at: i64,
+    /// The API key that sent it (`None`: no key).
+    pub key_id: Option<i64>,
 }
 
 /// A judge's vote.
@@ -281,6 +285,9 @@ pub struct Vote {
     pub value: Option<i64>,
     /// The judge's raw answer.
     pub raw: String,
+    /// The API key of the next state it judged (`None`: no key); set when recorded.
+    #[sqlx(default)]
+    pub key_id: Option<i64>,
 }
 
 /// A hint to record.
@@ -296,6 +303,9 @@ pub struct NewHint {
     pub overlap: Option<i64>,
     /// Review state.
     pub status: HintStatus,
+    /// The API key it came from: the annotator's, or for a judge's hint none here (it takes
+    /// the key of the next state it was read from).
+    pub key_id: Option<i64>,
 }
 
 /// A recorded hint.
@@ -317,6 +327,8 @@ pub struct Hint {
     pub overlap: Option<i64>,
     /// When.
     pub created_at: i64,
+    /// The API key it came from (`None`: no key).
+    pub key_id: Option<i64>,
 }
 
 /// A training step's record.
@@ -518,6 +530,7 @@ impl Store {
         session_id: &str,
         kind: NextKind,
         text: &str,
+        key_id: Option<i64>,
     ) -> Result<Option<(i64, i64)>> {
         let now = now_ms();
         let mut tx = self.write().await?;
@@ -533,7 +546,7 @@ impl Store {
         let Some((turn,)) = previous else {
             return Ok(None);
         };
-        let id = insert_next_state(&mut tx, turn, kind, text, now).await?;
+        let id = insert_next_state(&mut tx, turn, kind, text, key_id, now).await?;
         tx.commit().await?;
         Ok(Some((turn, id)))
     }
@@ -541,7 +554,13 @@ impl Store {
     /// Pairs `text` with exactly `turn_id` as its next state, when that main turn has no reply
     /// or tool next state yet (the turn a replayed history continues). Returns the next
     /// state's id.
-    pub async fn pair_turn(&self, turn_id: i64, kind: NextKind, text: &str) -> Result<Option<i64>> {
+    pub async fn pair_turn(
+        &self,
+        turn_id: i64,
+        kind: NextKind,
+        text: &str,
+        key_id: Option<i64>,
+    ) -> Result<Option<i64>> {
         let mut tx = self.write().await?;
         let open: Option<(i64,)> = sqlx::query_as(
             "SELECT t.id FROM turns t WHERE t.id = ?1 AND t.turn_type = 'main'
@@ -554,7 +573,7 @@ impl Store {
         if open.is_none() {
             return Ok(None);
         }
-        let id = insert_next_state(&mut tx, turn_id, kind, text, now_ms()).await?;
+        let id = insert_next_state(&mut tx, turn_id, kind, text, key_id, now_ms()).await?;
         tx.commit().await?;
         Ok(Some(id))
     }
@@ -575,8 +594,9 @@ impl Store {
             "INSERT INTO turns (session_id, turn_type, messages, prompt_ids, response,
                                 response_ids, logprobs, top_logprobs, policy_version,
                                 finish_reason, created_at, tools, dropped_messages,
-                                continuation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
+                                continuation, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             RETURNING id",
         )
         .bind(&t.session_id)
         .bind(t.turn_type)
@@ -592,6 +612,7 @@ impl Store {
         .bind(t.tools.as_ref().map(json))
         .bind(t.dropped_messages as i64)
         .bind(&t.continuation)
+        .bind(t.key_id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -648,18 +669,20 @@ impl Store {
         thumb: Option<i8>,
         correction: Option<&str>,
         author: &str,
+        key_id: Option<i64>,
     ) -> Result<i64> {
         let now = now_ms();
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO feedback (turn_id, thumb, correction, author, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO feedback (turn_id, thumb, correction, author, created_at, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(turn_id)
         .bind(thumb.map(i64::from))
         .bind(correction)
         .bind(author)
         .bind(now)
+        .bind(key_id)
         .execute(&mut *tx)
         .await?;
         // The judge reads the feedback back as text: the thumb as a word, then the correction.
@@ -674,7 +697,8 @@ impl Store {
             }
             text.push_str(c);
         }
-        let id = insert_next_state(&mut tx, turn_id, NextKind::Feedback, &text, now).await?;
+        let id =
+            insert_next_state(&mut tx, turn_id, NextKind::Feedback, &text, key_id, now).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -721,22 +745,26 @@ impl Store {
         let mut tx = self.write().await?;
         for v in &j.votes {
             sqlx::query(
-                "INSERT INTO votes (turn_id, judge, value, raw, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO votes (turn_id, judge, value, raw, created_at, key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT key_id FROM next_states WHERE id = ?6))",
             )
             .bind(turn_id)
             .bind(&v.judge)
             .bind(v.value)
             .bind(&v.raw)
             .bind(now)
+            .bind(next_state_id)
             .execute(&mut *tx)
             .await?;
         }
         let mut hint_ids = Vec::with_capacity(j.hints.len());
         for h in &j.hints {
             let (id,): (i64,) = sqlx::query_as(
-                "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at,
+                                    key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                         COALESCE(?8, (SELECT key_id FROM next_states WHERE id = ?9)))
+                 RETURNING id",
             )
             .bind(turn_id)
             .bind(&h.text)
@@ -745,6 +773,8 @@ impl Store {
             .bind(h.status)
             .bind(h.overlap)
             .bind(now)
+            .bind(h.key_id)
+            .bind(next_state_id)
             .fetch_one(&mut *tx)
             .await?;
             hint_ids.push(id);
@@ -764,8 +794,8 @@ impl Store {
     /// Adds an annotator's candidate hint to a turn.
     pub async fn add_hint(&self, turn_id: i64, h: &NewHint) -> Result<i64> {
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            "INSERT INTO hints (turn_id, text, source, author, status, overlap, created_at, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         )
         .bind(turn_id)
         .bind(&h.text)
@@ -774,6 +804,7 @@ impl Store {
         .bind(h.status)
         .bind(h.overlap)
         .bind(now_ms())
+        .bind(h.key_id)
         .fetch_one(&self.pool)
         .await?;
         Ok(id)
@@ -800,7 +831,7 @@ impl Store {
     /// A turn's votes.
     pub async fn votes_of(&self, turn_id: i64) -> Result<Vec<Vote>> {
         self.of_turn(
-            "SELECT judge, value, raw FROM votes WHERE turn_id = ?1 ORDER BY id",
+            "SELECT judge, value, raw, key_id FROM votes WHERE turn_id = ?1 ORDER BY id",
             turn_id,
         )
         .await
@@ -954,13 +985,14 @@ impl Store {
         for (id, advantage) in samples {
             // A sample rejected while the step ran stays dropped.
             sqlx::query(
-                "UPDATE samples SET status = 'trained', step = ?1,
+                "UPDATE samples SET status = 'trained', step = ?1, trained_version = ?4,
                      advantage = COALESCE(?3, advantage)
                  WHERE id = ?2 AND status = 'pending'",
             )
             .bind(step)
             .bind(id)
             .bind(advantage)
+            .bind(version)
             .execute(&mut *tx)
             .await?;
         }
@@ -1035,10 +1067,10 @@ impl Store {
         Ok(id)
     }
 
-    /// The name and role of `key`, if it is known.
-    pub async fn key_role(&self, key: &str) -> Result<Option<(String, Role)>> {
+    /// The id, name and role of `key`, if it is known.
+    pub async fn key_role(&self, key: &str) -> Result<Option<(i64, String, Role)>> {
         Ok(
-            sqlx::query_as("SELECT name, role FROM api_keys WHERE key_hash = ?1")
+            sqlx::query_as("SELECT id, name, role FROM api_keys WHERE key_hash = ?1")
                 .bind(hash_key(key))
                 .fetch_optional(&self.pool)
                 .await?,
@@ -1066,6 +1098,84 @@ impl Store {
         Ok(())
     }
 
+    /// Rejects every contribution of key `key_id`, in one transaction: its hints are rejected,
+    /// its unjudged next states are set aside (never judged), and every sample it touched (of
+    /// a turn it asked or replied to, or with one of its hints) is dropped. Trained samples
+    /// make their versions suspect: from the first of them, the other samples trained since
+    /// are queued again, so that a roll back to the version before it loses nothing else.
+    /// The caller rolls back (see [`Rejection::first_version`]).
+    pub async fn reject_key(&self, key_id: i64) -> Result<Rejection> {
+        let mut tx = self.write().await?;
+        // The turns it touched, and its hints.
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS rejected_turns (id INTEGER PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM rejected_turns")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO rejected_turns
+             SELECT id FROM turns WHERE key_id = ?1
+             UNION SELECT turn_id FROM next_states WHERE key_id = ?1",
+        )
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+        let tainted = "(turn_id IN (SELECT id FROM rejected_turns)
+                        OR hint_id IN (SELECT id FROM hints WHERE key_id = ?1))";
+        let (first_version,): (Option<i64>,) = sqlx::query_as(&format!(
+            "SELECT MIN(COALESCE(trained_version,
+                        (SELECT MIN(policy_version) FROM train_steps t WHERE t.step = samples.step)))
+             FROM samples WHERE status = 'trained' AND {tainted}"
+        ))
+        .bind(key_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let samples_dropped = sqlx::query(&format!(
+            "UPDATE samples SET status = 'dropped' WHERE status != 'dropped' AND {tainted}"
+        ))
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let hints_rejected = sqlx::query(
+            "UPDATE hints SET status = 'rejected' WHERE key_id = ?1 AND status != 'rejected'",
+        )
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let next_states_set_aside =
+            sqlx::query("UPDATE next_states SET judged = 1 WHERE key_id = ?1 AND judged = 0")
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let samples_requeued = match first_version {
+            Some(v) => sqlx::query(
+                "UPDATE samples SET status = 'pending', step = NULL, trained_version = NULL
+                 WHERE status = 'trained' AND trained_version >= ?1",
+            )
+            .bind(v)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            None => 0,
+        };
+        sqlx::query("DELETE FROM rejected_turns")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rejection {
+            key_id,
+            hints_rejected,
+            samples_dropped,
+            next_states_set_aside,
+            samples_requeued,
+            first_version,
+        })
+    }
+
     /// Counts of what the store holds, for `/metrics`.
     pub async fn counts(&self) -> Result<Counts> {
         Ok(sqlx::query_as(
@@ -1089,19 +1199,38 @@ async fn insert_next_state(
     turn: i64,
     kind: NextKind,
     text: &str,
+    key_id: Option<i64>,
     now: i64,
 ) -> Result<i64> {
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO next_states (turn_id, kind, text, created_at)
-         VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        "INSERT INTO next_states (turn_id, kind, text, created_at, key_id)
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
     )
     .bind(turn)
     .bind(kind)
     .bind(text)
     .bind(now)
+    .bind(key_id)
     .fetch_one(&mut *tx)
     .await?;
     Ok(id)
+}
+
+/// What rejecting a key's contributions did ([`Store::reject_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// The key.
+    pub key_id: i64,
+    /// Its hints, now rejected.
+    pub hints_rejected: u64,
+    /// Samples it touched, now dropped (pending or trained).
+    pub samples_dropped: u64,
+    /// Its next states that were waiting for the judge, now never judged.
+    pub next_states_set_aside: u64,
+    /// Other samples trained since `first_version`, pending again.
+    pub samples_requeued: u64,
+    /// The first version trained on one of its samples: serving must go back before it.
+    pub first_version: Option<i64>,
 }
 
 /// Row counts.

@@ -23,6 +23,7 @@ fn turn(session: &str, turn_type: TurnType) -> NewTurn {
         continuation: format!("{session}-key"),
         policy_version: 0,
         finish_reason: "stop".into(),
+        key_id: None,
     }
 }
 
@@ -35,7 +36,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     // No earlier turn: nothing to pair.
     assert_eq!(
         store
-            .pair_next_state("s", NextKind::Reply, "x")
+            .pair_next_state("s", NextKind::Reply, "x", None)
             .await
             .expect("pair"),
         None
@@ -50,7 +51,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
         .expect("turn");
     // The next main-line request pairs with the last main turn, not the side turn.
     let (paired, ns) = store
-        .pair_next_state("s", NextKind::Reply, "no, shorter")
+        .pair_next_state("s", NextKind::Reply, "no, shorter", None)
         .await
         .expect("pair")
         .expect("paired");
@@ -59,7 +60,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     // Once paired, a turn takes no second reply.
     assert_eq!(
         store
-            .pair_next_state("s", NextKind::Reply, "again")
+            .pair_next_state("s", NextKind::Reply, "again", None)
             .await
             .expect("pair"),
         None
@@ -76,11 +77,13 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
                 judge: "rules".into(),
                 value: Some(-1),
                 raw: "rules: correction".into(),
+                key_id: None,
             },
             Vote {
                 judge: "model".into(),
                 value: None,
                 raw: "I cannot tell.".into(),
+                key_id: None,
             },
         ],
         hints: vec![
@@ -90,6 +93,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
                 author: "rules".into(),
                 overlap: Some(7),
                 status: HintStatus::Accepted,
+                key_id: None,
             },
             NewHint {
                 text: "Other.".into(),
@@ -97,6 +101,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
                 author: "rules".into(),
                 overlap: Some(3),
                 status: HintStatus::Candidate,
+                key_id: None,
             },
         ],
         sample: Some(NewSample {
@@ -204,13 +209,13 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
     assert_eq!(store.versions().await.expect("versions").len(), 2);
     assert!(store.reject_hint(999).await.is_err());
 
-    store
+    let owner = store
         .add_key("owner", "secret-key-0123456789", Role::Owner)
         .await
         .expect("key");
     assert_eq!(
         store.key_role("secret-key-0123456789").await.expect("role"),
-        Some(("owner".into(), Role::Owner))
+        Some((owner, "owner".into(), Role::Owner))
     );
     assert_eq!(store.key_role("nope").await.expect("role"), None);
     drop(store);
@@ -240,7 +245,7 @@ async fn concurrent_writers_queue_instead_of_failing() {
             let session = format!("s{}", i % 4);
             for _ in 0..5 {
                 store
-                    .pair_next_state(&session, NextKind::Reply, "thanks")
+                    .pair_next_state(&session, NextKind::Reply, "thanks", None)
                     .await?;
                 store.record_turn(&turn(&session, TurnType::Main)).await?;
             }
@@ -273,6 +278,7 @@ fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
             judge: "rules".into(),
             value: Some(value),
             raw: "rules".into(),
+            key_id: None,
         }],
         hints: if value < 0 {
             vec![NewHint {
@@ -281,6 +287,7 @@ fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
                 author: "rules".into(),
                 overlap: None,
                 status: HintStatus::Candidate,
+                key_id: None,
             }]
         } else {
             Vec::new()
@@ -307,7 +314,7 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     {
         if i > 0 {
             let (_, ns) = store
-                .pair_next_state("s", NextKind::Reply, "no")
+                .pair_next_state("s", NextKind::Reply, "no", None)
                 .await
                 .expect("pair")
                 .expect("paired");
@@ -332,7 +339,7 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     );
     assert_eq!(store.retried_turn(ids[0]).await.expect("query"), None);
     let (_, ns) = store
-        .pair_next_state("s", NextKind::Reply, "thanks")
+        .pair_next_state("s", NextKind::Reply, "thanks", None)
         .await
         .expect("pair")
         .expect("paired");
@@ -351,7 +358,7 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     assert_eq!(store.retried_turn(later).await.expect("query"), None);
     // A later thumbs-down takes the retry away from the still-pending sample.
     let (_, ns) = store
-        .pair_next_state("s", NextKind::Reply, "actually no")
+        .pair_next_state("s", NextKind::Reply, "actually no", None)
         .await
         .expect("pair")
         .expect("paired");

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use clawrl_loop::serve::{self, Reply};
@@ -18,6 +18,7 @@ use clawrl_model::{Generation, TokenInfo};
 use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::state::{AppState, Shared};
 
@@ -69,10 +70,11 @@ fn unix_now() -> u64 {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(s): State<Shared>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> ApiResult<Response> {
-    let p = prepare(&s, &headers, req).await?;
+    let p = prepare(&s, &headers, req, caller.key_id).await?;
     let r = &p.request;
     clawrl_loop::pair::pair(
         &s.lp,
@@ -81,6 +83,7 @@ pub async fn chat_completions(
         r.turn_type,
         &r.messages,
         p.continued,
+        r.key_id,
     )
     .await?;
     let span = info_span!("chat", session = %r.session_id, stream = p.stream, prompt_tokens = r.prompt.len());

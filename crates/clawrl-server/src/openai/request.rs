@@ -319,19 +319,22 @@ fn fit(s: &AppState, messages: &[Message], tools: Option<&Value>) -> ApiResult<(
     Err(refused)
 }
 
-/// Validates a request into what generation and the loop need.
+/// Validates a request into what generation and the loop need; `key_id` is the caller's.
 pub async fn prepare(
     s: &AppState,
     headers: &HeaderMap,
     mut req: ChatRequest,
+    key_id: Option<i64>,
 ) -> ApiResult<Prepared> {
     let session = req
         .session_id
         .clone()
         .or_else(|| header(headers, "x-session-id").map(str::to_string));
-    validated(s, headers, &mut req)
+    let mut p = validated(s, headers, &mut req)
         .await
-        .map_err(|e| e.in_session(session.as_deref()))
+        .map_err(|e| e.in_session(session.as_deref()))?;
+    p.request.key_id = key_id;
+    Ok(p)
 }
 
 async fn validated(
@@ -468,6 +471,7 @@ async fn validated(
             ends_session: session_done,
             outcome,
             group_id,
+            key_id: None,
         },
         continued,
         include_usage: req

@@ -69,6 +69,16 @@ pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResu
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /studio/keys/{id}/reject`: everything the key contributed stops training (hints
+/// rejected, samples dropped, waiting next states set aside) and serving rolls back before
+/// the first version trained on it. The key itself stays (delete it to lock it out).
+pub async fn reject_key(
+    State(s): State<Shared>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<clawrl_loop::sample::KeyRejection>> {
+    Ok(Json(clawrl_loop::sample::reject_key(&s.lp, id).await?))
+}
+
 /// `GET /healthz`: 200 while serving; `status` is `degraded` while a component fails
 /// (`problems`: component, message, since_ms).
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {

@@ -75,7 +75,7 @@ pub async fn add_hint(
     ApiJson(b): ApiJson<HintBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let text = hint_text(&b.text)?;
-    let hint_id = sample::add_hint(&s.lp, id, text, caller.name).await?;
+    let hint_id = sample::add_hint(&s.lp, id, text, (caller.name, caller.key_id)).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "hint": s.lp.store.hint(hint_id).await? })),

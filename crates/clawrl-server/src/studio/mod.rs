@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 
-pub use admin::{create_key, delete_key, events, healthz, keys, metrics};
+pub use admin::{create_key, delete_key, events, healthz, keys, metrics, reject_key};
 pub use hints::{accept_hint, add_hint, preview, reject_hint};
 pub use training::{activate, pause, resume, steps, training, update_training, versions};
 pub use turns::{feedback, first_answers, inspect, queue, session, sessions, turn};

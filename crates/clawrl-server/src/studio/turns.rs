@@ -180,8 +180,14 @@ pub async fn feedback(
         ));
     }
     trainable_turn(&s.lp, id).await?;
-    let next_state_id =
-        pair::feedback(&s.lp, id, b.thumb, correction.as_deref(), &caller.name).await?;
+    let next_state_id = pair::feedback(
+        &s.lp,
+        id,
+        b.thumb,
+        correction.as_deref(),
+        (&caller.name, caller.key_id),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "turn_id": id, "next_state_id": next_state_id })),
