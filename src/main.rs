@@ -56,6 +56,8 @@ enum Command {
     /// The model as a general agent in a built-in environment (DESIGN.md §8).
     #[command(subcommand)]
     Agent(agent::AgentCmd),
+    /// The live training curves in a native window (egui), full screen for talks (F11).
+    Monitor(MonitorArgs),
     /// Export a trained assistant for other runtimes.
     #[command(subcommand)]
     Export(export::ExportCmd),
@@ -65,6 +67,26 @@ enum Command {
     /// Show learning live on the model.
     #[command(subcommand)]
     Demo(DemoCmd),
+}
+
+#[derive(clap::Args)]
+struct MonitorArgs {
+    /// The server to watch.
+    #[arg(default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An annotator's or owner's key when the server needs one.
+    #[arg(long, env = "CLAWRL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Start full screen (F11 toggles).
+    #[arg(long)]
+    fullscreen: bool,
+    /// Write a PNG of the window to FILE once the curves are drawn, then exit (for slides and
+    /// tests).
+    #[arg(long, value_name = "FILE")]
+    screenshot: Option<PathBuf>,
+    /// With --screenshot: seconds to wait for a first training step before taking it anyway.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +148,13 @@ fn run(cli: Cli) -> Result<()> {
             agent::run(c, m)
         }
         Command::Export(c) => export::run(c, &model),
+        Command::Monitor(a) => Ok(clawrl_monitor::run(clawrl_monitor::Options {
+            url: a.url,
+            api_key: a.api_key,
+            fullscreen: a.fullscreen,
+            screenshot: a.screenshot,
+            wait: std::time::Duration::from_secs(a.wait),
+        })?),
         Command::Bench(b) => bench::run(b, model.load()?, threads),
         Command::Demo(DemoCmd::Train { steps, save }) => {
             let m = model.load()?;

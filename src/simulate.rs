@@ -83,7 +83,7 @@ pub(crate) struct SimulateArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
-    /// Write results.json, table.md and satisfaction.png here.
+    /// Write results.json, table.md and satisfaction.svg (plotters) here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
@@ -426,8 +426,8 @@ fn report(
             serde_json::to_string_pretty(&report)?,
         )?;
         std::fs::write(dir.join("table.md"), &table)?;
-        let png = clawrl_sim::satisfaction_png("first answer meets the preference", &curves(runs));
-        std::fs::write(dir.join("satisfaction.png"), png)?;
+        let svg = clawrl_sim::satisfaction_svg("first answer meets the preference", &curves(runs))?;
+        std::fs::write(dir.join("satisfaction.svg"), svg)?;
     }
     Ok((report, table))
 }

@@ -8,7 +8,7 @@ mod plot;
 mod run;
 
 pub use persona::{Persona, Preference, Replies, Task, builtin_personas, load_tasks};
-pub use plot::satisfaction_png;
+pub use plot::satisfaction_svg;
 pub use run::{SessionOutcome, Simulation, sessions_to_preference};
 
 /// A simulation failure.
