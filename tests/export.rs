@@ -62,7 +62,7 @@ fn an_exported_version_scores_like_the_base_with_its_adapter() {
     let out = dir.path().join("merged.gguf");
     let out_s = out.to_str().expect("utf-8");
     let cp = checkpoints.to_str().expect("utf-8");
-    ok(&[
+    let export_v1 = [
         "export",
         "gguf",
         "--version",
@@ -71,7 +71,8 @@ fn an_exported_version_scores_like_the_base_with_its_adapter() {
         cp,
         "--out",
         out_s,
-    ]);
+    ];
+    ok(&export_v1);
     assert!(out.metadata().expect("written").len() > 100_000_000);
 
     let request = dir.path().join("score.json");
@@ -114,16 +115,7 @@ fn an_exported_version_scores_like_the_base_with_its_adapter() {
 
     // Refusals: an existing file, a version that was never saved, a missing adapter.
     let before = out.metadata().expect("written").modified().expect("mtime");
-    let e = refused(&[
-        "export",
-        "gguf",
-        "--version",
-        "1",
-        "--checkpoints",
-        cp,
-        "--out",
-        out_s,
-    ]);
+    let e = refused(&export_v1);
     assert!(e.contains("--force"), "{e}");
     assert_eq!(
         out.metadata().expect("kept").modified().expect("mtime"),
