@@ -93,6 +93,10 @@ pub(crate) struct ServeArgs {
     /// `context_length_exceeded`: for clients that never compact. Each turn records how many.
     #[arg(long)]
     drop_oldest_messages: bool,
+    /// Most new tokens one answer may have; a request's larger `max_tokens` is lowered to it
+    /// (the answer's usage says so).
+    #[arg(long, value_name = "N", default_value_t = clawrl_server::Limits::default().max_new_tokens as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_new_tokens: u64,
 }
 
 fn data_dir() -> Result<PathBuf> {
@@ -135,6 +139,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
     config.lp.votes = usize::from(a.votes);
     config.lp.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));
     config.limits.drop_oldest_messages = a.drop_oldest_messages;
+    config.limits.max_new_tokens = a.max_new_tokens as usize;
     config.lp.training = TrainingSettings {
         batch_size: a.batch_size,
         method: a.method,

@@ -20,14 +20,17 @@ pub const CALL_CLOSE: &str = "</tool_call>";
 
 /// A function the model may call: OpenAI's `tools[].function`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct FunctionSpec {
     /// `[A-Za-z0-9_-]{1,64}`.
+    #[cfg_attr(feature = "utoipa", schema(pattern = "^[A-Za-z0-9_-]{1,64}$"))]
     pub name: String,
     /// What it does, for the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// JSON schema of the arguments (an object); none means any object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub parameters: Option<Value>,
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which signals train (the user's `--method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Both terms (w_RL = w_OPD = 1 by default).
@@ -73,6 +74,7 @@ impl std::fmt::Display for Method {
 
 /// Which tokens S_i the OPD term ranges over at response position i.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Support {
     /// S^q_i, the top-k of π_old (the paper).

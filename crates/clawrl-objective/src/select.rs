@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the hint `h*` is chosen among the candidates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SelectionMode {
     /// `h* = argmax_h Σ_i O[h,i]` (the default).

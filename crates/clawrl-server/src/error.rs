@@ -7,7 +7,9 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -157,20 +159,52 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        let code = match self.code {
-            Some(c) => serde_json::json!(c),
-            None => serde_json::json!(self.status.as_u16()),
-        };
-        serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": code,
-            }
-        })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param,
+                code: match self.code {
+                    Some(c) => ErrorCode::Name(c),
+                    None => ErrorCode::Status(self.status.as_u16()),
+                },
+            },
+        }
     }
+}
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error inside [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for people.
+    pub message: String,
+    /// OpenAI's error type: `invalid_request_error`, `authentication_error`,
+    /// `permission_error`, `not_found_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The offending request field, when there is one.
+    pub param: Option<&'static str>,
+    /// OpenAI's code where it names one (`context_length_exceeded`, `database_locked`), else
+    /// the HTTP status.
+    pub code: ErrorCode,
+}
+
+/// An error's `code`: a name, or the HTTP status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    /// A named code.
+    Name(&'static str),
+    /// The HTTP status.
+    Status(u16),
 }
 
 impl IntoResponse for ApiError {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod error;
+mod integer;
 mod openai;
 mod openapi;
 mod refusals;
@@ -14,11 +15,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::Redirect;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
+use axum::{Extension, Router};
 use clawrl_loop::LoopHandle;
 use clawrl_model::Model;
 use clawrl_store::{Role, Store};
@@ -27,10 +28,10 @@ use tokio::sync::oneshot;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 use tracing::info;
+use utoipa::OpenApi;
 
 pub use clawrl_loop::{JudgeChoice, LoopConfig, TrainingSettings};
 pub use error::ApiError;
-pub use openapi::ROUTES;
 pub use state::Limits;
 
 use crate::state::{AppState, Shared};
@@ -217,51 +218,55 @@ pub async fn start(config: ServerConfig, model: Arc<Model>) -> Result<Server, Er
     })
 }
 
+/// The routes with their middleware, and the OpenAPI document generated from the same
+/// handlers (see `openapi.rs`).
 fn router(s: Shared) -> Router {
     use studio::*;
-    let client = Router::new()
-        .route("/v1/models", get(openai::models))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/metrics", get(metrics))
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let client = OpenApiRouter::new()
+        .routes(routes!(openai::models))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(admin::metrics))
         .route_layer(from_fn_with_state(s.clone(), auth::client));
-    let annotator = Router::new()
-        .route("/studio/sessions", get(sessions))
-        .route("/studio/sessions/{id}", get(session))
-        .route("/studio/first-answers", get(first_answers))
-        .route("/studio/turns/{id}", get(turn))
-        .route("/studio/turns/{id}/inspect", get(inspect))
-        .route("/studio/turns/{id}/feedback", post(feedback))
-        .route("/studio/turns/{id}/hints", post(add_hint))
-        .route("/studio/turns/{id}/hints/preview", post(preview))
-        .route("/studio/hints/{id}/accept", post(accept_hint))
-        .route("/studio/hints/{id}/reject", post(reject_hint))
-        .route("/studio/queue", get(queue))
-        .route("/studio/training", get(training))
-        .route("/studio/steps", get(steps))
-        .route("/studio/versions", get(versions))
-        .route("/studio/events", get(events))
-        .route("/studio/refused", get(refusals::list))
+    let annotator = OpenApiRouter::new()
+        .routes(routes!(turns::sessions))
+        .routes(routes!(turns::session))
+        .routes(routes!(turns::first_answers))
+        .routes(routes!(turns::turn))
+        .routes(routes!(turns::inspect))
+        .routes(routes!(turns::feedback))
+        .routes(routes!(hints::add_hint))
+        .routes(routes!(hints::preview))
+        .routes(routes!(hints::accept_hint))
+        .routes(routes!(hints::reject_hint))
+        .routes(routes!(turns::queue))
+        .routes(routes!(training::training))
+        .routes(routes!(training::steps))
+        .routes(routes!(training::versions))
+        .routes(routes!(admin::events))
+        .routes(routes!(refusals::list))
         .route_layer(from_fn_with_state(s.clone(), auth::annotator));
-    let owner = Router::new()
-        .route("/studio/training/settings", post(update_training))
-        .route("/studio/training/pause", post(pause))
-        .route("/studio/training/resume", post(resume))
-        .route("/studio/versions/{v}/activate", post(activate))
-        .route("/studio/keys", get(keys).post(create_key))
-        .route("/studio/keys/{id}", delete(delete_key))
-        .route("/studio/keys/{id}/reject", post(reject_key))
+    let owner = OpenApiRouter::new()
+        .routes(routes!(training::update_training))
+        .routes(routes!(training::pause))
+        .routes(routes!(training::resume))
+        .routes(routes!(training::activate))
+        .routes(routes!(admin::keys, admin::create_key))
+        .routes(routes!(admin::delete_key))
+        .routes(routes!(admin::reject_key))
         .route_layer(from_fn_with_state(s.clone(), auth::owner));
-    let limit = s.limits.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route(
-            "/openapi.json",
-            get(|| async { axum::Json(openapi::document()) }),
-        )
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(admin::healthz))
+        .routes(routes!(openapi::document))
         .merge(client)
         .merge(annotator)
         .merge(owner)
+        .split_for_parts();
+    let document = Arc::new(openapi::finish(api, s.auth_required));
+    let limit = s.limits.max_body_bytes;
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(Extension(document))
         .layer(from_fn_with_state(s.clone(), refusals::note))
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())

@@ -53,6 +53,16 @@ pub async fn note(State(s): State<Shared>, req: Request, next: Next) -> Response
 }
 
 /// `GET /studio/refused`: the latest refused requests, newest first.
+#[utoipa::path(
+    get,
+    path = "/studio/refused",
+    tag = "annotate",
+    summary = "The latest refused requests (4xx), newest first, with why and the session.",
+    responses(
+        (status = 200, description = "{refused: [...]}", body = Object),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn list(State(s): State<Shared>) -> Json<Value> {
     let mut all = s.refusals.list();
     all.reverse();

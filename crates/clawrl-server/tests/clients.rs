@@ -314,6 +314,105 @@ async fn null_means_absent_for_every_optional_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integral_floats_are_integers_and_ids_count_characters() {
+    // JSON Schema's integer includes 3.0; a fraction is still refused, and naming the field.
+    let t = start().await;
+    let body = json!({"messages": [user("hi")], "max_tokens": 3.0, "n": 1.0, "seed": 7.0});
+    let (status, r) = t.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r["usage"]["completion_tokens"].as_u64().map(|n| n <= 3),
+        Some(true)
+    );
+    let id = r["turn_id"].as_i64().expect("turn id");
+    let (status, r) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("hi")], "max_tokens": 3.5}),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_tokens")),
+        "{r}"
+    );
+    let (status, r) = t
+        .post(
+            &format!("/studio/turns/{id}/feedback"),
+            &json!({"thumb": 1.0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let (status, r) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"batch_size": 4.0, "epochs": 2.0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["settings"]["batch_size"], 4);
+    // A session id of 200 characters, 800 bytes, is a valid one.
+    let long = "😀".repeat(200);
+    let (status, r) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("hi")], "max_tokens": 2, "session_id": long}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["session_id"], long);
+    let (status, _) = t
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("hi")], "max_tokens": 2, "session_id": "😀".repeat(201)}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_patch_against_the_current_settings_is_a_conflict() {
+    let t = start().await;
+    // Contradicting itself: invalid. Contradicting what is set now: a conflict, and nothing
+    // changes; after the other change, the same patch applies.
+    let (status, r) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"intersect_support": true, "support": "teacher"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"intersect_support": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = t
+        .post("/studio/training/settings", &json!({"support": "teacher"}))
+        .await;
+    assert_eq!(status, 409, "{r}");
+    let (_, now) = t.get("/studio/training").await;
+    assert_eq!(now["settings"]["support"], "student");
+    let (status, r) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"intersect_support": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = t
+        .post("/studio/training/settings", &json!({"support": "teacher"}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hint_too_long_to_score_leaves_the_vote_and_does_not_stall_the_judge() {
     // The prompt nearly fills the tiny model's 2048 tokens; s_t ⊕ h cannot fit.
     let t = start().await;

@@ -89,7 +89,7 @@ async fn bad_requests_get_openai_errors_and_write_nothing() {
             r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
             400,
         ),
-        // A rollout's outcome comes with its end; a group id is 1 to 200 bytes.
+        // A rollout's outcome comes with its end; a group id is 1 to 200 characters.
         (
             r#"{"messages": [{"role": "user", "content": "hi"}], "outcome": 1}"#,
             400,
@@ -202,6 +202,18 @@ async fn keys_and_roles_are_enforced() {
     };
     let (status, _) = send(None, "/healthz", None).await;
     assert_eq!(status, 200, "health needs no key");
+    // The document needs no key either, and says which operations take one.
+    let (status, doc) = send(None, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let chat_op = &doc["paths"]["/v1/chat/completions"]["post"];
+    assert_eq!(
+        chat_op["security"],
+        json!([{"bearer": []}, {"api_key": []}])
+    );
+    assert_eq!(
+        chat_op["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
     let (status, body) = send(None, "/v1/chat/completions", Some(&chat)).await;
     assert_openai_error(status, &body, 401);
     let (status, body) = send(Some("wrong-key"), "/v1/models", None).await;
@@ -295,9 +307,42 @@ async fn health_metrics_and_the_openapi_document() {
     let (status, doc) = t.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    // Generated from the router: every route is there, with its path parameters declared.
+    assert_eq!(paths.len(), 28, "{:?}", paths.keys().collect::<Vec<_>>());
+    let activate = &doc["paths"]["/studio/versions/{v}/activate"]["post"];
+    assert_eq!(activate["parameters"][0]["name"], "v");
+    assert_eq!(activate["parameters"][0]["in"], "path");
+    // Loopback without keys: open, and the document says so beside the key it would take.
+    assert_eq!(activate["security"][2], json!({}));
+    assert!(activate["responses"].get("401").is_none());
+    assert!(doc["paths"]["/healthz"]["get"].get("security").is_none());
+    let chat = &doc["components"]["schemas"]["ChatRequest"];
+    assert_eq!(chat["required"], json!(["messages"]));
+    assert_eq!(chat["properties"]["messages"]["minItems"], 1);
+    // The event stream opens with `ready`, so a client knows it is subscribed.
+    let mut events = reqwest::get(format!("{}/studio/events", t.url))
+        .await
+        .expect("events");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), events.chunk())
+        .await
+        .expect("an event at once")
+        .expect("read")
+        .expect("a chunk");
+    let first = String::from_utf8_lossy(&first);
+    let data = first
+        .strip_prefix("event: ready\ndata: ")
+        .and_then(|d| d.lines().next())
+        .and_then(|d| serde_json::from_str::<Value>(d).ok());
+    assert_eq!(
+        data,
+        Some(json!({"type": "ready", "policy_version": 0})),
+        "{first}"
+    );
+    drop(events);
     // Every documented GET without a parameter answers.
-    for (method, path, _, _) in clawrl_server::ROUTES {
-        if *method == "get" && !path.contains('{') && *path != "/studio/events" {
+    for (path, item) in paths {
+        if item.get("get").is_some() && !path.contains('{') && path != "/studio/events" {
             let (status, body) = t.get(path).await;
             assert_eq!(status, 200, "{path}: {body}");
         }

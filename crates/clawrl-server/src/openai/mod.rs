@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tracing::{Instrument, info_span};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::state::{AppState, Shared};
 
 pub use request::ChatRequest;
@@ -28,6 +28,14 @@ use request::{Prepared, prepare};
 /// `GET /v1/models`, with the context window and the output limit so that clients can size
 /// their requests (`context_length` as OpenRouter names it, `max_model_len` as vLLM does), and
 /// the sampling used when a request names none.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    summary = "The served model, its context window, output limit and sampling defaults.",
+    responses((status = 200, description = "OpenAI's model list, one model.", body = Object)),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn models(State(s): State<Shared>) -> Json<Value> {
     let context = s.lp.model.config.context_length;
     Json(json!({
@@ -68,6 +76,20 @@ fn unix_now() -> u64 {
 }
 
 /// `POST /v1/chat/completions`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    summary = "Chat completion, streamed (SSE) or not (OpenAI), recorded as a turn of its session.",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "OpenAI's chat.completion, with session_id, turn_id, turn_type and policy_version; streamed: chat.completion.chunk events, then [DONE]. Headers X-Session-Id, X-Turn-Id, X-Policy-Version.", content((Object = "application/json"), (crate::openapi::ServerSentEvent = "text/event-stream"))),
+        (status = 400, description = "The body is malformed, a field is invalid (`param` names it), or a rule across fields is broken: tool names must be unique, a named tool_choice must name one of the tools, a response_format schema must compile, the prompt must fit the context (`context_length_exceeded`), and there are at most 512 messages (the server's limit).", body = ErrorBody),
+        (status = 409, description = "The session is being changed by another request.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`); nothing was recorded.", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn chat_completions(
     State(s): State<Shared>,
     Extension(caller): Extension<Caller>,

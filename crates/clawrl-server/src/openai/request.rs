@@ -7,107 +7,158 @@ use clawrl_model::{GenerateParams, Message, Sampling};
 use clawrl_store::TurnType;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// Message content: a string, or OpenAI's list of parts (text parts are joined).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Deserialize)]
+/// A content part; only text parts are supported.
+#[derive(Deserialize, ToSchema)]
 struct Part {
+    /// `text`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     kind: String,
     #[serde(default)]
     text: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A message of the conversation (OpenAI's).
+#[derive(Deserialize, ToSchema)]
 struct ApiMessage {
+    /// `system`, `developer` (read as system), `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant message's calls, as OpenAI returned them.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     tool_calls: Option<Value>,
+    /// The call a `tool` message answers.
     #[serde(default)]
     tool_call_id: Option<String>,
     #[serde(default)]
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// One stop string or up to 4, none empty.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Deserialize, Default)]
+/// `stream_options`.
+#[derive(Deserialize, Default, ToSchema)]
 struct StreamOptions {
+    /// Send the usage in a last chunk.
     #[serde(default)]
     include_usage: Option<bool>,
 }
 
-/// The request body; fields OpenAI defines that do not apply here (`frequency_penalty`,
-/// `service_tier`, …) are accepted and ignored.
-#[derive(Deserialize)]
+/// The request body: OpenAI's chat completion request with the session fields of DESIGN.md
+/// §4 (each also a header: `X-Session-Id`, `X-Turn-Type`, `X-Session-Done`,
+/// `X-Session-Outcome`, `X-Group-Id`). Fields OpenAI defines that do not apply here
+/// (`frequency_penalty`, `service_tier`, …) are accepted and ignored; `null` is absent.
+#[derive(Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// The conversation so far (at most the server's limit, 512 by default).
+    #[schema(min_items = 1)]
     messages: Vec<ApiMessage>,
+    /// Stream the answer as server-sent events, a chunk per token, then `[DONE]`.
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
-    #[serde(default)]
+    /// Most new tokens; above the room left in the context it is lowered to it (the usage
+    /// says so).
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
-    #[serde(default)]
+    /// The same as `max_tokens`, which it overrides.
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    #[schema(minimum = 1)]
     max_completion_tokens: Option<u32>,
+    /// Default: the model's recommended temperature (`/v1/models`, `sampling_defaults`).
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f32>,
+    /// Default: the model's recommended top-p.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     top_p: Option<f32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
     seed: Option<u64>,
     #[serde(default)]
     stop: Option<Stop>,
     #[serde(default)]
     logprobs: Option<bool>,
-    #[serde(default)]
+    /// Alternatives per token, with `logprobs: true`.
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    #[schema(maximum = 20)]
     top_logprobs: Option<u32>,
+    /// OpenAI's function tools: `{"type": "function", "function": {"name", "description",
+    /// "parameters"}}`, names unique, 1 to 64 of `a-zA-Z0-9_-`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<super::tools::ApiTool>>)]
     tools: Option<Value>,
+    /// `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}` naming one
+    /// of `tools`.
     #[serde(default)]
+    #[schema(value_type = Option<super::tools::ApiToolChoice>)]
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    /// "json_schema": {"name", "schema"}}`: the answer is constrained to it.
     #[serde(default)]
+    #[schema(value_type = Option<super::tools::ResponseFormat>)]
     response_format: Option<Value>,
-    /// The deprecated form of `tools`; refused rather than ignored.
+    /// The deprecated form of `tools`; refused unless null.
     #[serde(default)]
+    #[schema(value_type = Option<()>, deprecated)]
     functions: Option<Value>,
-    #[serde(default)]
+    /// Only 1.
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    #[schema(minimum = 1, maximum = 1)]
     n: Option<u32>,
+    /// The session this turn belongs to (1 to 200 characters). Without it: the session the
+    /// replayed history continues, else `metadata.session_id`, `prompt_cache_key`, `user`,
+    /// else a new one.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     session_id: Option<String>,
+    /// `main` (trained on) or `side` (served and recorded only).
     #[serde(default)]
+    #[schema(value_type = Option<TurnType>)]
     turn_type: Option<String>,
+    /// This is the session's last turn: it is judged without waiting for a next state.
     #[serde(default)]
     session_done: Option<bool>,
     /// The outcome reward o of a rollout, with `session_done` (DESIGN.md §8).
     #[serde(default)]
     outcome: Option<f64>,
-    /// The group of rollouts (of one task) the session belongs to (DESIGN.md §8).
+    /// The group of rollouts (of one task) the session belongs to, 1 to 200 characters
+    /// (DESIGN.md §8).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     group_id: Option<String>,
     #[serde(default)]
     prompt_cache_key: Option<String>,
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, Value>>,
 }
 
@@ -196,7 +247,7 @@ fn new_session_id() -> String {
 
 /// A rollout's extra fields (DESIGN.md §8), body first, then headers: the outcome reward o
 /// (`outcome` or `X-Session-Outcome`, a finite number, only with `session_done`) and the group
-/// (`group_id` or `X-Group-Id`, 1 to 200 bytes).
+/// (`group_id` or `X-Group-Id`, 1 to 200 characters).
 fn rollout_fields(
     req: &mut ChatRequest,
     headers: &HeaderMap,
@@ -227,24 +278,26 @@ fn rollout_fields(
         .group_id
         .take()
         .or_else(|| header(headers, "x-group-id").map(str::to_string));
-    if group_id
-        .as_ref()
-        .is_some_and(|g| g.is_empty() || g.len() > 200)
-    {
+    if group_id.as_deref().is_some_and(|g| !fits(g)) {
         return Err(ApiError::invalid_param(
             "group_id",
-            "group_id must be 1 to 200 bytes",
+            "group_id must be 1 to 200 characters",
         ));
     }
     Ok((outcome, group_id))
 }
 
-/// A client-chosen session id: 1 to 200 bytes.
+/// Whether a client-chosen id has 1 to 200 characters.
+fn fits(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= 200
+}
+
+/// A client-chosen session id: 1 to 200 characters.
 fn session_name(id: String) -> ApiResult<String> {
-    if id.is_empty() || id.len() > 200 {
+    if !fits(&id) {
         return Err(ApiError::invalid_param(
             "session_id",
-            "session_id must be 1 to 200 bytes",
+            "session_id must be 1 to 200 characters",
         ));
     }
     Ok(id)
@@ -254,7 +307,7 @@ fn session_name(id: String) -> ApiResult<String> {
 /// `X-Session-Id`; `metadata.session_id`; `prompt_cache_key`; then the session whose recorded
 /// turn the messages continue (clients that replay the history and send no id), with that
 /// turn; then `user`; else a new session. The optional OpenAI fields name a session only when
-/// they are 1 to 200 bytes (OpenAI accepts others, so they are not refused).
+/// they are 1 to 200 characters (OpenAI accepts others, so they are not refused).
 async fn resolve_session(
     s: &AppState,
     headers: &HeaderMap,
@@ -268,7 +321,7 @@ async fn resolve_session(
     if let Some(id) = explicit {
         return Ok((session_name(id)?, None));
     }
-    let usable = |id: Option<String>| id.filter(|i| !i.is_empty() && i.len() <= 200);
+    let usable = |id: Option<String>| id.filter(|i| fits(i));
     let metadata = req
         .metadata
         .as_ref()

@@ -28,8 +28,8 @@ struct Piece {
 
 type SseItem = Result<SseEvent, Infallible>;
 
-fn sse_json(v: &Value) -> SseItem {
-    Ok(SseEvent::default().data(v.to_string()))
+fn sse_json(v: &impl serde::Serialize) -> SseItem {
+    Ok(SseEvent::default().data(serde_json::to_string(v).unwrap_or_default()))
 }
 
 /// How much of `text` may be streamed as content when the answer may call tools: all of it

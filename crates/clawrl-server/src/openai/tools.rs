@@ -12,15 +12,18 @@ use clawrl_model::tools::{FunctionSpec, call_grammar};
 use clawrl_model::{Grammar, Model};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 
 /// One entry of `tools`: OpenAI's function tool.
-#[derive(Deserialize)]
-struct ApiTool {
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct ApiTool {
+    /// `function`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
     kind: String,
-    function: Option<FunctionSpec>,
+    function: FunctionSpec,
 }
 
 /// `tool_choice`.
@@ -32,7 +35,49 @@ enum ToolChoice {
     Function(String),
 }
 
+/// `tool_choice` as sent: a mode, or one named function.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum ApiToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(ChoiceMode),
+    /// `{"type": "function", "function": {"name": …}}`: the function, one of `tools`.
+    Named(NamedChoice),
+}
+
+/// A `tool_choice` mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChoiceMode {
+    /// Never call.
+    None,
+    /// The model chooses.
+    Auto,
+    /// At least one call.
+    Required,
+}
+
+/// A named `tool_choice`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct NamedChoice {
+    /// `function`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^function$")]
+    kind: String,
+    function: ChoiceName,
+}
+
+/// The function a named `tool_choice` forces.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct ChoiceName {
+    /// One of the tools' names.
+    name: String,
+}
+
 fn tool_choice(v: Option<Value>) -> ApiResult<Option<ToolChoice>> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
     let bad = |what: String| {
         ApiError::invalid_param(
             "tool_choice",
@@ -42,26 +87,17 @@ fn tool_choice(v: Option<Value>) -> ApiResult<Option<ToolChoice>> {
             ),
         )
     };
-    Ok(Some(match v {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => ToolChoice::None,
-            "auto" => ToolChoice::Auto,
-            "required" => ToolChoice::Required,
-            _ => return Err(bad(format!("{s:?}"))),
-        },
-        Some(Value::Object(o)) => {
-            let name = o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str);
-            match (o.get("type").and_then(Value::as_str), name) {
-                (Some("function"), Some(n)) => ToolChoice::Function(n.to_string()),
-                _ => return Err(bad(Value::Object(o).to_string())),
+    Ok(Some(
+        match serde_json::from_value::<ApiToolChoice>(v.clone()) {
+            Ok(ApiToolChoice::Mode(ChoiceMode::None)) => ToolChoice::None,
+            Ok(ApiToolChoice::Mode(ChoiceMode::Auto)) => ToolChoice::Auto,
+            Ok(ApiToolChoice::Mode(ChoiceMode::Required)) => ToolChoice::Required,
+            Ok(ApiToolChoice::Named(n)) if n.kind == "function" => {
+                ToolChoice::Function(n.function.name)
             }
-        }
-        Some(other) => return Err(bad(other.to_string())),
-    }))
+            _ => return Err(bad(v.to_string())),
+        },
+    ))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -83,9 +119,7 @@ fn functions(tools: &Value) -> ApiResult<Vec<FunctionSpec>> {
                 t.kind
             )));
         }
-        let f = t
-            .function
-            .ok_or_else(|| bad(format!("tools[{i}].function is missing")))?;
+        let f = t.function;
         if !valid_name(&f.name) {
             return Err(bad(format!(
                 "tools[{i}].function.name {:?} must be 1 to 64 of a-z, A-Z, 0-9, _ and -",
@@ -108,18 +142,28 @@ fn functions(tools: &Value) -> ApiResult<Vec<FunctionSpec>> {
     Ok(out)
 }
 
-#[derive(Deserialize)]
-struct JsonSchemaFormat {
+/// `response_format.json_schema`.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct JsonSchemaFormat {
+    /// The JSON schema the answer must match; none means any JSON value.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     schema: Option<Value>,
 }
 
-#[derive(Deserialize)]
+/// `response_format`: what the text answer must be.
+#[derive(Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum ResponseFormat {
+pub(crate) enum ResponseFormat {
+    /// Free text.
     Text,
+    /// A JSON object.
     JsonObject,
-    JsonSchema { json_schema: JsonSchemaFormat },
+    /// JSON matching `json_schema.schema`.
+    JsonSchema {
+        /// The schema, and OpenAI's name for it.
+        json_schema: JsonSchemaFormat,
+    },
 }
 
 fn response_format(v: Option<Value>) -> ApiResult<Option<Grammar>> {

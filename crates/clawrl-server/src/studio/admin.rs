@@ -13,43 +13,82 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiResult, ErrorBody};
 use crate::state::Shared;
 
-/// `GET /studio/events`: the loop's events as server-sent events.
+/// `GET /studio/events`: the loop's events as server-sent events, after a first `ready` event
+/// (`{"policy_version"}`) that tells the client it is subscribed: nothing after it is missed.
+#[utoipa::path(
+    get,
+    path = "/studio/events",
+    tag = "annotate",
+    summary = "The loop's events as server-sent events: ready (once, first), then turn, next_state, judged, sample, hint, train_started, trained, train_failed, published, refused, settings.",
+    responses((status = 200, description = "An endless event stream, opened by a ready event.", content_type = "text/event-stream", body = crate::openapi::ServerSentEvent)),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn events(
     State(s): State<Shared>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = BroadcastStream::new(s.lp.subscribe()).filter_map(|e| {
+    let events = BroadcastStream::new(s.lp.subscribe());
+    let ready = SseEvent::default()
+        .event("ready")
+        .data(json!({ "type": "ready", "policy_version": s.lp.live().version }).to_string());
+    let stream = tokio_stream::once(Ok(ready)).chain(events.filter_map(|e| {
         // A lagging subscriber skips what it missed.
         let e = e.ok()?;
         let data = serde_json::to_string(&e).ok()?;
         Some(Ok(SseEvent::default().event(e.kind()).data(data)))
-    });
+    }));
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// A new key.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// Who it is for, 1 to 100 characters, not blank.
+    #[schema(max_length = 100, pattern = "\\S")]
     name: String,
     role: Role,
 }
 
 /// `GET /studio/keys`.
+#[utoipa::path(
+    get,
+    path = "/studio/keys",
+    tag = "own",
+    summary = "API keys: names and roles (never the keys).",
+    responses(
+        (status = 200, description = "{keys: [...]}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn keys(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "keys": s.lp.store.keys().await? })))
 }
 
 /// `POST /studio/keys`: creates a key; the key itself is shown once, only its hash is kept.
+#[utoipa::path(
+    post,
+    path = "/studio/keys",
+    tag = "own",
+    summary = "Create a key; the key is shown once.",
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "{id, name, role, key}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn create_key(
     State(s): State<Shared>,
     ApiJson(k): ApiJson<NewKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = k.name.trim();
-    if name.is_empty() || name.len() > 100 {
+    if name.is_empty() || k.name.chars().count() > 100 {
         return Err(ApiError::invalid_param(
             "name",
             "name must be 1 to 100 characters",
@@ -64,6 +103,19 @@ pub async fn create_key(
 }
 
 /// `DELETE /studio/keys/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/studio/keys/{id}",
+    tag = "own",
+    summary = "Delete a key: it is refused from now on.",
+    params(("id" = i64, Path, description = "The key id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such key.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<StatusCode> {
     s.lp.store.delete_key(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -72,6 +124,19 @@ pub async fn delete_key(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResu
 /// `POST /studio/keys/{id}/reject`: everything the key contributed stops training (hints
 /// rejected, samples dropped, waiting next states set aside) and serving rolls back before
 /// the first version trained on it. The key itself stays (delete it to lock it out).
+#[utoipa::path(
+    post,
+    path = "/studio/keys/{id}/reject",
+    tag = "own",
+    summary = "Reject everything a key contributed (poisoning) and roll back before the first version trained on it.",
+    params(("id" = i64, Path, description = "The key id.")),
+    responses(
+        (status = 200, description = "What was rejected and the version now served.", body = Object),
+        (status = 404, description = "No such key.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn reject_key(
     State(s): State<Shared>,
     Path(id): Path<i64>,
@@ -81,6 +146,13 @@ pub async fn reject_key(
 
 /// `GET /healthz`: 200 while serving; `status` is `degraded` while a component fails
 /// (`problems`: component, message, since_ms).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "open",
+    summary = "Liveness: 200 while serving; status ok or degraded, with the failing components.",
+    responses((status = 200, description = "{status, problems, model, judge, policy_version, sampling_defaults}", body = Object))
+)]
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
     let problems = s.lp.problems();
     Json(
@@ -89,6 +161,17 @@ pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "openai",
+    summary = "Prometheus metrics.",
+    responses(
+        (status = 200, description = "Prometheus text format.", content_type = "text/plain", body = String),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn metrics(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;

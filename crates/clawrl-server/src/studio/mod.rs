@@ -2,28 +2,48 @@
 //! a preview, training control, policy versions with roll back, the event stream, keys,
 //! `/metrics` and `/healthz`. Handlers are thin: the loop (`clawrl-loop`) does the work.
 
-mod admin;
-mod hints;
-mod training;
-mod turns;
+pub(crate) mod admin;
+pub(crate) mod hints;
+pub(crate) mod training;
+pub(crate) mod turns;
 
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::error::{ApiError, ApiResult};
-
-pub use admin::{create_key, delete_key, events, healthz, keys, metrics, reject_key};
-pub use hints::{accept_hint, add_hint, preview, reject_hint};
-pub use training::{activate, pause, resume, steps, training, update_training, versions};
-pub use turns::{feedback, first_answers, inspect, queue, session, sessions, turn};
 
 /// Longest hint or correction, in characters.
 const MAX_TEXT_CHARS: usize = 4000;
 
 /// `?limit=&offset=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// How many, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
+}
+
+/// `?limit=`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Limit {
+    /// How many, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+impl Limit {
+    fn get(&self) -> ApiResult<i64> {
+        Page {
+            limit: self.limit,
+            offset: None,
+        }
+        .limit()
+    }
 }
 
 impl Page {

@@ -7,9 +7,10 @@ use clawrl_loop::TrainingSettings;
 use clawrl_objective::{Method, SelectionMode, Support};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::Page;
-use crate::error::{ApiJson, ApiPath as Path, ApiQuery as Query, ApiResult};
+use super::Limit;
+use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ApiResult, ErrorBody};
 use crate::state::Shared;
 
 async fn training_status(s: &Shared) -> ApiResult<Value> {
@@ -25,31 +26,73 @@ async fn training_status(s: &Shared) -> ApiResult<Value> {
 }
 
 /// `GET /studio/training`.
+#[utoipa::path(
+    get,
+    path = "/studio/training",
+    tag = "annotate",
+    summary = "Training settings and status.",
+    responses(
+        (status = 200, description = "{settings, policy_version, pending_samples, unjudged, samples, steps}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn training(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     Ok(Json(training_status(&s).await?))
 }
 
-/// A partial update of the training settings.
-#[derive(Deserialize)]
+/// A partial update of the training settings (DESIGN.md §2 names each); absent or `null`
+/// fields keep their value.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
+    /// Samples per training step.
+    #[schema(minimum = 1, maximum = 1024)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
     batch_size: Option<usize>,
     method: Option<Method>,
     selection: Option<SelectionMode>,
+    /// k of the top-k OPD term.
+    #[schema(minimum = 1, maximum = 20)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
     top_k: Option<usize>,
+    /// Learning rate.
+    #[schema(exclusive_minimum = 0.0)]
     lr: Option<f64>,
+    #[schema(minimum = 0.0)]
     weight_decay: Option<f64>,
+    #[schema(minimum = 0.0)]
     max_grad_norm: Option<f64>,
+    /// The clip of the teacher–student log-prob gap Δ.
+    #[schema(exclusive_minimum = 0.0)]
     delta_clip: Option<f64>,
+    /// ε_lo of the clipped ratio, below 1.
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     eps_lo: Option<f64>,
+    /// ε_hi of the clipped ratio.
+    #[schema(minimum = 0.0)]
     eps_hi: Option<f64>,
+    /// Weight of the RL term.
+    #[schema(minimum = 0.0)]
     w_rl: Option<f64>,
+    /// Weight of the OPD term.
+    #[schema(minimum = 0.0)]
     w_opd: Option<f64>,
+    /// β of the KL to the base.
+    #[schema(minimum = 0.0)]
     beta: Option<f64>,
+    /// Narrow the OPD support to the student's top-k (with `support: student` only).
     intersect_support: Option<bool>,
     support: Option<Support>,
+    /// λ of the forward-KL term.
+    #[schema(minimum = 0.0)]
     w_fkl: Option<f64>,
+    /// Weight of the retry term.
+    #[schema(minimum = 0.0)]
     w_retry: Option<f64>,
+    /// Passes over each batch.
+    #[schema(minimum = 1, maximum = 16)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
     epochs: Option<usize>,
     paused: Option<bool>,
 }
@@ -85,11 +128,35 @@ impl SettingsPatch {
 }
 
 /// `POST /studio/training/settings`: change method and hyper-parameters while the server runs.
+#[utoipa::path(
+    post,
+    path = "/studio/training/settings",
+    tag = "own",
+    summary = "Change the method and hyper-parameters (a partial settings object).",
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "The training status, as GET /studio/training.", body = Object),
+        (status = 409, description = "The change conflicts with the current settings.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn update_training(
     State(s): State<Shared>,
     ApiJson(patch): ApiJson<SettingsPatch>,
 ) -> ApiResult<Json<Value>> {
-    s.lp.set_settings(patch.apply(s.lp.settings()))?;
+    // A patch that contradicts itself is invalid (400); one that contradicts what is set now
+    // conflicts with the state (409): the same patch may succeed after another change.
+    let contradicts_itself = patch.intersect_support == Some(true)
+        && patch.support.is_some_and(|x| x != Support::Student);
+    s.lp.set_settings(patch.apply(s.lp.settings()))
+        .map_err(|e| match e {
+            clawrl_loop::Error::Invalid {
+                param: Some("intersect_support"),
+                message,
+            } if !contradicts_itself => ApiError::conflict(message),
+            other => other.into(),
+        })?;
     Ok(Json(training_status(&s).await?))
 }
 
@@ -101,35 +168,80 @@ async fn set_paused(s: &Shared, paused: bool) -> ApiResult<Json<Value>> {
 }
 
 /// `POST /studio/training/pause`.
+#[utoipa::path(
+    post,
+    path = "/studio/training/pause",
+    tag = "own",
+    summary = "Pause training.",
+    responses(
+        (status = 200, description = "The training status.", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn pause(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     set_paused(&s, true).await
 }
 
 /// `POST /studio/training/resume`.
+#[utoipa::path(
+    post,
+    path = "/studio/training/resume",
+    tag = "own",
+    summary = "Resume training.",
+    responses(
+        (status = 200, description = "The training status.", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn resume(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     set_paused(&s, false).await
 }
 
 /// `?after=` (a step row id) and `?limit=`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct After {
+    /// Only steps after this row id (default 0: from the first).
     after: Option<i64>,
+    /// How many, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// `GET /studio/steps`: training steps with their metrics, oldest first.
+#[utoipa::path(
+    get,
+    path = "/studio/steps",
+    tag = "annotate",
+    summary = "Training steps with their metrics, oldest first.",
+    params(After),
+    responses(
+        (status = 200, description = "{steps: [...]}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn steps(State(s): State<Shared>, Query(q): Query<After>) -> ApiResult<Json<Value>> {
-    let limit = Page {
-        limit: q.limit,
-        offset: None,
-    }
-    .limit()?;
+    let limit = Limit { limit: q.limit }.get()?;
     Ok(Json(
         json!({ "steps": s.lp.store.steps(q.after.unwrap_or(0), limit).await? }),
     ))
 }
 
 /// `GET /studio/versions`.
+#[utoipa::path(
+    get,
+    path = "/studio/versions",
+    tag = "annotate",
+    summary = "Policy versions and the active one.",
+    responses(
+        (status = 200, description = "{versions: [...], active}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn versions(State(s): State<Shared>) -> ApiResult<Json<Value>> {
     let active = s.lp.live().version;
     let list: Vec<Value> =
@@ -151,6 +263,20 @@ pub async fn versions(State(s): State<Shared>) -> ApiResult<Json<Value>> {
 
 /// `POST /studio/versions/{v}/activate`: serve an earlier version (roll back) and continue
 /// training from it.
+#[utoipa::path(
+    post,
+    path = "/studio/versions/{v}/activate",
+    tag = "own",
+    summary = "Serve an earlier version (roll back) and train on from it.",
+    params(("v" = i64, Path, description = "The policy version.")),
+    responses(
+        (status = 200, description = "{active}", body = Object),
+        (status = 404, description = "No such version.", body = ErrorBody),
+        (status = 409, description = "The version cannot be served now (its checkpoint is missing, or a step is publishing).", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn activate(State(s): State<Shared>, Path(v): Path<i64>) -> ApiResult<Json<Value>> {
     s.lp.activate(v).await?;
     Ok(Json(json!({ "active": v })))

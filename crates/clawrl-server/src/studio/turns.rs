@@ -7,17 +7,30 @@ use axum::{Extension, Json};
 use clawrl_store::HintStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use clawrl_loop::pair;
 use clawrl_loop::sample::trainable_turn;
 use clawrl_loop::select::analyse;
 
-use super::{MAX_TEXT_CHARS, Page};
+use super::{Limit, MAX_TEXT_CHARS, Page};
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ApiResult, ErrorBody};
 use crate::state::Shared;
 
 /// `GET /studio/sessions`.
+#[utoipa::path(
+    get,
+    path = "/studio/sessions",
+    tag = "annotate",
+    summary = "Sessions, most recent first.",
+    params(Page),
+    responses(
+        (status = 200, description = "{sessions: [...]}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn sessions(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
     let list = s.lp.store.sessions(p.limit()?, p.offset()?).await?;
     Ok(Json(json!({ "sessions": list })))
@@ -25,16 +38,41 @@ pub async fn sessions(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResu
 
 /// `GET /studio/first-answers?limit=`: how each recent session's first answer was judged,
 /// oldest first — whether the assistant now answers as its users want without being told.
+#[utoipa::path(
+    get,
+    path = "/studio/first-answers",
+    tag = "annotate",
+    summary = "Each recent session's first answer and its reward r_t, oldest first.",
+    params(Limit),
+    responses(
+        (status = 200, description = "{sessions: [...]}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn first_answers(
     State(s): State<Shared>,
-    Query(p): Query<Page>,
+    Query(p): Query<Limit>,
 ) -> ApiResult<Json<Value>> {
-    let list = s.lp.store.first_answers(p.limit()?).await?;
+    let list = s.lp.store.first_answers(p.get()?).await?;
     Ok(Json(json!({ "sessions": list })))
 }
 
 /// `GET /studio/sessions/{id}`: the session (a rollout's with its group and outcome) and its
 /// turns with their next states, votes and advantage (without per-token data).
+#[utoipa::path(
+    get,
+    path = "/studio/sessions/{id}",
+    tag = "annotate",
+    summary = "A session with its turns, next states, votes and advantages.",
+    params(("id" = String, Path, description = "The session id.")),
+    responses(
+        (status = 200, description = "{session, turns: [...]}", body = Object),
+        (status = 404, description = "No such session.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn session(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let session = s.lp.store.session(&id).await?;
     let mut turns = Vec::new();
@@ -60,6 +98,19 @@ pub async fn session(State(s): State<Shared>, Path(id): Path<String>) -> ApiResu
 }
 
 /// `GET /studio/turns/{id}`: a turn with its tokens, next states, votes, hints and samples.
+#[utoipa::path(
+    get,
+    path = "/studio/turns/{id}",
+    tag = "annotate",
+    summary = "A turn: tokens with log-probs and the student top-k, next states, votes, hints, samples.",
+    params(("id" = i64, Path, description = "The turn id.")),
+    responses(
+        (status = 200, description = "{turn, tokens, advantage, next_states, votes, hints, samples}", body = Object),
+        (status = 404, description = "No such turn.", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn turn(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let t = s.lp.store.turn(id).await?;
     let tok = &s.lp.model.tokenizer;
@@ -113,6 +164,20 @@ pub async fn turn(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Jso
 
 /// `GET /studio/turns/{id}/inspect`: the student's and each candidate hint's teacher top-k per
 /// token, O[h,i] and Δ under the live policy, and the selection's choice.
+#[utoipa::path(
+    get,
+    path = "/studio/turns/{id}/inspect",
+    tag = "annotate",
+    summary = "Per token: the student top-k, the teacher top-k under each candidate hint, O[h,i], Δ and the selection.",
+    params(("id" = i64, Path, description = "The turn id.")),
+    responses(
+        (status = 200, description = "{turn_id, advantage, hint_ids, analysis}", body = Object),
+        (status = 404, description = "No such turn.", body = ErrorBody),
+        (status = 409, description = "The turn cannot be trained on (a side turn).", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn inspect(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let t = s.lp.store.turn(id).await?;
     let hints: Vec<_> =
@@ -139,19 +204,46 @@ pub async fn inspect(State(s): State<Shared>, Path(id): Path<i64>) -> ApiResult<
     })))
 }
 
-/// Explicit feedback.
-#[derive(Deserialize)]
+/// Explicit feedback: a thumb, a correction, or both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
     /// 1 (👍) or −1 (👎).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    #[schema(schema_with = thumb_schema)]
     thumb: Option<i8>,
-    /// What the answer should have been or done.
+    /// What the answer should have been or done (at most 4000 characters; blank is none).
     #[serde(default)]
+    #[schema(max_length = 4000)]
     correction: Option<String>,
 }
 
+/// `thumb`: 1, −1 or null.
+fn thumb_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
+        .enum_values(Some([Some(1), Some(-1), None]))
+        .description(Some("1 (👍) or −1 (👎)."))
+        .build()
+}
+
 /// `POST /studio/turns/{id}/feedback`: a thumb and/or a correction, judged like a next state.
+#[utoipa::path(
+    post,
+    path = "/studio/turns/{id}/feedback",
+    tag = "annotate",
+    summary = "A thumb and/or a correction, judged as the turn's next state.",
+    params(("id" = i64, Path, description = "The turn id.")),
+    request_body = FeedbackBody,
+    responses(
+        (status = 201, description = "{turn_id, next_state_id}", body = Object),
+        (status = 404, description = "No such turn.", body = ErrorBody),
+        (status = 409, description = "The turn cannot be trained on (a side turn).", body = ErrorBody),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
 pub async fn feedback(
     State(s): State<Shared>,
     Extension(caller): Extension<Caller>,
@@ -164,16 +256,20 @@ pub async fn feedback(
     {
         return Err(ApiError::invalid_param("thumb", "thumb must be 1 or -1"));
     }
-    let correction = match b.correction.as_deref().map(str::trim) {
-        Some("") | None => None,
-        Some(c) if c.chars().count() > MAX_TEXT_CHARS => {
-            return Err(ApiError::invalid_param(
-                "correction",
-                format!("a correction must be at most {MAX_TEXT_CHARS} characters"),
-            ));
-        }
-        Some(c) => Some(c.to_string()),
-    };
+    if b.correction
+        .as_deref()
+        .is_some_and(|c| c.chars().count() > MAX_TEXT_CHARS)
+    {
+        return Err(ApiError::invalid_param(
+            "correction",
+            format!("a correction must be at most {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    let correction = b
+        .correction
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
     if b.thumb.is_none() && correction.is_none() {
         return Err(ApiError::invalid(
             "feedback needs a thumb (1 or -1) or a correction",
@@ -184,7 +280,7 @@ pub async fn feedback(
         &s.lp,
         id,
         b.thumb,
-        correction.as_deref(),
+        correction,
         (&caller.name, caller.key_id),
     )
     .await?;
@@ -195,9 +291,21 @@ pub async fn feedback(
 }
 
 /// `GET /studio/queue`: judged turns, newest first, with votes and hints (the annotation queue).
-pub async fn queue(State(s): State<Shared>, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/studio/queue",
+    tag = "annotate",
+    summary = "Judged turns with their votes and hints (the annotation queue), newest first.",
+    params(Limit),
+    responses(
+        (status = 200, description = "{queue: [...]}", body = Object),
+        (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn queue(State(s): State<Shared>, Query(p): Query<Limit>) -> ApiResult<Json<Value>> {
     let mut items = Vec::new();
-    for t in s.lp.store.judged_turns(p.limit()?).await? {
+    for t in s.lp.store.judged_turns(p.get()?).await? {
         items.push(json!({
             "turn_id": t.id,
             "session_id": t.session_id,
