@@ -83,6 +83,8 @@ struct GenerateReport {
     threads: usize,
     runs: usize,
     simd: bool,
+    /// Where the model ran (`--device`): `cpu`, or `gpu: <adapter>`.
+    device: String,
 }
 
 pub(crate) fn run(cmd: BenchCmd, model: Model, threads: usize) -> Result<()> {
@@ -166,13 +168,14 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         threads,
         runs: b.runs,
         simd: clawrl_model::simd_enabled(),
+        device: model.device(),
     };
     if b.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MB ({} threads)",
-            report.prefill_tok_s, report.decode_tok_s, report.rss_mb, threads
+            "prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MB ({} threads, {})",
+            report.prefill_tok_s, report.decode_tok_s, report.rss_mb, threads, report.device
         );
     }
     Ok(())
@@ -185,6 +188,11 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
     if b.samples == 0 || b.tokens <= TRAIN_PROMPT_TOKENS || b.steps == 0 || b.rank == 0 {
         bail!(
             "--samples, --steps and --rank must be at least 1 and --tokens above {TRAIN_PROMPT_TOKENS}"
+        );
+    }
+    if model.device() != "cpu" {
+        eprintln!(
+            "note: training runs on the CPU; the GPU backend serves and scores only (so far)"
         );
     }
     let text = prompt_of(model, b.tokens + TRAIN_PROMPT_TOKENS)?;

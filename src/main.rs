@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use clawrl_model::{FetchProgress, Model};
+use clawrl_model::{Device, FetchProgress, Model};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// ClawRL Studio: a personal assistant that learns by being used (OpenClaw-RL on a laptop).
@@ -24,6 +24,12 @@ struct Cli {
     /// tokenizer.json). Default: the embedded SmolLM2-135M-Instruct, fetched on first use.
     #[arg(long, global = true, env = "CLAWRL_MODEL", value_name = "PATH")]
     model: Option<PathBuf>,
+
+    /// Where the model runs: auto (a real GPU when wgpu finds one, else the CPU), cpu, or gpu
+    /// (any adapter, software ones such as lavapipe included; an error when there is none).
+    /// Training stays on the CPU.
+    #[arg(long, global = true, env = "CLAWRL_DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
+    device: String,
 
     /// Compute threads (default: all cores).
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -103,8 +109,15 @@ enum DemoCmd {
 }
 
 fn main() {
-    // SAFETY: the first statement of main, before any other thread exists.
-    unsafe { clawrl_trainer::keep_candle_on_the_calling_thread() };
+    // SAFETY: the first statements of main, before any other thread exists.
+    unsafe {
+        clawrl_trainer::keep_candle_on_the_calling_thread();
+        // Mesa's implicit Vulkan layer that orders GPUs opens a Wayland/X connection just to
+        // do so, printing an error on headless machines; the adapter is chosen here anyway.
+        if std::env::var_os("NODEVICE_SELECT").is_none() {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = run(cli) {
@@ -123,7 +136,10 @@ fn run(cli: Cli) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("starting the compute threads")?;
-    let model = ModelSource { path: cli.model };
+    let model = ModelSource {
+        path: cli.model,
+        device: cli.device.parse()?,
+    };
     match cli.command {
         Command::Model(c) => cmd::model(c, &model),
         Command::Chat(a) => cmd::chat(a, &model.load()?),
@@ -167,9 +183,10 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The model the user chose, loaded on demand.
+/// The model the user chose, loaded on demand onto the device they chose.
 pub(crate) struct ModelSource {
     path: Option<PathBuf>,
+    device: Device,
 }
 
 impl ModelSource {
@@ -181,10 +198,13 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model.
+    /// Loads the model and moves it to the chosen device.
     pub(crate) fn load(&self) -> Result<Model> {
         let path = self.path()?;
-        Model::load(&path).with_context(|| format!("loading {}", path.display()))
+        let mut m = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let on = m.set_device(self.device)?;
+        tracing::info!(device = %on, "model placed");
+        Ok(m)
     }
 }
 

@@ -3,11 +3,14 @@
 //! Small and model-agnostic, in the spirit of candle-core: block-quantized formats
 //! bit-compatible with ggml ([`quant`]), SIMD dot products chosen at run time ([`dot`]),
 //! weight matrices that multiply in their stored format ([`matmul`]), and the element-wise,
-//! rotary and attention kernels of a Llama-family transformer ([`ops`]).
+//! rotary and attention kernels of a Llama-family transformer ([`ops`]), and the seam a
+//! forward pass calls them through on any device ([`backend`]).
 
+pub mod backend;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod quant;
 
-pub use matmul::{QMatrix, ShapeError, Storage};
+pub use backend::{Backend, Cpu};
+pub use matmul::{GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};

@@ -18,8 +18,9 @@ use crate::quant::{
 
 /// Rows of a quantized matrix dequantized at once by one thread in prefill.
 const PANEL_ROWS: usize = 64;
-/// From this many tokens on, prefill uses the dequantize-and-GEMM path.
-const GEMM_MIN_TOKENS: usize = 4;
+/// From this many tokens on, prefill uses the dequantize-and-GEMM path (f32 activations);
+/// below it, a quantized matrix meets 8-bit activations (every backend does the same).
+pub const GEMM_MIN_TOKENS: usize = 4;
 
 /// How a matrix's values are stored.
 #[derive(Clone, Debug)]

@@ -107,6 +107,22 @@ impl Rope {
         self.max_positions
     }
 
+    /// Dimensions rotated per head.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Which dimensions are paired.
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    /// The cosine and sine tables, `max_positions × dim/2` each, row-major: entry
+    /// `(p, j)` is of the angle `p · θ^(−2j/dim)`.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates `x`, rows of `heads × head_dim` values at positions `pos0, pos0 + 1, …`.
     ///
     /// # Panics

@@ -1,6 +1,8 @@
 //! LoRA adapters on the serving model: `y = W x + (α/r)·B(A x)` on top of the quantized base,
 //! so a newly trained adapter is published without reloading or copying the base.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use clawrl_kernels::{QMatrix, Storage};
 use rayon::prelude::*;
 
@@ -82,11 +84,12 @@ impl Target {
     }
 }
 
-/// One adapted projection: A (`r × in`) and B (`out × r`).
+/// One adapted projection: A (`r × in`) and B (`out × r`), as host matrices or, on a GPU,
+/// as device ones (`M`).
 #[derive(Clone, Debug)]
-pub struct LoraWeights {
-    a: QMatrix,
-    b: QMatrix,
+pub struct LoraWeights<M = QMatrix> {
+    pub(crate) a: M,
+    pub(crate) b: M,
 }
 
 impl LoraWeights {
@@ -99,27 +102,23 @@ impl LoraWeights {
             b: QMatrix::new(output, rank, Storage::F32(b)).map_err(bad)?,
         })
     }
-
-    /// Adds `scale · B(A x)` to `y` for `t` rows.
-    fn apply(&self, x: &[f32], t: usize, scale: f32, y: &mut [f32]) {
-        let mut ax = vec![0.0; t * self.a.rows()];
-        self.a.matmul(x, t, &mut ax);
-        let mut bax = vec![0.0; y.len()];
-        self.b.matmul(&ax, t, &mut bax);
-        for (o, d) in y.iter_mut().zip(&bax) {
-            *o += scale * d;
-        }
-    }
 }
 
-/// An immutable adapter snapshot, as the trainer publishes it.
+/// Source of [`LoraAdapter::id`]s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An immutable adapter snapshot, as the trainer publishes it; `M` is where its matrices
+/// live (host [`QMatrix`], or a GPU's copy made once per snapshot).
 #[derive(Clone, Debug)]
-pub struct LoraAdapter {
+pub struct LoraAdapter<M = QMatrix> {
     /// Policy version it belongs to.
     pub version: u64,
     /// α / r.
     pub scale: f32,
-    blocks: Vec<[Option<LoraWeights>; 7]>,
+    /// Identifies these exact weights (a clone keeps it, a change gets a new one): a device
+    /// copy is made once per id.
+    id: u64,
+    blocks: Vec<[Option<LoraWeights<M>>; 7]>,
 }
 
 impl LoraAdapter {
@@ -128,6 +127,7 @@ impl LoraAdapter {
         Self {
             version,
             scale,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             blocks: (0..layers).map(|_| Default::default()).collect(),
         }
     }
@@ -138,12 +138,29 @@ impl LoraAdapter {
             Error::InvalidArgument(format!("LoRA block {layer} is beyond the model"))
         })?;
         slot[target.index()] = Some(w);
+        self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Blocks the adapter spans.
-    pub fn layers(&self) -> usize {
-        self.blocks.len()
+    /// The same adapter with every matrix mapped by `f` (uploaded to a device).
+    pub(crate) fn map<N>(&self, mut f: impl FnMut(&QMatrix) -> N) -> LoraAdapter<N> {
+        LoraAdapter {
+            version: self.version,
+            scale: self.scale,
+            id: self.id,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| {
+                    b.each_ref().map(|w| {
+                        w.as_ref().map(|w| LoraWeights {
+                            a: f(&w.a),
+                            b: f(&w.b),
+                        })
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Checks every wrapped projection against the base matrix it wraps.
@@ -198,14 +215,21 @@ impl LoraAdapter {
             });
         Some(delta)
     }
+}
 
-    pub(crate) fn apply(&self, layer: usize, target: Target, x: &[f32], t: usize, y: &mut [f32]) {
-        if let Some(w) = self
-            .blocks
-            .get(layer)
-            .and_then(|b| b[target.index()].as_ref())
-        {
-            w.apply(x, t, self.scale, y);
-        }
+impl<M> LoraAdapter<M> {
+    /// Blocks the adapter spans.
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Identifies these exact weights: equal ids, equal weights.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The A and B wrapping projection `target` of block `layer`, if any.
+    pub(crate) fn pair(&self, layer: usize, target: Target) -> Option<&LoraWeights<M>> {
+        self.blocks.get(layer)?[target.index()].as_ref()
     }
 }

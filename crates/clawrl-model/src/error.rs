@@ -51,6 +51,9 @@ pub enum Error {
     /// Fetching the embedded model failed.
     #[error("fetching the embedded model: {0}")]
     Fetch(String),
+    /// `--device gpu` and no GPU could be opened.
+    #[error("{0} (run with --device cpu or auto to use the CPU)")]
+    Gpu(String),
 }
 
 /// The engine's result type.

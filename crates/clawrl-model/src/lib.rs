@@ -16,6 +16,7 @@
 mod adapter;
 mod config;
 mod constrain;
+mod device;
 mod error;
 mod export;
 pub mod fetch;
@@ -38,6 +39,7 @@ pub use clawrl_kernels::ops::RopeStyle;
 pub use clawrl_kernels::{QMatrix, Storage};
 pub use config::{Arch, ModelConfig};
 pub use constrain::Grammar;
+pub use device::Device;
 pub use error::{Error, Result};
 pub use export::{ExportSummary, MergedType, merge_to_gguf};
 pub use fetch::{FetchProgress, SMOLLM2_135M};

@@ -1,7 +1,7 @@
 //! The transformer: weights, KV cache and the forward pass.
 
-use clawrl_kernels::QMatrix;
-use clawrl_kernels::ops::{self, AttnShape, Rope};
+use clawrl_kernels::ops::{AttnShape, Rope};
+use clawrl_kernels::{Backend, Cpu, QMatrix};
 use tracing::trace_span;
 
 use crate::adapter::{LoraAdapter, Target};
@@ -13,31 +13,67 @@ use crate::tokenizer::Tokenizer;
 /// Prefill runs in chunks of this many tokens to bound the activations' memory.
 const PREFILL_CHUNK: usize = 512;
 
-/// The weights of one transformer block.
+/// The weights of one transformer block: matrices `M` and vectors `V` on the host
+/// ([`QMatrix`], `Vec<f32>`) or on a device (a [`Backend`]'s matrix and tensor).
 #[derive(Clone, Debug)]
-pub struct Block {
+pub struct Block<M = QMatrix, V = Vec<f32>> {
     /// RMSNorm before attention.
-    pub attn_norm: Vec<f32>,
+    pub attn_norm: V,
     /// Query projection (`q_dim × hidden`).
-    pub wq: QMatrix,
+    pub wq: M,
     /// Key projection (`kv_dim × hidden`).
-    pub wk: QMatrix,
+    pub wk: M,
     /// Value projection (`kv_dim × hidden`).
-    pub wv: QMatrix,
+    pub wv: M,
     /// Output projection (`hidden × q_dim`).
-    pub wo: QMatrix,
+    pub wo: M,
     /// Query/key/value biases (Qwen2).
-    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    pub qkv_bias: Option<[V; 3]>,
     /// Per-head RMSNorm of queries and keys (Qwen3).
-    pub qk_norm: Option<[Vec<f32>; 2]>,
+    pub qk_norm: Option<[V; 2]>,
     /// RMSNorm before the MLP.
-    pub ffn_norm: Vec<f32>,
+    pub ffn_norm: V,
     /// SwiGLU gate (`intermediate × hidden`).
-    pub gate: QMatrix,
+    pub gate: M,
     /// SwiGLU up (`intermediate × hidden`).
-    pub up: QMatrix,
+    pub up: M,
     /// SwiGLU down (`hidden × intermediate`).
-    pub down: QMatrix,
+    pub down: M,
+}
+
+impl<M, V> Block<M, V> {
+    /// The same block with every matrix mapped by `fm` and every vector by `fv` (uploaded).
+    pub fn map<N, W>(
+        &self,
+        fm: &mut impl FnMut(&M) -> N,
+        fv: &mut impl FnMut(&V) -> W,
+    ) -> Block<N, W> {
+        Block {
+            attn_norm: fv(&self.attn_norm),
+            wq: fm(&self.wq),
+            wk: fm(&self.wk),
+            wv: fm(&self.wv),
+            wo: fm(&self.wo),
+            qkv_bias: self.qkv_bias.as_ref().map(|b| b.each_ref().map(&mut *fv)),
+            qk_norm: self.qk_norm.as_ref().map(|n| n.each_ref().map(&mut *fv)),
+            ffn_norm: fv(&self.ffn_norm),
+            gate: fm(&self.gate),
+            up: fm(&self.up),
+            down: fm(&self.down),
+        }
+    }
+
+    fn projection(&self, t: Target) -> &M {
+        match t {
+            Target::Q => &self.wq,
+            Target::K => &self.wk,
+            Target::V => &self.wv,
+            Target::O => &self.wo,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
 }
 
 impl Block {
@@ -68,25 +104,58 @@ impl Block {
     }
 }
 
-/// All weights of a model.
+/// All weights of a model, on the host (the defaults) or on a device.
 #[derive(Clone, Debug)]
-pub struct Weights {
+pub struct Weights<M = QMatrix, V = Vec<f32>> {
     /// Token embedding (`vocab × hidden`).
-    pub embed: QMatrix,
+    pub embed: M,
     /// The blocks, first to last.
-    pub blocks: Vec<Block>,
+    pub blocks: Vec<Block<M, V>>,
     /// Final RMSNorm.
-    pub norm: Vec<f32>,
+    pub norm: V,
     /// Output projection (`vocab × hidden`); `None` when tied to the embedding.
-    pub output: Option<QMatrix>,
+    pub output: Option<M>,
 }
 
-/// Keys and values of the positions seen so far, per block.
-#[derive(Clone, Debug, Default)]
+impl<M, V> Weights<M, V> {
+    /// The same weights with every matrix mapped by `fm` and every vector by `fv` (uploaded
+    /// once to a device).
+    pub fn map<N, W>(
+        &self,
+        mut fm: impl FnMut(&M) -> N,
+        mut fv: impl FnMut(&V) -> W,
+    ) -> Weights<N, W> {
+        Weights {
+            embed: fm(&self.embed),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.map(&mut fm, &mut fv))
+                .collect(),
+            norm: fv(&self.norm),
+            output: self.output.as_ref().map(fm),
+        }
+    }
+
+    /// The output projection: its own, or the embedding when tied.
+    fn head(&self) -> &M {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+/// Keys and values of the positions seen so far, per block, where the model runs.
+#[derive(Clone, Debug)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    layers: Layers,
     len: usize,
+}
+
+/// Each block's `[keys, values]`, in host memory or in a GPU's.
+#[derive(Clone, Debug)]
+enum Layers {
+    Cpu(Vec<[Vec<f32>; 2]>),
+    #[cfg(feature = "gpu")]
+    Gpu(Vec<[clawrl_gpu::GpuCache; 2]>),
 }
 
 impl KvCache {
@@ -135,13 +204,16 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Chat template.
     pub template: ChatTemplate,
-    rope: Rope,
+    pub(crate) rope: Rope,
     /// Where the model came from, for display.
     pub source: String,
     /// Temperature and top-p for requests that name none.
     pub sampling: crate::SamplingDefaults,
     /// llguidance's view of the vocabulary, built on the first constrained generation.
     pub(crate) constraints: crate::constrain::Constraints,
+    /// The copy on a GPU, when the model runs there ([`Model::set_device`]).
+    #[cfg(feature = "gpu")]
+    pub(crate) gpu: Option<crate::device::GpuEngine>,
 }
 
 impl std::fmt::Debug for Model {
@@ -190,14 +262,24 @@ impl Model {
             sampling: crate::SamplingDefaults::for_name(&source),
             source,
             constraints: crate::constrain::Constraints::new(),
+            #[cfg(feature = "gpu")]
+            gpu: None,
         })
     }
 
-    /// An empty KV cache for this model.
+    /// An empty KV cache for this model, on the device it runs on.
     pub fn new_cache(&self) -> KvCache {
+        let n = self.config.layers;
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            let be = &g.backend;
+            return KvCache {
+                layers: Layers::Gpu((0..n).map(|_| [be.new_cache(), be.new_cache()]).collect()),
+                len: 0,
+            };
+        }
         KvCache {
-            k: vec![Vec::new(); self.config.layers],
-            v: vec![Vec::new(); self.config.layers],
+            layers: Layers::Cpu(vec![[Vec::new(), Vec::new()]; n]),
             len: 0,
         }
     }
@@ -270,20 +352,60 @@ impl Model {
         if let Some(a) = adapter {
             self.check_adapter(a)?;
         }
+        let pos = &mut cache.len;
+        match &mut cache.layers {
+            Layers::Cpu(layers) => {
+                let cpu = Cpu { rope: &self.rope };
+                Ok(self.run(&cpu, &self.weights, layers, pos, tokens, n_logits, adapter))
+            }
+            #[cfg(feature = "gpu")]
+            Layers::Gpu(layers) => {
+                let g = self.gpu.as_ref().ok_or_else(|| {
+                    Error::InvalidArgument("a GPU KV cache given to a model on the CPU".into())
+                })?;
+                let adapter = adapter.map(|a| g.adapter(a));
+                Ok(self.run(
+                    &g.backend,
+                    &g.weights,
+                    layers,
+                    pos,
+                    tokens,
+                    n_logits,
+                    adapter.as_deref(),
+                ))
+            }
+        }
+    }
+
+    /// The forward pass on backend `be` with weights `w` there: prefill in chunks, then the
+    /// logits of the last `n_logits` tokens (`n_logits × vocab`, on the host).
+    #[allow(clippy::too_many_arguments)]
+    fn run<B: Backend>(
+        &self,
+        be: &B,
+        w: &Weights<B::Matrix, B::Tensor>,
+        layers: &mut [[B::Cache; 2]],
+        pos: &mut usize,
+        tokens: &[u32],
+        n_logits: usize,
+        adapter: Option<&LoraAdapter<B::Matrix>>,
+    ) -> Vec<f32> {
         let hidden = self.config.hidden;
-        let mut last = Vec::with_capacity(n_logits * hidden);
+        let mut logits = Vec::with_capacity(n_logits * self.config.vocab_size);
         let first_kept = tokens.len() - n_logits;
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_CHUNK).min(tokens.len());
-            let x = self.forward_chunk(&tokens[start..end], cache, adapter);
+            let x = self.forward_chunk(be, w, &tokens[start..end], layers, *pos, adapter);
+            *pos += end - start;
             if end > first_kept {
                 let from = first_kept.saturating_sub(start);
-                last.extend_from_slice(&x[from * hidden..]);
+                let kept = be.slice(&x, from * hidden, (end - start - from) * hidden);
+                logits.extend(self.logits(be, w, &kept, end - start - from));
             }
             start = end;
         }
-        Ok(self.logits(&last, n_logits))
+        logits
     }
 
     fn check_adapter(&self, a: &LoraAdapter) -> Result<()> {
@@ -302,83 +424,101 @@ impl Model {
         Ok(())
     }
 
-    /// Final norm and output projection of `n` residual rows.
-    fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// Final norm and output projection of `n` residual rows (`n × vocab`, on the host).
+    fn logits<B: Backend>(
+        &self,
+        be: &B,
+        w: &Weights<B::Matrix, B::Tensor>,
+        x: &B::Tensor,
+        n: usize,
+    ) -> Vec<f32> {
         let _span = trace_span!("logits", n).entered();
-        let mut h = vec![0.0; x.len()];
-        ops::rms_norm(x, &self.weights.norm, self.config.rms_eps, &mut h);
-        let out = self.weights.output.as_ref().unwrap_or(&self.weights.embed);
-        let mut logits = vec![0.0; n * self.config.vocab_size];
-        out.matmul(&h, n, &mut logits);
-        logits
+        let mut h = be.zeros(n * self.config.hidden);
+        be.rms_norm(x, &w.norm, self.config.rms_eps, &mut h);
+        let mut logits = be.zeros(n * self.config.vocab_size);
+        be.matmul(w.head(), &h, n, &mut logits);
+        be.download(&logits)
     }
 
-    /// The residual stream after all blocks for `tokens` (`t × hidden`), extending `cache`.
-    fn forward_chunk(
+    /// The residual stream after all blocks for `tokens` at positions `pos0…` (`t × hidden`),
+    /// appending their keys and values to `layers`. Written once for every [`Backend`].
+    fn forward_chunk<B: Backend>(
         &self,
+        be: &B,
+        w: &Weights<B::Matrix, B::Tensor>,
         tokens: &[u32],
-        cache: &mut KvCache,
-        adapter: Option<&LoraAdapter>,
-    ) -> Vec<f32> {
+        layers: &mut [[B::Cache; 2]],
+        pos0: usize,
+        adapter: Option<&LoraAdapter<B::Matrix>>,
+    ) -> B::Tensor {
         let c = &self.config;
         let t = tokens.len();
-        let pos0 = cache.len;
         let (hidden, q_dim, kv_dim) = (c.hidden, c.q_dim(), c.kv_dim());
-        let mut x = vec![0.0; t * hidden];
-        for (row, &tok) in x.chunks_exact_mut(hidden).zip(tokens) {
+        // The embedding rows are gathered on the host: t rows, not a vocabulary's worth.
+        let mut rows = vec![0.0; t * hidden];
+        for (row, &tok) in rows.chunks_exact_mut(hidden).zip(tokens) {
             self.weights.embed.dequantize_rows(tok as usize, row);
         }
-        let mut h = vec![0.0; t * hidden];
-        let mut q = vec![0.0; t * q_dim];
-        let mut k = vec![0.0; t * kv_dim];
-        let mut v = vec![0.0; t * kv_dim];
-        let mut attn = vec![0.0; t * q_dim];
-        let mut proj = vec![0.0; t * hidden];
-        let mut gate = vec![0.0; t * c.intermediate];
-        let mut up = vec![0.0; t * c.intermediate];
+        let mut x = be.upload(&rows);
+        let mut h = be.zeros(t * hidden);
+        let mut q = be.zeros(t * q_dim);
+        let mut k = be.zeros(t * kv_dim);
+        let mut v = be.zeros(t * kv_dim);
+        let mut attn = be.zeros(t * q_dim);
+        let mut proj = be.zeros(t * hidden);
+        let mut gate = be.zeros(t * c.intermediate);
+        let mut up = be.zeros(t * c.intermediate);
         let shape = AttnShape {
             heads: c.heads,
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
         };
         // y = W x, plus the adapter's (α/r)·B(A x) where it wraps this projection.
-        let project = |l: usize, target: Target, w: &QMatrix, x: &[f32], y: &mut [f32]| {
-            w.matmul(x, t, y);
-            if let Some(a) = adapter {
-                a.apply(l, target, x, t, y);
+        let project = |l: usize,
+                       target: Target,
+                       b: &Block<B::Matrix, B::Tensor>,
+                       x: &B::Tensor,
+                       y: &mut B::Tensor| {
+            be.matmul(b.projection(target), x, t, y);
+            if let Some(a) = adapter
+                && let Some(p) = a.pair(l, target)
+            {
+                be.lora(&p.a, &p.b, a.scale, x, t, y);
             }
         };
-        for (l, b) in self.weights.blocks.iter().enumerate() {
+        for (l, (b, [k_cache, v_cache])) in w.blocks.iter().zip(layers).enumerate() {
             let _span = trace_span!("block", l, t).entered();
-            ops::rms_norm(&x, &b.attn_norm, c.rms_eps, &mut h);
-            project(l, Target::Q, &b.wq, &h, &mut q);
-            project(l, Target::K, &b.wk, &h, &mut k);
-            project(l, Target::V, &b.wv, &h, &mut v);
+            be.rms_norm(&x, &b.attn_norm, c.rms_eps, &mut h);
+            project(l, Target::Q, b, &h, &mut q);
+            project(l, Target::K, b, &h, &mut k);
+            project(l, Target::V, b, &h, &mut v);
             if let Some([bq, bk, bv]) = &b.qkv_bias {
-                add_rows(&mut q, bq);
-                add_rows(&mut k, bk);
-                add_rows(&mut v, bv);
+                be.add_rows(&mut q, bq);
+                be.add_rows(&mut k, bk);
+                be.add_rows(&mut v, bv);
             }
             if let Some([qn, kn]) = &b.qk_norm {
-                norm_heads(&mut q, qn, c.rms_eps);
-                norm_heads(&mut k, kn, c.rms_eps);
+                // Per-head RMSNorm: rows of head_dim, out of place.
+                let src = be.slice(&q, 0, t * q_dim);
+                be.rms_norm(&src, qn, c.rms_eps, &mut q);
+                let src = be.slice(&k, 0, t * kv_dim);
+                be.rms_norm(&src, kn, c.rms_eps, &mut k);
             }
-            self.rope.apply(&mut q, c.heads, c.head_dim, pos0);
-            self.rope.apply(&mut k, c.kv_heads, c.head_dim, pos0);
-            cache.k[l].extend_from_slice(&k);
-            cache.v[l].extend_from_slice(&v);
-            ops::attention(&q, &cache.k[l], &cache.v[l], shape, pos0, &mut attn);
-            project(l, Target::O, &b.wo, &attn, &mut proj);
-            add_into(&mut x, &proj);
+            be.rope(&mut q, c.heads, c.head_dim, pos0);
+            be.rope(&mut k, c.kv_heads, c.head_dim, pos0);
+            be.append(k_cache, &k);
+            be.append(v_cache, &v);
+            be.attention(&q, k_cache, v_cache, shape, pos0, &mut attn);
+            project(l, Target::O, b, &attn, &mut proj);
+            be.add(&mut x, &proj);
 
-            ops::rms_norm(&x, &b.ffn_norm, c.rms_eps, &mut h);
-            project(l, Target::Gate, &b.gate, &h, &mut gate);
-            project(l, Target::Up, &b.up, &h, &mut up);
-            ops::silu_mul(&mut gate, &up);
-            project(l, Target::Down, &b.down, &gate, &mut proj);
-            add_into(&mut x, &proj);
+            be.rms_norm(&x, &b.ffn_norm, c.rms_eps, &mut h);
+            project(l, Target::Gate, b, &h, &mut gate);
+            project(l, Target::Up, b, &h, &mut up);
+            be.silu_mul(&mut gate, &up);
+            project(l, Target::Down, b, &gate, &mut proj);
+            be.add(&mut x, &proj);
         }
-        cache.len += t;
         x
     }
 }
@@ -392,23 +532,6 @@ pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     } else {
         rayon::join(f, || ()).0
     }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-fn add_rows(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        add_into(row, bias);
-    }
-}
-
-fn norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
-    let src = x.to_vec();
-    ops::rms_norm(&src, w, eps, x);
 }
 
 fn check_weights(c: &ModelConfig, w: &Weights) -> std::result::Result<(), String> {

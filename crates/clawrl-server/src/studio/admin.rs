@@ -151,12 +151,12 @@ pub async fn reject_key(
     path = "/healthz",
     tag = "open",
     summary = "Liveness: 200 while serving; status ok or degraded, with the failing components.",
-    responses((status = 200, description = "{status, problems, model, judge, policy_version, sampling_defaults}", body = Object))
+    responses((status = 200, description = "{status, problems, model, device, judge, policy_version, sampling_defaults}", body = Object))
 )]
 pub async fn healthz(State(s): State<Shared>) -> Json<Value> {
     let problems = s.lp.problems();
     Json(
-        json!({ "status": if problems.is_empty() { "ok" } else { "degraded" }, "problems": problems, "model": s.model_id, "judge": s.lp.judge.name(), "policy_version": s.lp.live().version, "sampling_defaults": s.lp.model.sampling }),
+        json!({ "status": if problems.is_empty() { "ok" } else { "degraded" }, "problems": problems, "model": s.model_id, "device": s.lp.model.device(), "judge": s.lp.judge.name(), "policy_version": s.lp.live().version, "sampling_defaults": s.lp.model.sampling }),
     )
 }
 

@@ -1,0 +1,496 @@
+//! The device: adapter choice, the compiled kernels, uploads, dispatches and read-backs.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use clawrl_kernels::{GEMM_MIN_TOKENS, QMatrix, Storage};
+use tracing::{debug, info};
+use wgpu::util::DeviceExt;
+
+use crate::tensor::{Format, GpuMatrix, GpuTensor};
+
+/// Why no GPU could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// wgpu found no adapter of the kind asked for.
+    #[error("no GPU adapter found ({0})")]
+    NoAdapter(String),
+    /// The adapter refused to open a device.
+    #[error("the GPU adapter {adapter} could not open a device: {reason}")]
+    Device {
+        /// The adapter's name.
+        adapter: String,
+        /// wgpu's reason.
+        reason: String,
+    },
+}
+
+/// Which adapters [`Context::open`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// A real GPU only (`--device auto`): a software rasteriser such as lavapipe is slower
+    /// than the engine's own CPU kernels.
+    Hardware,
+    /// Any adapter, software ones included (`--device gpu`; the parity tests run on lavapipe).
+    Any,
+}
+
+/// The kernels of `shaders/`, one compute pipeline each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    MatmulF32,
+    MatmulQ4_1,
+    MatmulQ8_0,
+    QuantizeQ8,
+    RmsNorm,
+    Add,
+    AddRows,
+    SiluMul,
+    Rope,
+    Attention,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 10] = [
+        Kernel::MatmulF32,
+        Kernel::MatmulQ4_1,
+        Kernel::MatmulQ8_0,
+        Kernel::QuantizeQ8,
+        Kernel::RmsNorm,
+        Kernel::Add,
+        Kernel::AddRows,
+        Kernel::SiluMul,
+        Kernel::Rope,
+        Kernel::Attention,
+    ];
+
+    /// WGSL source and entry point.
+    fn source(self) -> (String, &'static str) {
+        const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+        const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+        let matmul = |format: &str| format!("{MATMUL}\n{format}");
+        match self {
+            Kernel::MatmulF32 => (
+                matmul(include_str!("../../../shaders/matmul_f32.wgsl")),
+                "main",
+            ),
+            Kernel::MatmulQ4_1 => (
+                matmul(include_str!("../../../shaders/matmul_q4_1.wgsl")),
+                "main",
+            ),
+            Kernel::MatmulQ8_0 => (
+                matmul(include_str!("../../../shaders/matmul_q8_0.wgsl")),
+                "main",
+            ),
+            Kernel::QuantizeQ8 => (
+                include_str!("../../../shaders/quantize_q8.wgsl").into(),
+                "main",
+            ),
+            Kernel::RmsNorm => (
+                include_str!("../../../shaders/rms_norm.wgsl").into(),
+                "main",
+            ),
+            Kernel::Add => (ELEMENTWISE.into(), "add"),
+            Kernel::AddRows => (ELEMENTWISE.into(), "add_rows"),
+            Kernel::SiluMul => (ELEMENTWISE.into(), "silu_mul"),
+            Kernel::Rope => (include_str!("../../../shaders/rope.wgsl").into(), "main"),
+            Kernel::Attention => (
+                include_str!("../../../shaders/attention.wgsl").into(),
+                "main",
+            ),
+        }
+    }
+}
+
+/// Workgroups per dimension that every adapter accepts.
+const MAX_GROUPS: u32 = 65_535;
+/// Invocations per workgroup of the element-wise kernels.
+const WG: u32 = 64;
+
+/// A dispatch over `rows` workgroups, spread over x and y: `(groups_x, groups_y)`.
+pub(crate) fn grid(rows: usize) -> (u32, u32) {
+    let rows = rows.max(1) as u32;
+    let gx = rows.min(MAX_GROUPS);
+    (gx, rows.div_ceil(gx))
+}
+
+/// A dispatch of `n` invocations in workgroups of 64: `(groups_x, groups_y, width)`, where
+/// invocation `(x, y)` is index `x + y · width`.
+pub(crate) fn grid_1d(n: usize) -> (u32, u32, u32) {
+    let (gx, gy) = grid((n as u32).div_ceil(WG) as usize);
+    (gx, gy, gx * WG)
+}
+
+/// An open GPU: device, queue, the compiled kernels, and the commands recorded so far.
+pub struct Context {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// Commands recorded since the last submit; [`Context::download`] submits them.
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Opens the best adapter `choice` allows (discrete over integrated over the rest) and
+    /// compiles every kernel.
+    ///
+    /// # Errors
+    /// [`GpuError::NoAdapter`] when wgpu finds none of that kind (no driver, no GPU, or only
+    /// a software one under [`AdapterChoice::Hardware`]); [`GpuError::Device`] when the
+    /// adapter refuses a device.
+    pub fn open(choice: AdapterChoice) -> Result<Arc<Self>, GpuError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::PRIMARY;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| {
+                choice == AdapterChoice::Any || a.get_info().device_type != wgpu::DeviceType::Cpu
+            })
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .ok_or_else(|| {
+                GpuError::NoAdapter(if seen.is_empty() {
+                    "wgpu sees no Vulkan, Metal or DX12 adapter".into()
+                } else {
+                    format!(
+                        "only software adapters: {}; `--device gpu` uses them anyway",
+                        seen.join(", ")
+                    )
+                })
+            })?;
+        let info = adapter.get_info();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("clawrl"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::Device {
+            adapter: describe(&info),
+            reason: e.to_string(),
+        })?;
+        let pipelines = Kernel::ALL
+            .iter()
+            .map(|k| {
+                let (source, entry) = k.source();
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(entry),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        info!(adapter = %describe(&info), "GPU opened");
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            info,
+            pipelines,
+            pending: Mutex::new(None),
+        }))
+    }
+
+    /// The adapter, for display: name, API and kind (`llvmpipe (…) · Vulkan · Cpu`).
+    pub fn describe(&self) -> String {
+        describe(&self.info)
+    }
+
+    /// Whether the adapter is a software rasteriser (lavapipe, WARP).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    fn buffer(&self, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// `len` zeros (wgpu zero-fills new buffers).
+    pub fn zeros(&self, len: usize) -> GpuTensor {
+        GpuTensor::new(self.buffer(4 * len as u64), len)
+    }
+
+    /// A device copy of `x`.
+    pub fn upload(&self, x: &[f32]) -> GpuTensor {
+        self.upload_words(bytemuck::cast_slice(x))
+    }
+
+    fn upload_words(&self, words: &[u32]) -> GpuTensor {
+        let t = GpuTensor::new(self.buffer(4 * words.len() as u64), words.len());
+        if !words.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(words));
+        }
+        t
+    }
+
+    /// Uploads a weight matrix in its stored format (Q4_1 and Q8_0 repacked into
+    /// scale/minimum arrays and 4-byte-aligned quants, bit for bit).
+    pub fn upload_matrix(&self, w: &QMatrix) -> GpuMatrix {
+        let (format, data, d, m) = match w.storage() {
+            Storage::F32(v) => (Format::F32, self.upload(v), None, None),
+            Storage::Q4_1(blocks) => {
+                let qs: Vec<u32> = blocks
+                    .iter()
+                    .flat_map(|b| b.qs.chunks_exact(4).map(le_word))
+                    .collect();
+                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
+                let m: Vec<f32> = blocks.iter().map(|b| b.m).collect();
+                (
+                    Format::Q4_1,
+                    self.upload_words(&qs),
+                    Some(self.upload(&d)),
+                    Some(self.upload(&m)),
+                )
+            }
+            Storage::Q8_0(blocks) => {
+                let qs: Vec<u32> = blocks
+                    .iter()
+                    .flat_map(|b| {
+                        let bytes: &[u8] = bytemuck::cast_slice(&b.qs);
+                        bytes.chunks_exact(4).map(le_word).collect::<Vec<_>>()
+                    })
+                    .collect();
+                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
+                (
+                    Format::Q8_0,
+                    self.upload_words(&qs),
+                    Some(self.upload(&d)),
+                    None,
+                )
+            }
+        };
+        GpuMatrix {
+            rows: w.rows(),
+            cols: w.cols(),
+            format,
+            data,
+            d,
+            m,
+        }
+    }
+
+    /// Records into the pending encoder.
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let encoder = pending.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        f(encoder);
+    }
+
+    /// Copies `len` values from `src[from..]` to `dst[to..]`.
+    pub(crate) fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        from: usize,
+        dst: &wgpu::Buffer,
+        to: usize,
+        len: usize,
+    ) {
+        if len > 0 {
+            self.record(|e| {
+                e.copy_buffer_to_buffer(src, 4 * from as u64, dst, 4 * to as u64, 4 * len as u64);
+            });
+        }
+    }
+
+    /// Records one dispatch of `kernel`: `params` at binding 0, `buffers` at 1, 2, ….
+    pub(crate) fn dispatch(
+        &self,
+        kernel: Kernel,
+        params: [u32; 8],
+        buffers: &[&GpuTensor],
+        groups: (u32, u32, u32),
+    ) {
+        let pipeline = &self.pipelines[kernel as usize];
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.buffer().as_entire_binding(),
+                }),
+        );
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|e| {
+            let mut pass = e.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        });
+    }
+
+    /// `y = scale · W·x` (or `y += …` with `accumulate`) for `t` rows of `x`, with the
+    /// CPU's 8-bit activations below [`GEMM_MIN_TOKENS`] rows of a quantized `W`.
+    pub(crate) fn matmul(
+        &self,
+        w: &GpuMatrix,
+        x: &GpuTensor,
+        t: usize,
+        scale: f32,
+        accumulate: bool,
+        y: &GpuTensor,
+    ) {
+        if t == 0 {
+            return;
+        }
+        let quantized;
+        let x = if t < GEMM_MIN_TOKENS && w.format != Format::F32 {
+            quantized = self.zeros(x.len());
+            let blocks = x.len() / 32;
+            let (gx, gy, width) = grid_1d(blocks);
+            self.dispatch(
+                Kernel::QuantizeQ8,
+                [blocks as u32, width, 0, 0, 0, 0, 0, 0],
+                &[x, &quantized],
+                (gx, gy, 1),
+            );
+            &quantized
+        } else {
+            x
+        };
+        let (gx, gy) = grid(w.rows);
+        let kernel = match w.format {
+            Format::F32 => Kernel::MatmulF32,
+            Format::Q4_1 => Kernel::MatmulQ4_1,
+            Format::Q8_0 => Kernel::MatmulQ8_0,
+        };
+        let mut buffers = vec![x, y, &w.data];
+        buffers.extend(w.d.as_ref());
+        buffers.extend(w.m.as_ref());
+        self.dispatch(
+            kernel,
+            [
+                w.rows as u32,
+                w.cols as u32,
+                t as u32,
+                u32::from(accumulate),
+                scale.to_bits(),
+                gx,
+                0,
+                0,
+            ],
+            &buffers,
+            (gx, gy, t as u32),
+        );
+    }
+
+    /// One element-wise kernel over `x` and `y` (`m`: the bias length of `add_rows`).
+    pub(crate) fn elementwise(&self, kernel: Kernel, x: &GpuTensor, y: &GpuTensor, m: usize) {
+        if x.is_empty() {
+            return;
+        }
+        let (gx, gy, width) = grid_1d(x.len());
+        self.dispatch(
+            kernel,
+            [x.len() as u32, m as u32, width, 0, 0, 0, 0, 0],
+            &[x, y],
+            (gx, gy, 1),
+        );
+    }
+
+    /// Submits what was recorded, waits, and reads `x` back.
+    ///
+    /// # Panics
+    /// If the device is lost while waiting (a driver reset), which no caller can repair.
+    pub fn download(&self, x: &GpuTensor) -> Vec<f32> {
+        if x.is_empty() {
+            return Vec::new();
+        }
+        let bytes = 4 * x.len() as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.record(|e| e.copy_buffer_to_buffer(x.buffer(), 0, &staging, 0, bytes));
+        let encoder = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(encoder) = encoder {
+            self.queue.submit([encoder.finish()]);
+        }
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            // The receiver waits below; it cannot have gone.
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("the GPU was lost while computing");
+        rx.recv()
+            .expect("wgpu dropped the read-back callback")
+            .expect("the GPU could not map the read-back buffer");
+        let out = bytemuck::cast_slice(
+            &slice
+                .get_mapped_range()
+                .expect("the read-back buffer was mapped above"),
+        )
+        .to_vec();
+        staging.unmap();
+        debug!(values = x.len(), "GPU read-back");
+        out
+    }
+}
+
+fn le_word(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} · {:?} · {:?}",
+        info.name, info.backend, info.device_type
+    )
+}

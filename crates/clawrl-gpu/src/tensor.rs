@@ -1,0 +1,146 @@
+//! Device buffers: activations, weight matrices in their stored format, and the KV cache.
+
+use std::sync::Arc;
+
+use crate::context::Context;
+
+/// `len` f32 values (or, for packed quants, `len` u32 words) in a device buffer.
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    buf: wgpu::Buffer,
+    len: usize,
+}
+
+impl GpuTensor {
+    pub(crate) fn new(buf: wgpu::Buffer, len: usize) -> Self {
+        Self { buf, len }
+    }
+
+    /// Values held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buf
+    }
+
+    /// Bytes the device buffer holds (never 0: wgpu cannot bind an empty buffer).
+    pub fn size_in_bytes(&self) -> u64 {
+        self.buf.size()
+    }
+}
+
+/// How a [`GpuMatrix`] stores its values; the kernel of `shaders/matmul_<format>.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Plain f32.
+    F32,
+    /// ggml Q4_1: scale, minimum and 16 bytes of nibbles per 32 values.
+    Q4_1,
+    /// ggml Q8_0: scale and 32 signed bytes per 32 values.
+    Q8_0,
+}
+
+/// A `rows × cols` weight matrix on the device, in the format it was stored in on the host,
+/// repacked so every block's quants start on a 4-byte boundary.
+#[derive(Clone, Debug)]
+pub struct GpuMatrix {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) format: Format,
+    /// f32 values, or the packed quants (u32 words).
+    pub(crate) data: GpuTensor,
+    /// Per-block scales (quantized formats).
+    pub(crate) d: Option<GpuTensor>,
+    /// Per-block minimums (Q4_1).
+    pub(crate) m: Option<GpuTensor>,
+}
+
+impl GpuMatrix {
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Bytes held on the device.
+    pub fn size_in_bytes(&self) -> u64 {
+        [Some(&self.data), self.d.as_ref(), self.m.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(GpuTensor::size_in_bytes)
+            .sum()
+    }
+}
+
+/// One block's keys or values on the device: positions appended in order into a buffer
+/// that doubles when full, so a decode step copies one row, not the whole cache.
+#[derive(Debug)]
+pub struct GpuCache {
+    ctx: Arc<Context>,
+    data: GpuTensor,
+    len: usize,
+}
+
+impl GpuCache {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        let data = ctx.zeros(0);
+        Self { ctx, data, len: 0 }
+    }
+
+    /// Values held (positions × kv_dim).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn tensor(&self) -> &GpuTensor {
+        &self.data
+    }
+
+    pub(crate) fn append(&mut self, x: &GpuTensor) {
+        let need = self.len + x.len();
+        if need > self.data.len() {
+            let grown = self.ctx.zeros(need.max(2 * self.data.len()).max(1024));
+            self.ctx
+                .copy(self.data.buffer(), 0, grown.buffer(), 0, self.len);
+            self.data = grown;
+        }
+        self.ctx
+            .copy(x.buffer(), 0, self.data.buffer(), self.len, x.len());
+        self.len = need;
+    }
+}
+
+impl Clone for GpuCache {
+    /// A copy on the device (prompts that share a prefix each extend their own).
+    fn clone(&self) -> Self {
+        let data = self.ctx.zeros(self.data.len());
+        self.ctx
+            .copy(self.data.buffer(), 0, data.buffer(), 0, self.len);
+        Self {
+            ctx: self.ctx.clone(),
+            data,
+            len: self.len,
+        }
+    }
+}
