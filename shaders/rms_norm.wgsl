@@ -1,4 +1,5 @@
 // RMSNorm of every n-long row: out = x / sqrt(mean(x²) + eps) · w. One workgroup per row.
+// Joined with reduce.wgsl.
 
 struct NormParams {
     n: u32,
@@ -7,14 +8,10 @@ struct NormParams {
     groups_x: u32,
 }
 
-const WG: u32 = 64u;
-
 @group(0) @binding(0) var<uniform> p: NormParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -28,16 +25,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             s = s + v * v;
         }
     }
-    partial[lid] = s;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if lid < step {
-            partial[lid] = partial[lid] + partial[lid + step];
-        }
-        workgroupBarrier();
-    }
+    let sum = workgroup_sum(s, lid);
     if live {
-        let inv = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+        let inv = 1.0 / sqrt(sum / f32(p.n) + p.eps);
         for (var i = lid; i < p.n; i = i + WG) {
             out[base + i] = x[base + i] * inv * w[i];
         }

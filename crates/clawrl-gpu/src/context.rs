@@ -65,9 +65,10 @@ impl Kernel {
 
     /// WGSL source and entry point.
     fn source(self) -> (String, &'static str) {
+        const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
         const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
         const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
-        let matmul = |format: &str| format!("{MATMUL}\n{format}");
+        let matmul = |format: &str| format!("{REDUCE}\n{MATMUL}\n{format}");
         match self {
             Kernel::MatmulF32 => (
                 matmul(include_str!("../../../shaders/matmul_f32.wgsl")),
@@ -86,7 +87,10 @@ impl Kernel {
                 "main",
             ),
             Kernel::RmsNorm => (
-                include_str!("../../../shaders/rms_norm.wgsl").into(),
+                format!(
+                    "{REDUCE}\n{}",
+                    include_str!("../../../shaders/rms_norm.wgsl")
+                ),
                 "main",
             ),
             Kernel::Add => (ELEMENTWISE.into(), "add"),

@@ -7,11 +7,13 @@
 //! device buffers ([`GpuCache`]), and operations are recorded into one command encoder that is
 //! submitted only when a result is read back ([`Backend::download`]).
 
+mod cache;
 mod context;
 mod tensor;
 
+pub use cache::GpuCache;
 pub use context::{AdapterChoice, Context, GpuError};
-pub use tensor::{GpuCache, GpuMatrix, GpuTensor};
+pub use tensor::{GpuMatrix, GpuTensor};
 
 use std::sync::Arc;
 

@@ -4,7 +4,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::model::Model;
 
 /// Where to run the model (`--device`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,7 +52,7 @@ mod gpu {
     use clawrl_gpu::{Gpu, GpuMatrix, GpuTensor};
 
     use crate::adapter::LoraAdapter;
-    use crate::model::Weights;
+    use crate::weights::Weights;
 
     /// A model's copy on a GPU: the backend, the weights uploaded once, and the adapter
     /// snapshot last used (uploaded once per snapshot, so a publish costs one upload).
@@ -87,58 +86,5 @@ mod gpu {
                 }
             }
         }
-    }
-}
-
-impl Model {
-    /// Moves the model to `device`: on a GPU the weights are uploaded once and every later
-    /// forward pass, KV cache and adapter runs there. Returns where it runs, for display
-    /// (`cpu`, or the adapter: `gpu: <name> · <API> · <kind>`).
-    ///
-    /// # Errors
-    /// [`Error::Gpu`] for [`Device::Gpu`] when no adapter opens (no driver, or a build
-    /// without the `gpu` feature). [`Device::Auto`] never fails: it falls back to the CPU and
-    /// logs why.
-    pub fn set_device(&mut self, device: Device) -> Result<String> {
-        #[cfg(feature = "gpu")]
-        {
-            use clawrl_gpu::{AdapterChoice, Context, Gpu};
-            let choice = match device {
-                Device::Cpu => {
-                    self.gpu = None;
-                    return Ok(self.device());
-                }
-                Device::Auto => AdapterChoice::Hardware,
-                Device::Gpu => AdapterChoice::Any,
-            };
-            match Context::open(choice) {
-                Ok(ctx) => {
-                    let backend = Gpu::new(ctx, &self.rope);
-                    self.gpu = Some(GpuEngine::new(backend, &self.weights));
-                }
-                Err(e) if device == Device::Auto => {
-                    tracing::info!(reason = %e, "running on the CPU");
-                    self.gpu = None;
-                }
-                Err(e) => return Err(Error::Gpu(e.to_string())),
-            }
-            Ok(self.device())
-        }
-        #[cfg(not(feature = "gpu"))]
-        match device {
-            Device::Gpu => Err(Error::Gpu(
-                "this build has no GPU backend (built without the `gpu` feature)".into(),
-            )),
-            Device::Auto | Device::Cpu => Ok(self.device()),
-        }
-    }
-
-    /// Where the model runs, for display: `cpu`, or `gpu: <adapter>`.
-    pub fn device(&self) -> String {
-        #[cfg(feature = "gpu")]
-        if let Some(g) = &self.gpu {
-            return format!("gpu: {}", g.backend.context().describe());
-        }
-        "cpu".into()
     }
 }

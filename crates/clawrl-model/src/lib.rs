@@ -30,6 +30,7 @@ mod template;
 mod tiny;
 mod tokenizer;
 pub mod tools;
+mod weights;
 
 use std::path::{Path, PathBuf};
 

@@ -6,142 +6,14 @@ use tracing::trace_span;
 
 use crate::adapter::{LoraAdapter, Target};
 use crate::config::ModelConfig;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
+pub use crate::weights::{Block, Weights};
 
 /// Prefill runs in chunks of this many tokens to bound the activations' memory.
 const PREFILL_CHUNK: usize = 512;
-
-/// The weights of one transformer block: matrices `M` and vectors `V` on the host
-/// ([`QMatrix`], `Vec<f32>`) or on a device (a [`Backend`]'s matrix and tensor).
-#[derive(Clone, Debug)]
-pub struct Block<M = QMatrix, V = Vec<f32>> {
-    /// RMSNorm before attention.
-    pub attn_norm: V,
-    /// Query projection (`q_dim × hidden`).
-    pub wq: M,
-    /// Key projection (`kv_dim × hidden`).
-    pub wk: M,
-    /// Value projection (`kv_dim × hidden`).
-    pub wv: M,
-    /// Output projection (`hidden × q_dim`).
-    pub wo: M,
-    /// Query/key/value biases (Qwen2).
-    pub qkv_bias: Option<[V; 3]>,
-    /// Per-head RMSNorm of queries and keys (Qwen3).
-    pub qk_norm: Option<[V; 2]>,
-    /// RMSNorm before the MLP.
-    pub ffn_norm: V,
-    /// SwiGLU gate (`intermediate × hidden`).
-    pub gate: M,
-    /// SwiGLU up (`intermediate × hidden`).
-    pub up: M,
-    /// SwiGLU down (`hidden × intermediate`).
-    pub down: M,
-}
-
-impl<M, V> Block<M, V> {
-    /// The same block with every matrix mapped by `fm` and every vector by `fv` (uploaded).
-    pub fn map<N, W>(
-        &self,
-        fm: &mut impl FnMut(&M) -> N,
-        fv: &mut impl FnMut(&V) -> W,
-    ) -> Block<N, W> {
-        Block {
-            attn_norm: fv(&self.attn_norm),
-            wq: fm(&self.wq),
-            wk: fm(&self.wk),
-            wv: fm(&self.wv),
-            wo: fm(&self.wo),
-            qkv_bias: self.qkv_bias.as_ref().map(|b| b.each_ref().map(&mut *fv)),
-            qk_norm: self.qk_norm.as_ref().map(|n| n.each_ref().map(&mut *fv)),
-            ffn_norm: fv(&self.ffn_norm),
-            gate: fm(&self.gate),
-            up: fm(&self.up),
-            down: fm(&self.down),
-        }
-    }
-
-    fn projection(&self, t: Target) -> &M {
-        match t {
-            Target::Q => &self.wq,
-            Target::K => &self.wk,
-            Target::V => &self.wv,
-            Target::O => &self.wo,
-            Target::Gate => &self.gate,
-            Target::Up => &self.up,
-            Target::Down => &self.down,
-        }
-    }
-}
-
-impl Block {
-    /// The projection `t`, to replace its weights (full fine-tuning publishes this way).
-    pub fn projection_mut(&mut self, t: Target) -> &mut QMatrix {
-        match t {
-            Target::Q => &mut self.wq,
-            Target::K => &mut self.wk,
-            Target::V => &mut self.wv,
-            Target::O => &mut self.wo,
-            Target::Gate => &mut self.gate,
-            Target::Up => &mut self.up,
-            Target::Down => &mut self.down,
-        }
-    }
-
-    /// The projections an adapter can wrap, with their targets.
-    pub fn projections(&self) -> [(Target, &QMatrix); 7] {
-        [
-            (Target::Q, &self.wq),
-            (Target::K, &self.wk),
-            (Target::V, &self.wv),
-            (Target::O, &self.wo),
-            (Target::Gate, &self.gate),
-            (Target::Up, &self.up),
-            (Target::Down, &self.down),
-        ]
-    }
-}
-
-/// All weights of a model, on the host (the defaults) or on a device.
-#[derive(Clone, Debug)]
-pub struct Weights<M = QMatrix, V = Vec<f32>> {
-    /// Token embedding (`vocab × hidden`).
-    pub embed: M,
-    /// The blocks, first to last.
-    pub blocks: Vec<Block<M, V>>,
-    /// Final RMSNorm.
-    pub norm: V,
-    /// Output projection (`vocab × hidden`); `None` when tied to the embedding.
-    pub output: Option<M>,
-}
-
-impl<M, V> Weights<M, V> {
-    /// The same weights with every matrix mapped by `fm` and every vector by `fv` (uploaded
-    /// once to a device).
-    pub fn map<N, W>(
-        &self,
-        mut fm: impl FnMut(&M) -> N,
-        mut fv: impl FnMut(&V) -> W,
-    ) -> Weights<N, W> {
-        Weights {
-            embed: fm(&self.embed),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| b.map(&mut fm, &mut fv))
-                .collect(),
-            norm: fv(&self.norm),
-            output: self.output.as_ref().map(fm),
-        }
-    }
-
-    /// The output projection: its own, or the embedding when tied.
-    fn head(&self) -> &M {
-        self.output.as_ref().unwrap_or(&self.embed)
-    }
-}
 
 /// Keys and values of the positions seen so far, per block, where the model runs.
 #[derive(Clone, Debug)]
@@ -583,4 +455,59 @@ fn check_weights(c: &ModelConfig, w: &Weights) -> std::result::Result<(), String
         }
     }
     Ok(())
+}
+
+impl Model {
+    /// Moves the model to `device`: on a GPU the weights are uploaded once and every later
+    /// forward pass, KV cache and adapter runs there. Returns where it runs, for display
+    /// (`cpu`, or the adapter: `gpu: <name> · <API> · <kind>`).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for [`Device::Gpu`] when no adapter opens (no driver, or a build
+    /// without the `gpu` feature). [`Device::Auto`] never fails: it falls back to the CPU and
+    /// logs why.
+    pub fn set_device(&mut self, device: Device) -> Result<String> {
+        #[cfg(feature = "gpu")]
+        {
+            use clawrl_gpu::{AdapterChoice, Context, Gpu};
+
+            use crate::device::GpuEngine;
+            let choice = match device {
+                Device::Cpu => {
+                    self.gpu = None;
+                    return Ok(self.device());
+                }
+                Device::Auto => AdapterChoice::Hardware,
+                Device::Gpu => AdapterChoice::Any,
+            };
+            match Context::open(choice) {
+                Ok(ctx) => {
+                    let backend = Gpu::new(ctx, &self.rope);
+                    self.gpu = Some(GpuEngine::new(backend, &self.weights));
+                }
+                Err(e) if device == Device::Auto => {
+                    tracing::info!(reason = %e, "running on the CPU");
+                    self.gpu = None;
+                }
+                Err(e) => return Err(Error::Gpu(e.to_string())),
+            }
+            Ok(self.device())
+        }
+        #[cfg(not(feature = "gpu"))]
+        match device {
+            Device::Gpu => Err(Error::Gpu(
+                "this build has no GPU backend (built without the `gpu` feature)".into(),
+            )),
+            Device::Auto | Device::Cpu => Ok(self.device()),
+        }
+    }
+
+    /// Where the model runs, for display: `cpu`, or `gpu: <adapter>`.
+    pub fn device(&self) -> String {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return format!("gpu: {}", g.backend.context().describe());
+        }
+        "cpu".into()
+    }
 }
