@@ -10,3 +10,7 @@ fn partial_dot(row: u32, xoff: u32, lid: u32) -> f32 {
     }
     return s;
 }
+
+fn weight_at(row: u32, col: u32) -> f32 {
+    return w[row * p.cols + col];
+}

@@ -28,3 +28,15 @@ fn partial_dot(row: u32, xoff: u32, lid: u32) -> f32 {
     }
     return s;
 }
+
+fn weight_at(row: u32, col: u32) -> f32 {
+    let b = row * (p.cols / 32u) + col / 32u;
+    let i = col % 32u;
+    let j = i % 16u;
+    let byte = (qs[b * 4u + j / 4u] >> (8u * (j % 4u))) & 0xffu;
+    var q = byte & 0xfu;
+    if i >= 16u {
+        q = byte >> 4u;
+    }
+    return d[b] * f32(q) + m[b];
+}

@@ -21,3 +21,10 @@ fn partial_dot(row: u32, xoff: u32, lid: u32) -> f32 {
     }
     return s;
 }
+
+fn weight_at(row: u32, col: u32) -> f32 {
+    let blocks = p.cols / 32u;
+    let word = qs[row * blocks * 8u + col / 4u];
+    let q = bitcast<i32>(word << (24u - 8u * (col % 4u))) >> 24u;
+    return d[row * blocks + col / 32u] * f32(q);
+}

@@ -1,6 +1,7 @@
 // Rotary position embedding in place over rows of `heads × head_dim` at positions
 // pos0, pos0 + 1, …: each invocation rotates one pair (a, b) of one head by the angle
 // pos · θ^(−2j/dim), from the cos/sin tables (`positions × half`).
+// With `inverse`, the angle's sign flips.
 // style 0 pairs (2j, 2j + 1) (GGUF Llama), style 1 pairs (j, j + half) (neox).
 
 struct RopeParams {
@@ -11,7 +12,8 @@ struct RopeParams {
     total: u32,
     style: u32,
     width: u32,
-    _pad: u32,
+    // 1: rotate by −angle (the backward: a rotation's inverse is its transpose).
+    inverse: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: RopeParams;
@@ -38,7 +40,10 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {
     }
     let t = (p.pos0 + row) * p.half + j;
     let c = cos_t[t];
-    let s = sin_t[t];
+    var s = sin_t[t];
+    if p.inverse == 1u {
+        s = -s;
+    }
     let x0 = x[a];
     let x1 = x[b];
     x[a] = x0 * c - x1 * s;

@@ -52,6 +52,8 @@ struct TrainReport {
     /// `null` under full fine-tuning.
     rank: Option<usize>,
     threads: usize,
+    /// Where the passes ran: `cpu`, or `gpu: <adapter>` (LoRA on a model on a GPU).
+    device: String,
 }
 
 #[derive(Args)]
@@ -190,10 +192,8 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
             "--samples, --steps and --rank must be at least 1 and --tokens above {TRAIN_PROMPT_TOKENS}"
         );
     }
-    if model.device() != "cpu" {
-        eprintln!(
-            "note: training runs on the CPU; the GPU backend serves and scores only (so far)"
-        );
+    if b.full && model.device() != "cpu" {
+        eprintln!("note: full fine-tuning trains on the CPU; LoRA trains on the GPU");
     }
     let text = prompt_of(model, b.tokens + TRAIN_PROMPT_TOKENS)?;
     let prompt = text[..TRAIN_PROMPT_TOKENS].to_vec();
@@ -220,6 +220,7 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
         Tuning::Lora(LoraConfig::with_rank(b.rank))
     };
     let policy = TrainablePolicy::with_tuning(model, tuning, 0)?;
+    let device = policy.device();
     let mut trainer = Trainer::new(policy, AdamWConfig::default(), TrainConfig::default())?;
     let mut times = Vec::new();
     for step in 0..=b.steps {
@@ -244,13 +245,14 @@ fn train(b: TrainBench, model: &Model, threads: usize) -> Result<()> {
         tokens: b.tokens,
         rank: (!b.full).then_some(b.rank),
         threads,
+        device,
     };
     if b.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{:.2} s per step, peak RSS {:.0} MB ({} threads)",
-            report.step_s, report.peak_rss_mb, threads
+            "{:.2} s per step, peak RSS {:.0} MB ({} threads, {})",
+            report.step_s, report.peak_rss_mb, threads, report.device
         );
     }
     Ok(())

@@ -27,7 +27,7 @@ struct Cli {
 
     /// Where the model runs: auto (a real GPU when wgpu finds one, else the CPU), cpu, or gpu
     /// (any adapter, software ones such as lavapipe included; an error when there is none).
-    /// Training stays on the CPU.
+    /// LoRA training runs there too (full fine-tuning on the CPU).
     #[arg(long, global = true, env = "CLAWRL_DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     device: String,
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use clawrl_model::{FetchProgress, Model};
+use clawrl_model::{Device, FetchProgress, Model};
 use clawrl_server::{Server, ServerConfig, TrainingSettings};
 
 /// How the engine starts: flags and environment, fixed for the app's life.
@@ -22,6 +22,8 @@ pub struct Options {
     pub batch_size: usize,
     /// The built UI.
     pub ui: PathBuf,
+    /// Where the model runs at start (`--device`); File ▸ Device changes it.
+    pub device: Device,
 }
 
 struct Running {
@@ -36,6 +38,8 @@ pub struct Engine {
     options: Options,
     rt: tokio::runtime::Runtime,
     running: Mutex<Option<Running>>,
+    /// Where the next start runs the model.
+    device: Mutex<Device>,
 }
 
 impl Engine {
@@ -46,14 +50,31 @@ impl Engine {
             .build()
             .context("starting the async runtime")?;
         Ok(Arc::new(Self {
+            device: Mutex::new(options.device),
             options,
             rt,
             running: Mutex::new(None),
         }))
     }
 
+    /// Where the next [`Engine::start`] runs the model.
+    pub fn device(&self) -> Device {
+        *self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the model on `device` from the next [`Engine::start`] on.
+    pub fn set_device(&self, device: Device) {
+        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = device;
+    }
+
+    /// The model being served, if the engine runs.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        self.lock().as_ref().map(|r| r.model_path.clone())
+    }
+
     /// Loads `model` (None: the one given at start, else the embedded one, fetched if needed)
-    /// and serves it, stopping the previous server first; returns the address.
+    /// on the engine's device and serves it, stopping the previous server first; returns the
+    /// address.
     pub fn start(&self, model: Option<PathBuf>, status: &dyn Fn(&str)) -> Result<SocketAddr> {
         let previous = self.stop();
         let path = match model.or_else(|| self.options.model.clone()) {
@@ -71,8 +92,14 @@ impl Engine {
             })?,
         };
         status(&format!("Loading {}…", path.display()));
-        let model =
-            Arc::new(Model::load(&path).with_context(|| format!("loading {}", path.display()))?);
+        let mut model =
+            Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let device = self.device();
+        let on = model
+            .set_device(device)
+            .with_context(|| format!("running the model on --device {device}"))?;
+        status(&format!("Running on {on}."));
+        let model = Arc::new(model);
         // Adapters fit one base model only: another model gets a database of its own.
         let data_dir = if self.options.model.as_ref() == Some(&path)
             || self.options.model.is_none() && is_embedded(&path)

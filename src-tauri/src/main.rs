@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
+use clawrl_model::Device;
+use tauri::menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::{AppHandle, Manager, RunEvent, Url, WebviewUrl, WebviewWindow, WebviewWindowBuilder};
 use tauri_plugin_dialog::{DialogExt, MessageDialogKind};
 
@@ -41,7 +42,26 @@ struct Args {
     /// The built web UI.
     #[arg(long, value_name = "DIR", default_value = BUILT_UI)]
     ui: PathBuf,
+    /// Where the model runs and trains: auto (a real GPU when wgpu finds one, else the CPU),
+    /// cpu, or gpu (any adapter, software ones included). File ▸ Device changes it.
+    #[arg(long, env = "CLAWRL_DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
+    device: String,
 }
+
+/// The File ▸ Device entries: menu id, label, device.
+const DEVICES: [(&str, &str, Device); 3] = [
+    (
+        "device_auto",
+        "Auto: a real GPU, else the CPU",
+        Device::Auto,
+    ),
+    ("device_cpu", "CPU", Device::Cpu),
+    (
+        "device_gpu",
+        "GPU (any adapter, software ones too)",
+        Device::Gpu,
+    ),
+];
 
 fn main() -> Result<()> {
     // SAFETY: the first statement of main, before any other thread exists.
@@ -63,19 +83,21 @@ fn main() -> Result<()> {
             clawrl_server::default_data_dir().context("no user data directory: pass --data-dir")?
         }
     };
+    let device: Device = args.device.parse()?;
     let engine = Engine::new(Options {
         model: args.model,
         bind: args.bind,
         data_dir,
         batch_size: args.batch_size,
         ui: args.ui,
+        device,
     })?;
     let app = tauri::Builder::default()
         .plugin(tauri_plugin_dialog::init())
         .setup({
             let engine = engine.clone();
             move |app| {
-                app.set_menu(menu(app.handle())?)?;
+                app.set_menu(menu(app.handle(), device)?)?;
                 let window =
                     WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
                         .title("ClawRL Studio")
@@ -106,9 +128,21 @@ fn main() -> Result<()> {
 /// The bundled splash page's URL, to return to while the engine restarts.
 struct Splash(Url);
 
-fn menu(app: &AppHandle) -> tauri::Result<Menu<tauri::Wry>> {
-    let file = Submenu::with_items(
+fn menu(app: &AppHandle, device: Device) -> tauri::Result<Menu<tauri::Wry>> {
+    let devices = Submenu::with_id(app, "device", "Device", true)?;
+    for (id, label, d) in DEVICES {
+        devices.append(&CheckMenuItem::with_id(
+            app,
+            id,
+            label,
+            true,
+            d == device,
+            None::<&str>,
+        )?)?;
+    }
+    let file = Submenu::with_id_and_items(
         app,
+        "file",
         "File",
         true,
         &[
@@ -141,6 +175,8 @@ fn menu(app: &AppHandle) -> tauri::Result<Menu<tauri::Wry>> {
                 None::<&str>,
             )?,
             &PredefinedMenuItem::separator(app)?,
+            &devices,
+            &PredefinedMenuItem::separator(app)?,
             &PredefinedMenuItem::quit(app, None)?,
         ],
     )?;
@@ -152,6 +188,14 @@ fn on_menu(app: &AppHandle, engine: &Arc<Engine>, id: &str) {
         return;
     };
     let engine = engine.clone();
+    if let Some(&(_, _, device)) = DEVICES.iter().find(|(d, _, _)| *d == id) {
+        check_device(app, device);
+        engine.set_device(device);
+        // The same model again, on the new device.
+        let model = engine.model_path();
+        std::thread::spawn(move || show_engine(&engine, &window, model));
+        return;
+    }
     match id {
         "open_model" => app
             .dialog()
@@ -229,6 +273,26 @@ fn on_menu(app: &AppHandle, engine: &Arc<Engine>, id: &str) {
                 });
         }
         _ => {}
+    }
+}
+
+/// Checks `device`'s entry of File ▸ Device and unchecks the others.
+fn check_device(app: &AppHandle, device: Device) {
+    let Some(kind) = app.menu().and_then(|m| m.get("file")) else {
+        return;
+    };
+    let Some(devices) = kind.as_submenu().and_then(|f| f.get("device")) else {
+        return;
+    };
+    let Some(devices) = devices.as_submenu() else {
+        return;
+    };
+    for (id, _, d) in DEVICES {
+        if let Some(item) = devices.get(id)
+            && let Some(check) = item.as_check_menuitem()
+        {
+            let _ = check.set_checked(d == device);
+        }
     }
 }
 

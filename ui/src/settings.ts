@@ -72,6 +72,8 @@ export async function showSettings(): Promise<void> {
       { "data-testid": "sampling-defaults" },
       samplingText(health?.sampling_defaults),
     ),
+    h("dt", {}, "device"),
+    h("dd", { "data-testid": "device" }, health?.device ?? "?"),
     h("dt", {}, "judge"),
     h("dd", {}, health?.judge ?? "?"),
     h("dt", {}, "serving"),

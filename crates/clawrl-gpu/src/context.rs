@@ -47,10 +47,26 @@ pub(crate) enum Kernel {
     SiluMul,
     Rope,
     Attention,
+    // Training: f32 products, the backwards, attention with probabilities, the head.
+    Gemm,
+    MatmulBackwardF32,
+    MatmulBackwardQ4_1,
+    MatmulBackwardQ8_0,
+    RmsNormBackward,
+    Mul,
+    SiluMulBackward,
+    AttentionProbs,
+    AttentionBackwardQ,
+    AttentionBackwardKv,
+    LogSoftmax,
+    LogSoftmaxBackward,
+    TopK,
+    Gather,
+    ScatterAdd,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 10] = [
+    const ALL: [Kernel; 25] = [
         Kernel::MatmulF32,
         Kernel::MatmulQ4_1,
         Kernel::MatmulQ8_0,
@@ -61,6 +77,21 @@ impl Kernel {
         Kernel::SiluMul,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::Gemm,
+        Kernel::MatmulBackwardF32,
+        Kernel::MatmulBackwardQ4_1,
+        Kernel::MatmulBackwardQ8_0,
+        Kernel::RmsNormBackward,
+        Kernel::Mul,
+        Kernel::SiluMulBackward,
+        Kernel::AttentionProbs,
+        Kernel::AttentionBackwardQ,
+        Kernel::AttentionBackwardKv,
+        Kernel::LogSoftmax,
+        Kernel::LogSoftmaxBackward,
+        Kernel::TopK,
+        Kernel::Gather,
+        Kernel::ScatterAdd,
     ];
 
     /// WGSL source and entry point.
@@ -68,31 +99,25 @@ impl Kernel {
         const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
         const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
         const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+        const BACKWARD: &str = include_str!("../../../shaders/matmul_backward.wgsl");
+        const F32: &str = include_str!("../../../shaders/matmul_f32.wgsl");
+        const Q4_1: &str = include_str!("../../../shaders/matmul_q4_1.wgsl");
+        const Q8_0: &str = include_str!("../../../shaders/matmul_q8_0.wgsl");
+        const RMS_NORM: &str = include_str!("../../../shaders/rms_norm.wgsl");
+        const TRAIN_ATTENTION: &str = include_str!("../../../shaders/attention_train.wgsl");
+        const LOG_SOFTMAX: &str = include_str!("../../../shaders/log_softmax.wgsl");
+        const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
         let matmul = |format: &str| format!("{REDUCE}\n{MATMUL}\n{format}");
+        let backward = |format: &str| format!("{REDUCE}\n{MATMUL}\n{format}\n{BACKWARD}");
         match self {
-            Kernel::MatmulF32 => (
-                matmul(include_str!("../../../shaders/matmul_f32.wgsl")),
-                "main",
-            ),
-            Kernel::MatmulQ4_1 => (
-                matmul(include_str!("../../../shaders/matmul_q4_1.wgsl")),
-                "main",
-            ),
-            Kernel::MatmulQ8_0 => (
-                matmul(include_str!("../../../shaders/matmul_q8_0.wgsl")),
-                "main",
-            ),
+            Kernel::MatmulF32 => (matmul(F32), "main"),
+            Kernel::MatmulQ4_1 => (matmul(Q4_1), "main"),
+            Kernel::MatmulQ8_0 => (matmul(Q8_0), "main"),
             Kernel::QuantizeQ8 => (
                 include_str!("../../../shaders/quantize_q8.wgsl").into(),
                 "main",
             ),
-            Kernel::RmsNorm => (
-                format!(
-                    "{REDUCE}\n{}",
-                    include_str!("../../../shaders/rms_norm.wgsl")
-                ),
-                "main",
-            ),
+            Kernel::RmsNorm => (format!("{REDUCE}\n{RMS_NORM}"), "main"),
             Kernel::Add => (ELEMENTWISE.into(), "add"),
             Kernel::AddRows => (ELEMENTWISE.into(), "add_rows"),
             Kernel::SiluMul => (ELEMENTWISE.into(), "silu_mul"),
@@ -101,6 +126,21 @@ impl Kernel {
                 include_str!("../../../shaders/attention.wgsl").into(),
                 "main",
             ),
+            Kernel::Gemm => (include_str!("../../../shaders/gemm.wgsl").into(), "main"),
+            Kernel::MatmulBackwardF32 => (backward(F32), "backward"),
+            Kernel::MatmulBackwardQ4_1 => (backward(Q4_1), "backward"),
+            Kernel::MatmulBackwardQ8_0 => (backward(Q8_0), "backward"),
+            Kernel::RmsNormBackward => (format!("{REDUCE}\n{RMS_NORM}"), "backward"),
+            Kernel::Mul => (ELEMENTWISE.into(), "mul"),
+            Kernel::SiluMulBackward => (ELEMENTWISE.into(), "silu_mul_backward"),
+            Kernel::AttentionProbs => (TRAIN_ATTENTION.into(), "probs"),
+            Kernel::AttentionBackwardQ => (TRAIN_ATTENTION.into(), "backward_q"),
+            Kernel::AttentionBackwardKv => (TRAIN_ATTENTION.into(), "backward_kv"),
+            Kernel::LogSoftmax => (format!("{REDUCE}\n{LOG_SOFTMAX}"), "main"),
+            Kernel::LogSoftmaxBackward => (format!("{REDUCE}\n{LOG_SOFTMAX}"), "backward"),
+            Kernel::TopK => (include_str!("../../../shaders/top_k.wgsl").into(), "main"),
+            Kernel::Gather => (GATHER.into(), "gather"),
+            Kernel::ScatterAdd => (GATHER.into(), "scatter_add"),
         }
     }
 }
@@ -337,6 +377,19 @@ impl Context {
         buffers: &[&GpuTensor],
         groups: (u32, u32, u32),
     ) {
+        let at: Vec<(u32, &GpuTensor)> = (1..).zip(buffers.iter().copied()).collect();
+        self.dispatch_at(kernel, params, &at, groups);
+    }
+
+    /// Records one dispatch of `kernel`: `params` at binding 0, each buffer at its binding
+    /// (for the entry points of a shared module that use some of its bindings).
+    pub(crate) fn dispatch_at(
+        &self,
+        kernel: Kernel,
+        params: [u32; 8],
+        buffers: &[(u32, &GpuTensor)],
+        groups: (u32, u32, u32),
+    ) {
         let pipeline = &self.pipelines[kernel as usize];
         let uniform = self
             .device
@@ -349,15 +402,10 @@ impl Context {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.buffer().as_entire_binding(),
-                }),
-        );
+        entries.extend(buffers.iter().map(|(i, b)| wgpu::BindGroupEntry {
+            binding: *i,
+            resource: b.buffer().as_entire_binding(),
+        }));
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
@@ -372,7 +420,9 @@ impl Context {
     }
 
     /// `y = scale · W·x` (or `y += …` with `accumulate`) for `t` rows of `x`, with the
-    /// CPU's 8-bit activations below [`GEMM_MIN_TOKENS`] rows of a quantized `W`.
+    /// CPU's 8-bit activations below [`GEMM_MIN_TOKENS`] rows of a quantized `W` unless
+    /// `exact` (training's f32 products).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
         w: &GpuMatrix,
@@ -380,13 +430,14 @@ impl Context {
         t: usize,
         scale: f32,
         accumulate: bool,
+        exact: bool,
         y: &GpuTensor,
     ) {
         if t == 0 {
             return;
         }
         let quantized;
-        let x = if t < GEMM_MIN_TOKENS && w.format != Format::F32 {
+        let x = if !exact && t < GEMM_MIN_TOKENS && w.format != Format::F32 {
             quantized = self.zeros(x.len());
             let blocks = x.len() / 32;
             let (gx, gy, width) = grid_1d(blocks);
@@ -424,6 +475,54 @@ impl Context {
             &buffers,
             (gx, gy, t as u32),
         );
+    }
+
+    /// The input gradient `dx (+)= dy·W` for `t` rows of `dy` (`t × rows` in, `t × cols`
+    /// out).
+    pub(crate) fn matmul_backward(
+        &self,
+        w: &GpuMatrix,
+        dy: &GpuTensor,
+        t: usize,
+        accumulate: bool,
+        dx: &GpuTensor,
+    ) {
+        if t == 0 {
+            return;
+        }
+        let kernel = match w.format {
+            Format::F32 => Kernel::MatmulBackwardF32,
+            Format::Q4_1 => Kernel::MatmulBackwardQ4_1,
+            Format::Q8_0 => Kernel::MatmulBackwardQ8_0,
+        };
+        let mut buffers = vec![dy, dx, &w.data];
+        buffers.extend(w.d.as_ref());
+        buffers.extend(w.m.as_ref());
+        self.dispatch(
+            kernel,
+            [
+                w.rows as u32,
+                w.cols as u32,
+                t as u32,
+                u32::from(accumulate),
+                1f32.to_bits(),
+                0,
+                0,
+                0,
+            ],
+            &buffers,
+            ((w.cols as u32).div_ceil(WG), t as u32, 1),
+        );
+    }
+
+    /// Uploads `words` (indices) as a device buffer.
+    pub(crate) fn upload_u32(&self, words: &[u32]) -> GpuTensor {
+        self.upload_words(words)
+    }
+
+    /// Reads `x` back as u32 words (indices written by a kernel).
+    pub(crate) fn download_u32(&self, x: &GpuTensor) -> Vec<u32> {
+        self.download(x).into_iter().map(f32::to_bits).collect()
     }
 
     /// One element-wise kernel over `x` and `y` (`m`: the bias length of `add_rows`).

@@ -10,6 +10,7 @@
 mod cache;
 mod context;
 mod tensor;
+mod train;
 
 pub use cache::GpuCache;
 pub use context::{AdapterChoice, Context, GpuError};
@@ -49,6 +50,36 @@ impl Gpu {
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
+
+    /// RoPE in place at positions `pos0…`, or (`inverse`) its inverse rotation.
+    fn rotate(&self, x: &GpuTensor, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
+        let rows = x.len() / (heads * head_dim);
+        check(
+            (pos0 + rows) * self.rope_half <= self.cos.len(),
+            "RoPE position beyond the table",
+        );
+        let total = rows * heads * self.rope_half;
+        let (gx, gy, width) = context::grid_1d(total);
+        let style = match self.rope_style {
+            RopeStyle::Interleaved => 0,
+            RopeStyle::Half => 1,
+        };
+        self.ctx.dispatch(
+            Kernel::Rope,
+            [
+                heads as u32,
+                head_dim as u32,
+                self.rope_half as u32,
+                pos0 as u32,
+                total as u32,
+                style,
+                width,
+                u32::from(inverse),
+            ],
+            &[x, &self.cos, &self.sin],
+            (gx, gy, 1),
+        );
+    }
 }
 
 /// Fails loudly on a shape mismatch: the model code checks shapes before calling in, so a
@@ -84,7 +115,7 @@ impl Backend for Gpu {
     fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, y: &mut GpuTensor) {
         check(x.len() == t * w.cols(), "matmul input size");
         check(y.len() == t * w.rows(), "matmul output size");
-        self.ctx.matmul(w, x, t, 1.0, false, y);
+        self.ctx.matmul(w, x, t, 1.0, false, false, y);
     }
 
     fn lora(
@@ -100,8 +131,8 @@ impl Backend for Gpu {
         check(b.cols() == a.rows(), "LoRA rank");
         check(y.len() == t * b.rows(), "LoRA output size");
         let ax = self.ctx.zeros(t * a.rows());
-        self.ctx.matmul(a, x, t, 1.0, false, &ax);
-        self.ctx.matmul(b, &ax, t, scale, true, y);
+        self.ctx.matmul(a, x, t, 1.0, false, false, &ax);
+        self.ctx.matmul(b, &ax, t, scale, true, false, y);
     }
 
     fn rms_norm(&self, x: &GpuTensor, w: &GpuTensor, eps: f32, out: &mut GpuTensor) {
@@ -138,32 +169,7 @@ impl Backend for Gpu {
     }
 
     fn rope(&self, x: &mut GpuTensor, heads: usize, head_dim: usize, pos0: usize) {
-        let rows = x.len() / (heads * head_dim);
-        check(
-            (pos0 + rows) * self.rope_half <= self.cos.len(),
-            "RoPE position beyond the table",
-        );
-        let total = rows * heads * self.rope_half;
-        let (gx, gy, width) = context::grid_1d(total);
-        let style = match self.rope_style {
-            RopeStyle::Interleaved => 0,
-            RopeStyle::Half => 1,
-        };
-        self.ctx.dispatch(
-            Kernel::Rope,
-            [
-                heads as u32,
-                head_dim as u32,
-                self.rope_half as u32,
-                pos0 as u32,
-                total as u32,
-                style,
-                width,
-                0,
-            ],
-            &[x, &self.cos, &self.sin],
-            (gx, gy, 1),
-        );
+        self.rotate(x, heads, head_dim, pos0, false);
     }
 
     fn new_cache(&self) -> GpuCache {

@@ -12,5 +12,5 @@ pub mod matmul;
 pub mod ops;
 pub mod quant;
 
-pub use backend::{Backend, Cpu};
+pub use backend::{Backend, Cpu, Gemm, TrainBackend};
 pub use matmul::{GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};

@@ -511,3 +511,17 @@ impl Model {
         "cpu".into()
     }
 }
+
+#[cfg(feature = "gpu")]
+impl Model {
+    /// The GPU backend and the weights uploaded to it, when the model runs on a GPU: training
+    /// runs its passes on the same copy.
+    pub fn gpu_weights(
+        &self,
+    ) -> Option<(
+        &clawrl_gpu::Gpu,
+        &Weights<clawrl_gpu::GpuMatrix, clawrl_gpu::GpuTensor>,
+    )> {
+        self.gpu.as_ref().map(|g| (&g.backend, &g.weights))
+    }
+}

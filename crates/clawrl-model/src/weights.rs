@@ -54,7 +54,8 @@ impl<M, V> Block<M, V> {
         }
     }
 
-    pub(crate) fn projection(&self, t: Target) -> &M {
+    /// The projection an adapter target wraps.
+    pub fn projection(&self, t: Target) -> &M {
         match t {
             Target::Q => &self.wq,
             Target::K => &self.wk,
@@ -129,7 +130,7 @@ impl<M, V> Weights<M, V> {
     }
 
     /// The output projection: its own, or the embedding when tied.
-    pub(crate) fn head(&self) -> &M {
+    pub fn head(&self) -> &M {
         self.output.as_ref().unwrap_or(&self.embed)
     }
 }

@@ -7,12 +7,16 @@
 
 mod adamw;
 pub mod demo;
+#[cfg(feature = "gpu")]
+mod device;
 mod error;
 mod frozen;
 mod fused;
 mod gate;
 mod head;
 mod lora;
+#[cfg(feature = "gpu")]
+mod pass;
 mod peft;
 mod policy;
 mod trainer;

@@ -62,6 +62,9 @@ pub struct TrainablePolicy {
     tuning: Tuning,
     gate: Gate,
     rope: Arc<ops::Rope>,
+    /// The GPU the passes run on, when the model runs on one (LoRA only).
+    #[cfg(feature = "gpu")]
+    device: Option<crate::device::OnDevice>,
 }
 
 fn f32_tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -128,6 +131,17 @@ impl TrainablePolicy {
             Some(o) => Arc::new(o.clone()),
             None => embed.clone(),
         };
+        // Full fine-tuning's f32 weights stay on the CPU.
+        #[cfg(feature = "gpu")]
+        let device = match (&tuning, model.gpu_weights()) {
+            (Tuning::Lora(_), Some((gpu, weights))) => Some(crate::device::OnDevice::new(
+                gpu.clone(),
+                c.clone(),
+                weights.clone(),
+                embed.clone(),
+            )),
+            _ => None,
+        };
         Ok(Self {
             embed,
             output,
@@ -143,6 +157,8 @@ impl TrainablePolicy {
                 c.rope_style,
                 c.context_length,
             )),
+            #[cfg(feature = "gpu")]
+            device,
             config: c,
         })
     }
@@ -202,7 +218,8 @@ impl TrainablePolicy {
     }
 
     /// Full fine-tuning's snapshot: `base` with every projection replaced by the trained one,
-    /// requantized to Q8_0 for serving (f32 where a row does not fill whole Q8_0 blocks).
+    /// requantized to Q8_0 for serving (f32 where a row does not fill whole Q8_0 blocks), on
+    /// the base's device.
     pub fn full_snapshot(&self, base: &Model) -> Result<Model> {
         if self.full.is_empty() {
             candle_core::bail!("a LoRA policy snapshots an adapter (adapter_snapshot), not weights")
@@ -223,14 +240,26 @@ impl TrainablePolicy {
             *block.projection_mut(t) = QMatrix::new(rows, cols, storage)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
-        Model::new(
+        let model = Model::new(
             base.config.clone(),
             weights,
             base.tokenizer.clone(),
             base.template.clone(),
             format!("{} (fine-tuned)", base.source),
         )
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // It serves where the base does.
+        #[cfg(feature = "gpu")]
+        let model = match base.gpu_weights() {
+            Some(_) => {
+                let mut m = model;
+                m.set_device(clawrl_model::Device::Gpu)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                m
+            }
+            None => model,
+        };
+        Ok(model)
     }
 
     /// Every trainable variable: A then B of each adapter, or each full weight, in (block,
@@ -265,6 +294,15 @@ impl TrainablePolicy {
                 "token id {bad} is outside the vocabulary of {}",
                 c.vocab_size
             );
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(device) = &self.device {
+            self.gate.wait();
+            let lora = match (mode, self.lora_config()) {
+                (Mode::Reference, _) | (_, None) => None,
+                (_, Some(cfg)) => Some((cfg, &self.lora, mode == Mode::Train)),
+            };
+            return device.head(tokens, from, gather, lora);
         }
         // The embedding is frozen: its rows are inputs, not part of the graph.
         let mut rows = vec![0.0f32; len * c.hidden];
@@ -306,6 +344,32 @@ impl TrainablePolicy {
         }
         let x = norm(&self.norm).forward(&x.narrow(0, from, len - from)?)?;
         Head::new(self.output.clone(), gather).forward(&x)
+    }
+
+    /// Where the passes run, for display: `cpu`, or `gpu: <adapter>`.
+    pub fn device(&self) -> String {
+        #[cfg(feature = "gpu")]
+        if let Some(d) = &self.device {
+            return d.describe();
+        }
+        "cpu".into()
+    }
+
+    /// The adapters' gradients from the passes run on the GPU since the last call, given the
+    /// objective's gradients `store` (which holds those of the gathered log-probs each pass
+    /// returned), aligned with [`Self::vars`]; empty when the passes run on the CPU, where
+    /// `store` holds the adapters' gradients itself.
+    pub fn device_gradients(
+        &self,
+        store: &candle_core::backprop::GradStore,
+    ) -> Result<Vec<Option<Tensor>>> {
+        #[cfg(feature = "gpu")]
+        if let Some(d) = &self.device {
+            self.gate.wait();
+            return d.gradients(store, &self.lora);
+        }
+        let _ = store;
+        Ok(Vec::new())
     }
 
     fn linear(&self, l: usize, t: Target, x: &Tensor, mode: Mode) -> Result<Tensor> {

@@ -431,8 +431,14 @@ impl Trainer {
                 parts.push(metrics);
                 // The batch loss is the mean over samples: each contributes 1/n of its gradient.
                 let store = loss.affine(1.0 / n, 0.0)?.backward()?;
-                for (acc, p) in grads.iter_mut().zip(self.optimizer.params()) {
-                    if let Some(g) = store.get(p.as_tensor()) {
+                // On a GPU the adapters are outside candle's graph: their gradients come from
+                // the device's backward, fed with those of the gathered log-probs.
+                let on_device = self.policy.device_gradients(&store)?;
+                for (i, (acc, p)) in grads.iter_mut().zip(self.optimizer.params()).enumerate() {
+                    let g = store
+                        .get(p.as_tensor())
+                        .or_else(|| on_device.get(i).and_then(Option::as_ref));
+                    if let Some(g) = g {
                         *acc = Some(match acc.take() {
                             Some(a) => a.add(g)?,
                             None => g.clone(),
