@@ -262,6 +262,16 @@ impl Context {
         describe(&self.info)
     }
 
+    /// The most f32 values one tensor may hold: the smaller of the device's largest buffer and
+    /// largest storage binding.
+    pub fn max_tensor_len(&self) -> usize {
+        let limits = self.device.limits();
+        let bytes = limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size);
+        usize::try_from(bytes / 4).unwrap_or(usize::MAX)
+    }
+
     /// Whether the adapter is a software rasteriser (lavapipe, WARP).
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu

@@ -50,6 +50,20 @@ impl OnDevice {
         }
     }
 
+    /// Whether a pass over `len` tokens scoring the last `len − from` fits the device's
+    /// largest tensor: the attention probabilities (`heads × len²`), the log-softmax
+    /// (`(len − from) × vocab`) and the MLP's activations (`len × intermediate`).
+    pub(crate) fn fits(&self, len: usize, from: usize) -> bool {
+        let c = self.pass.config();
+        let largest = [
+            c.heads.saturating_mul(len).saturating_mul(len),
+            len.saturating_sub(from).saturating_mul(c.vocab_size),
+            len.saturating_mul(c.intermediate),
+        ];
+        let limit = self.pass.backend().context().max_tensor_len();
+        largest.iter().all(|&n| n <= limit)
+    }
+
     /// `gpu: <adapter>`.
     pub(crate) fn describe(&self) -> String {
         format!("gpu: {}", self.pass.backend().context().describe())

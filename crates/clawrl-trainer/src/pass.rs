@@ -116,6 +116,11 @@ impl<B: TrainBackend> DevicePass<B> {
         &self.backend
     }
 
+    /// The model's shape.
+    pub(crate) fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
     /// [`crate::TrainablePolicy::head`] on the device: `lora` `None` is the frozen base, and a
     /// pass with `train` keeps its [`Tape`] (with dropout when `lora.dropout > 0`).
     pub(crate) fn forward(

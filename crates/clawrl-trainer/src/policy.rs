@@ -295,8 +295,12 @@ impl TrainablePolicy {
                 c.vocab_size
             );
         }
+        // A pass too large for the device's largest buffer runs here instead: its gradients
+        // join the device's in the step.
         #[cfg(feature = "gpu")]
-        if let Some(device) = &self.device {
+        if let Some(device) = &self.device
+            && device.fits(len, from)
+        {
             self.gate.wait();
             let lora = match (mode, self.lora_config()) {
                 (Mode::Reference, _) | (_, None) => None,

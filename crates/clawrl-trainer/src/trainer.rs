@@ -435,10 +435,15 @@ impl Trainer {
                 // the device's backward, fed with those of the gathered log-probs.
                 let on_device = self.policy.device_gradients(&store)?;
                 for (i, (acc, p)) in grads.iter_mut().zip(self.optimizer.params()).enumerate() {
-                    let g = store
-                        .get(p.as_tensor())
-                        .or_else(|| on_device.get(i).and_then(Option::as_ref));
-                    if let Some(g) = g {
+                    // Both, when a pass too long for the device ran on the CPU.
+                    let g = match (
+                        store.get(p.as_tensor()),
+                        on_device.get(i).and_then(Option::as_ref),
+                    ) {
+                        (Some(a), Some(b)) => Some(a.add(b)?),
+                        (a, b) => a.or(b).cloned(),
+                    };
+                    if let Some(g) = g.as_ref() {
                         *acc = Some(match acc.take() {
                             Some(a) => a.add(g)?,
                             None => g.clone(),
