@@ -40,6 +40,8 @@ pub struct Engine {
     running: Mutex<Option<Running>>,
     /// Where the next start runs the model.
     device: Mutex<Device>,
+    /// The model the last start was asked for, running or not.
+    last_model: Mutex<Option<PathBuf>>,
 }
 
 impl Engine {
@@ -51,6 +53,7 @@ impl Engine {
             .context("starting the async runtime")?;
         Ok(Arc::new(Self {
             device: Mutex::new(options.device),
+            last_model: Mutex::new(None),
             options,
             rt,
             running: Mutex::new(None),
@@ -67,9 +70,17 @@ impl Engine {
         *self.device.lock().unwrap_or_else(|e| e.into_inner()) = device;
     }
 
-    /// The model being served, if the engine runs.
+    /// The model the last start was asked for (served, or failed to start).
     pub fn model_path(&self) -> Option<PathBuf> {
-        self.lock().as_ref().map(|r| r.model_path.clone())
+        self.last_model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the engine runs, on the device it would start on now.
+    pub fn runs_on(&self, device: Device) -> bool {
+        self.lock().is_some() && self.device() == device
     }
 
     /// Loads `model` (None: the one given at start, else the embedded one, fetched if needed)
@@ -91,13 +102,14 @@ impl Engine {
                 FetchProgress::Ready => status("Model ready."),
             })?,
         };
+        *self.last_model.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone());
         status(&format!("Loading {}…", path.display()));
         let mut model =
             Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
         let device = self.device();
         let on = model
             .set_device(device)
-            .with_context(|| format!("running the model on --device {device}"))?;
+            .with_context(|| format!("running the model on the device `{device}`"))?;
         status(&format!("Running on {on}."));
         let model = Arc::new(model);
         // Adapters fit one base model only: another model gets a database of its own.

@@ -190,6 +190,9 @@ fn on_menu(app: &AppHandle, engine: &Arc<Engine>, id: &str) {
     let engine = engine.clone();
     if let Some(&(_, _, device)) = DEVICES.iter().find(|(d, _, _)| *d == id) {
         check_device(app, device);
+        if engine.runs_on(device) {
+            return;
+        }
         engine.set_device(device);
         // The same model again, on the new device.
         let model = engine.model_path();

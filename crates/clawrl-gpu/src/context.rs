@@ -14,6 +14,9 @@ pub enum GpuError {
     /// wgpu found no adapter of the kind asked for.
     #[error("no GPU adapter found ({0})")]
     NoAdapter(String),
+    /// Work on the device failed (out of memory, or a request beyond its limits).
+    #[error("the GPU failed: {0}")]
+    Failed(String),
     /// The adapter refused to open a device.
     #[error("the GPU adapter {adapter} could not open a device: {reason}")]
     Device {
@@ -263,13 +266,33 @@ impl Context {
     }
 
     /// The most f32 values one tensor may hold: the smaller of the device's largest buffer and
-    /// largest storage binding.
+    /// largest storage binding, and of what a u32 index reaches (the kernels' indices).
     pub fn max_tensor_len(&self) -> usize {
         let limits = self.device.limits();
         let bytes = limits
             .max_buffer_size
             .min(limits.max_storage_buffer_binding_size);
-        usize::try_from(bytes / 4).unwrap_or(usize::MAX)
+        usize::try_from((bytes / 4).min(u64::from(u32::MAX))).unwrap_or(usize::MAX)
+    }
+
+    /// Runs `f`, turning the device's out-of-memory and validation errors in it (which would
+    /// otherwise end the process) into an error: a pass too large for the device's memory
+    /// fails cleanly. Error scopes are per thread, so another thread's work is not caught.
+    ///
+    /// # Errors
+    /// [`GpuError::Failed`] with wgpu's message.
+    pub fn capture<R>(&self, f: impl FnOnce() -> R) -> Result<R, GpuError> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(memory.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(GpuError::Failed(e.to_string())),
+            None => Ok(out),
+        }
     }
 
     /// Whether the adapter is a software rasteriser (lavapipe, WARP).
@@ -553,6 +576,7 @@ impl Context {
     ///
     /// # Panics
     /// If the device is lost while waiting (a driver reset), which no caller can repair.
+    /// A read-back that fails after an error inside [`Context::capture`] gives zeros.
     pub fn download(&self, x: &GpuTensor) -> Vec<f32> {
         if x.is_empty() {
             return Vec::new();
@@ -565,13 +589,13 @@ impl Context {
             mapped_at_creation: false,
         });
         self.record(|e| e.copy_buffer_to_buffer(x.buffer(), 0, &staging, 0, bytes));
-        let encoder = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(encoder) = encoder {
-            self.queue.submit([encoder.finish()]);
+        {
+            // Held through the submit: a thread recording after the take must not submit its
+            // later commands before these (serving and training share the device).
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(encoder) = pending.take() {
+                self.queue.submit([encoder.finish()]);
+            }
         }
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -582,9 +606,13 @@ impl Context {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .expect("the GPU was lost while computing");
-        rx.recv()
-            .expect("wgpu dropped the read-back callback")
-            .expect("the GPU could not map the read-back buffer");
+        let mapped = rx.recv().expect("wgpu dropped the read-back callback");
+        if let Err(e) = mapped {
+            // Only after an error wgpu already reported: uncaptured, it has ended the process;
+            // inside `capture`, the caller gets it and discards these values.
+            tracing::error!(error = %e, "GPU read-back failed");
+            return vec![0.0; x.len()];
+        }
         let out = bytemuck::cast_slice(
             &slice
                 .get_mapped_range()

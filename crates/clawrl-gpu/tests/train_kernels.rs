@@ -265,3 +265,16 @@ fn the_head_matches_the_cpu() {
     gpu.log_softmax_backward(&gz, width, &totals, &idx, &g, &mut dz);
     close(&gpu.download(&dz), &want, 1e-5, "log-softmax backward");
 }
+
+#[test]
+fn a_request_beyond_the_device_is_an_error_and_the_device_still_works() {
+    let ctx = context();
+    // 2⁶¹ bytes: beyond every adapter's largest buffer.
+    let err = ctx
+        .capture(|| ctx.zeros(1 << 59))
+        .expect_err("an impossible buffer fails");
+    assert!(err.to_string().starts_with("the GPU failed"), "{err}");
+    assert!(ctx.max_tensor_len() <= u32::MAX as usize);
+    let x = [1.0f32, -2.0, 3.5];
+    assert_eq!(ctx.download(&ctx.upload(&x)), x);
+}

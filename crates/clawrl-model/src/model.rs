@@ -464,7 +464,8 @@ impl Model {
     ///
     /// # Errors
     /// [`Error::Gpu`] for [`Device::Gpu`] when no adapter opens (no driver, or a build
-    /// without the `gpu` feature). [`Device::Auto`] never fails: it falls back to the CPU and
+    /// without the `gpu` feature) or the model's heads are wider than the GPU's attention
+    /// takes (128). [`Device::Auto`] never fails: it falls back to the CPU and
     /// logs why.
     pub fn set_device(&mut self, device: Device) -> Result<String> {
         #[cfg(feature = "gpu")]
@@ -480,6 +481,19 @@ impl Model {
                 Device::Auto => AdapterChoice::Hardware,
                 Device::Gpu => AdapterChoice::Any,
             };
+            // The attention kernels hold a head in one workgroup's registers.
+            if self.config.head_dim > MAX_GPU_HEAD_DIM {
+                let why = format!(
+                    "the GPU kernels take heads of up to {MAX_GPU_HEAD_DIM} dimensions; this model's have {}",
+                    self.config.head_dim
+                );
+                if device == Device::Auto {
+                    tracing::info!(reason = %why, "running on the CPU");
+                    self.gpu = None;
+                    return Ok(self.device());
+                }
+                return Err(Error::Gpu(why));
+            }
             match Context::open(choice) {
                 Ok(ctx) => {
                     let backend = Gpu::new(ctx, &self.rope);
@@ -512,8 +526,22 @@ impl Model {
     }
 }
 
+/// The largest `head_dim` the GPU's attention kernels take (`shaders/attention*.wgsl`).
+#[cfg(feature = "gpu")]
+const MAX_GPU_HEAD_DIM: usize = 128;
+
 #[cfg(feature = "gpu")]
 impl Model {
+    /// Runs this model on the GPU `other` runs on (its device, not a new one), or on the CPU
+    /// when `other` does: a fine-tuned snapshot serves where its base does. The weights are
+    /// uploaded once.
+    pub fn share_device(&mut self, other: &Model) {
+        self.gpu = other
+            .gpu
+            .as_ref()
+            .map(|g| crate::device::GpuEngine::new(g.backend.clone(), &self.weights));
+    }
+
     /// The GPU backend and the weights uploaded to it, when the model runs on a GPU: training
     /// runs its passes on the same copy.
     pub fn gpu_weights(

@@ -13,6 +13,7 @@ use candle_core::{Device, Result, Tensor, Var};
 use clawrl_gpu::{Gpu, GpuMatrix, GpuTensor};
 use clawrl_kernels::Backend;
 use clawrl_model::{ModelConfig, QMatrix, Target, Weights};
+use tracing::warn;
 
 use crate::head::{Gather, HeadStats};
 use crate::lora::LoraConfig;
@@ -52,9 +53,13 @@ impl OnDevice {
 
     /// Whether a pass over `len` tokens scoring the last `len − from` fits the device's
     /// largest tensor: the attention probabilities (`heads × len²`), the log-softmax
-    /// (`(len − from) × vocab`) and the MLP's activations (`len × intermediate`).
+    /// (`(len − from) × vocab`) and the MLP's activations (`len × intermediate`); and whether
+    /// the attention kernels take the model's heads (`head_dim` ≤ 128).
     pub(crate) fn fits(&self, len: usize, from: usize) -> bool {
         let c = self.pass.config();
+        if c.head_dim > 128 {
+            return false;
+        }
         let largest = [
             c.heads.saturating_mul(len).saturating_mul(len),
             len.saturating_sub(from).saturating_mul(c.vocab_size),
@@ -70,31 +75,38 @@ impl OnDevice {
     }
 
     /// [`crate::TrainablePolicy::head`] on the GPU; `adapters` `None` is the frozen base.
+    /// `None` when the device failed the pass (out of memory): the caller runs it on the CPU.
     pub(crate) fn head(
         &self,
         tokens: &[u32],
         from: usize,
         gather: Gather,
         adapters: Option<Adapters<'_>>,
-    ) -> Result<(Tensor, HeadStats)> {
+    ) -> Result<Option<(Tensor, HeadStats)>> {
         let (lora, train) = match adapters {
             None => (None, false),
             Some((cfg, pairs, train)) => (Some(self.upload(cfg, pairs, train)?), train),
         };
-        let (values, m, stats, tape) = self
-            .pass
-            .forward(tokens, from, &gather, lora, train)
-            .map_err(msg)?;
+        let ctx = self.pass.backend().context();
+        let (values, m, stats, tape) = match ctx
+            .capture(|| self.pass.forward(tokens, from, &gather, lora, train))
+        {
+            Ok(pass) => pass.map_err(msg)?,
+            Err(e) => {
+                warn!(tokens = tokens.len(), error = %e, "a pass failed on the GPU; running it on the CPU");
+                return Ok(None);
+            }
+        };
         let lp = Tensor::from_vec(values, (tokens.len() - from, m), &Device::Cpu)?;
         let Some(tape) = tape else {
-            return Ok((lp, stats));
+            return Ok(Some((lp, stats)));
         };
         let leaf = Var::from_tensor(&lp)?.as_tensor().clone();
         self.tapes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((leaf.clone(), tape));
-        Ok((leaf, stats))
+        Ok(Some((leaf, stats)))
     }
 
     /// The adapters' current values on the device.
@@ -135,7 +147,13 @@ impl OnDevice {
                 continue;
             };
             let g = g.flatten_all()?.to_vec1::<f32>()?;
-            let flat = self.pass.backward(&tape, &g).map_err(msg)?;
+            let flat = self
+                .pass
+                .backend()
+                .context()
+                .capture(|| self.pass.backward(&tape, &g))
+                .map_err(msg)?
+                .map_err(msg)?;
             match &mut sum {
                 Some(s) => s.iter_mut().zip(&flat).for_each(|(a, b)| *a += b),
                 None => sum = Some(flat),

@@ -211,18 +211,26 @@ impl<B: TrainBackend> DevicePass<B> {
         let mut hn = be.zeros(n * d);
         be.rms_norm(&xf, &self.weights.norm, c.rms_eps, &mut hn);
         let vocab = be.shape(self.weights.head()).0;
+        let (ids, k) = gathered_ids(gather, n, vocab)?;
         let mut lp = be.zeros(n * vocab);
         be.matmul_f32(self.weights.head(), &hn, n, &mut lp);
-        let mut entropy = be.zeros(n);
-        be.log_softmax(&mut lp, vocab, &mut entropy);
-        let entropy_sum = be.download(&entropy).iter().map(|&e| f64::from(e)).sum();
-
-        let (ids, k) = gathered_ids(gather, n, vocab)?;
+        // Top-k on the logits, as the CPU's head: the log-softmax's shift could round two
+        // close logits into a tie.
         let top: Vec<u32> = if k > 0 {
             be.top_k(&lp, vocab, k)
         } else {
             Vec::new()
         };
+        // A NaN logit wins no comparison, so its row runs out of ids.
+        if top.iter().any(|&v| v as usize >= vocab) {
+            return Err(Error::InvalidSample(
+                "the policy's logits are not finite (has training diverged?)".into(),
+            ));
+        }
+        let mut entropy = be.zeros(n);
+        be.log_softmax(&mut lp, vocab, &mut entropy);
+        let entropy_sum = be.download(&entropy).iter().map(|&e| f64::from(e)).sum();
+
         let top_rows: Vec<Vec<u32>> = (0..n)
             .map(|r| {
                 top.get(r * k..(r + 1) * k)

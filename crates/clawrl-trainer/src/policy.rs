@@ -250,14 +250,10 @@ impl TrainablePolicy {
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         // It serves where the base does.
         #[cfg(feature = "gpu")]
-        let model = match base.gpu_weights() {
-            Some(_) => {
-                let mut m = model;
-                m.set_device(clawrl_model::Device::Gpu)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                m
-            }
-            None => model,
+        let model = {
+            let mut m = model;
+            m.share_device(base);
+            m
         };
         Ok(model)
     }
@@ -274,6 +270,10 @@ impl TrainablePolicy {
 
     /// The log-probs `gather` asks for, `[len − from, m]`, at positions `from..len` of `tokens`
     /// (row j is the distribution of the token after `tokens[from + j]`), with the head's stats.
+    ///
+    /// On a GPU ([`Self::device`]) the pass runs outside candle's graph: after the backward of
+    /// a loss over a [`Mode::Train`] result, the adapters' gradients come from
+    /// [`Self::device_gradients`], not from candle's store.
     pub fn head(
         &self,
         tokens: &[u32],
@@ -306,7 +306,9 @@ impl TrainablePolicy {
                 (Mode::Reference, _) | (_, None) => None,
                 (_, Some(cfg)) => Some((cfg, &self.lora, mode == Mode::Train)),
             };
-            return device.head(tokens, from, gather, lora);
+            if let Some(out) = device.head(tokens, from, gather.clone(), lora)? {
+                return Ok(out);
+            }
         }
         // The embedding is frozen: its rows are inputs, not part of the graph.
         let mut rows = vec![0.0f32; len * c.hidden];

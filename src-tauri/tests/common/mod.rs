@@ -443,9 +443,15 @@ pub fn scenario(d: &Driver, shots: &Path) -> Result<()> {
     )?;
     d.screenshot(&shots.join("rollouts.png"))?;
 
-    // Settings: the model and judge being served.
+    // Settings: the model and judge being served, and where the model runs.
     d.click("[data-testid=tab-settings]")?;
     d.wait_text("the model id", "model-id", "t === 'clawrl'", SHORT)?;
+    d.wait_text(
+        "the device",
+        "device",
+        "t === 'cpu' || t.startsWith('gpu: ')",
+        SHORT,
+    )?;
     d.screenshot(&shots.join("settings.png"))?;
     Ok(())
 }
