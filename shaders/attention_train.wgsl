@@ -1,7 +1,8 @@
 // Causal attention for training: t positions over themselves (position 0 first), keeping the
 // probabilities P (`heads × t × t`, zero above the diagonal) for the backward. Layouts as in
 // attention.wgsl: q and o rows of `heads × head_dim`, k and v rows of `kv_heads × head_dim`;
-// query head h reads key/value head h / (heads / kv_heads); head_dim ≤ 2·WG.
+// query head h reads key/value head h / (heads / kv_heads); head_dim ≤ 128. Joined with
+// reduce.wgsl.
 //
 // `probs`        one workgroup per (head, query row i): P[h, i, ·] and o[i, h, ·].
 // `backward_q`   one workgroup per (head, i): dS[h, i, j] = s·P_ij·(dP_ij − Σ_j' P_ij'·dP_ij')
@@ -20,8 +21,6 @@ struct TrainAttnParams {
     _pad2: u32,
 }
 
-const WG: u32 = 64u;
-
 @group(0) @binding(0) var<uniform> p: TrainAttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -35,54 +34,46 @@ const WG: u32 = 64u;
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;
 
 var<workgroup> row_h: array<f32, 128>;
-var<workgroup> red: array<f32, WG>;
-
-fn reduce_max(x: f32, lid: u32) -> f32 {
-    red[lid] = x;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if lid < step {
-            red[lid] = max(red[lid], red[lid + step]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
+// One query row of one head: where its values sit in each tensor.
+struct Row {
+    h: u32,
+    i: u32,
+    // Its key/value head.
+    kvh: u32,
+    // Values per position of k and v.
+    kv_stride: u32,
+    // Its first value in q, o, dO and dQ.
+    qoff: u32,
+    // Its first value in P and dS.
+    prow: u32,
 }
 
-fn reduce_sum(x: f32, lid: u32) -> f32 {
-    red[lid] = x;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if lid < step {
-            red[lid] = red[lid] + red[lid + step];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
+fn row_of(wid: vec3<u32>) -> Row {
+    let h = wid.x;
+    let i = wid.y;
+    return Row(
+        h,
+        i,
+        h / (p.heads / p.kv_heads),
+        p.kv_heads * p.head_dim,
+        (i * p.heads + h) * p.head_dim,
+        (h * p.t + i) * p.t,
+    );
 }
 
 @compute @workgroup_size(64)
 fn probs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
-    let i = wid.y;
+    let r = row_of(wid);
     let hd = p.head_dim;
-    let kvh = h / (p.heads / p.kv_heads);
-    let kv_stride = p.kv_heads * hd;
-    let qoff = (i * p.heads + h) * hd;
-    let prow = (h * p.t + i) * p.t;
     for (var c = lid; c < hd; c = c + WG) {
-        row_h[c] = q[qoff + c];
+        row_h[c] = q[r.qoff + c];
     }
     workgroupBarrier();
     var local_max = -3.0e38;
     for (var j = lid; j < p.t; j = j + WG) {
         var sc = 0.0;
-        if j <= i {
-            let off = j * kv_stride + kvh * hd;
+        if j <= r.i {
+            let off = j * r.kv_stride + r.kvh * hd;
             var dot = 0.0;
             for (var c = 0u; c < hd; c = c + 1u) {
                 dot = dot + row_h[c] * k[off + c];
@@ -90,67 +81,62 @@ fn probs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
             sc = dot * p.scale;
             local_max = max(local_max, sc);
         }
-        pm[prow + j] = sc;
+        pm[r.prow + j] = sc;
     }
-    let m = reduce_max(local_max, lid);
+    let m = workgroup_max(local_max, lid);
     var local_sum = 0.0;
-    for (var j = lid; j <= i; j = j + WG) {
-        let e = exp(pm[prow + j] - m);
-        pm[prow + j] = e;
+    for (var j = lid; j <= r.i; j = j + WG) {
+        let e = exp(pm[r.prow + j] - m);
+        pm[r.prow + j] = e;
         local_sum = local_sum + e;
     }
-    let inv = 1.0 / reduce_sum(local_sum, lid);
-    for (var j = lid; j <= i; j = j + WG) {
-        pm[prow + j] = pm[prow + j] * inv;
+    let inv = 1.0 / workgroup_sum(local_sum, lid);
+    for (var j = lid; j <= r.i; j = j + WG) {
+        pm[r.prow + j] = pm[r.prow + j] * inv;
     }
     storageBarrier();
     workgroupBarrier();
     for (var c = lid; c < hd; c = c + WG) {
         var acc = 0.0;
-        for (var j = 0u; j <= i; j = j + 1u) {
-            acc = acc + pm[prow + j] * v[j * kv_stride + kvh * hd + c];
+        for (var j = 0u; j <= r.i; j = j + 1u) {
+            acc = acc + pm[r.prow + j] * v[j * r.kv_stride + r.kvh * hd + c];
         }
-        o[qoff + c] = acc;
+        o[r.qoff + c] = acc;
     }
 }
 
 @compute @workgroup_size(64)
 fn backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
-    let i = wid.y;
+    let r = row_of(wid);
     let hd = p.head_dim;
-    let kvh = h / (p.heads / p.kv_heads);
-    let kv_stride = p.kv_heads * hd;
-    let qoff = (i * p.heads + h) * hd;
-    let prow = (h * p.t + i) * p.t;
     for (var c = lid; c < hd; c = c + WG) {
-        row_h[c] = o[qoff + c];
+        row_h[c] = o[r.qoff + c];
     }
     workgroupBarrier();
     var local = 0.0;
     for (var j = lid; j < p.t; j = j + WG) {
         var dp = 0.0;
-        if j <= i {
-            let off = j * kv_stride + kvh * hd;
+        if j <= r.i {
+            let off = j * r.kv_stride + r.kvh * hd;
             for (var c = 0u; c < hd; c = c + 1u) {
                 dp = dp + row_h[c] * v[off + c];
             }
-            local = local + pm[prow + j] * dp;
+            local = local + pm[r.prow + j] * dp;
         }
-        ds[prow + j] = dp;
+        ds[r.prow + j] = dp;
     }
-    let dot = reduce_sum(local, lid);
+    let dot = workgroup_sum(local, lid);
     for (var j = lid; j < p.t; j = j + WG) {
-        ds[prow + j] = p.scale * pm[prow + j] * (ds[prow + j] - dot);
+        ds[r.prow + j] = p.scale * pm[r.prow + j] * (ds[r.prow + j] - dot);
     }
     storageBarrier();
     workgroupBarrier();
     for (var c = lid; c < hd; c = c + WG) {
         var acc = 0.0;
-        for (var j = 0u; j <= i; j = j + 1u) {
-            acc = acc + ds[prow + j] * k[j * kv_stride + kvh * hd + c];
+        for (var j = 0u; j <= r.i; j = j + 1u) {
+            acc = acc + ds[r.prow + j] * k[j * r.kv_stride + r.kvh * hd + c];
         }
-        dq[qoff + c] = acc;
+        dq[r.qoff + c] = acc;
     }
 }
 

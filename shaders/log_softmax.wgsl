@@ -17,28 +17,18 @@ struct HeadParams {
 @group(0) @binding(2) var<storage, read_write> aux: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-var<workgroup> row_max: array<f32, WG>;
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x + wid.y * p.groups_x;
     let live = row < p.rows;
     let base = row * p.width;
-    var m = -3.0e38;
+    var local_max = -3.0e38;
     if live {
         for (var c = lid; c < p.width; c = c + WG) {
-            m = max(m, z[base + c]);
+            local_max = max(local_max, z[base + c]);
         }
     }
-    row_max[lid] = m;
-    workgroupBarrier();
-    for (var step = WG / 2u; step > 0u; step = step / 2u) {
-        if lid < step {
-            row_max[lid] = max(row_max[lid], row_max[lid + step]);
-        }
-        workgroupBarrier();
-    }
-    m = row_max[0];
+    let m = workgroup_max(local_max, lid);
     var e_sum = 0.0;
     var weighted = 0.0;
     if live {

@@ -107,7 +107,7 @@ impl Kernel {
         const Q4_1: &str = include_str!("../../../shaders/matmul_q4_1.wgsl");
         const Q8_0: &str = include_str!("../../../shaders/matmul_q8_0.wgsl");
         const RMS_NORM: &str = include_str!("../../../shaders/rms_norm.wgsl");
-        const TRAIN_ATTENTION: &str = include_str!("../../../shaders/attention_train.wgsl");
+        const ATTENTION_TRAIN: &str = include_str!("../../../shaders/attention_train.wgsl");
         const LOG_SOFTMAX: &str = include_str!("../../../shaders/log_softmax.wgsl");
         const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
         let matmul = |format: &str| format!("{REDUCE}\n{MATMUL}\n{format}");
@@ -136,9 +136,9 @@ impl Kernel {
             Kernel::RmsNormBackward => (format!("{REDUCE}\n{RMS_NORM}"), "backward"),
             Kernel::Mul => (ELEMENTWISE.into(), "mul"),
             Kernel::SiluMulBackward => (ELEMENTWISE.into(), "silu_mul_backward"),
-            Kernel::AttentionProbs => (TRAIN_ATTENTION.into(), "probs"),
-            Kernel::AttentionBackwardQ => (TRAIN_ATTENTION.into(), "backward_q"),
-            Kernel::AttentionBackwardKv => (TRAIN_ATTENTION.into(), "backward_kv"),
+            Kernel::AttentionProbs => (format!("{REDUCE}\n{ATTENTION_TRAIN}"), "probs"),
+            Kernel::AttentionBackwardQ => (format!("{REDUCE}\n{ATTENTION_TRAIN}"), "backward_q"),
+            Kernel::AttentionBackwardKv => (format!("{REDUCE}\n{ATTENTION_TRAIN}"), "backward_kv"),
             Kernel::LogSoftmax => (format!("{REDUCE}\n{LOG_SOFTMAX}"), "main"),
             Kernel::LogSoftmaxBackward => (format!("{REDUCE}\n{LOG_SOFTMAX}"), "backward"),
             Kernel::TopK => (include_str!("../../../shaders/top_k.wgsl").into(), "main"),
@@ -165,6 +165,16 @@ pub(crate) fn grid(rows: usize) -> (u32, u32) {
 pub(crate) fn grid_1d(n: usize) -> (u32, u32, u32) {
     let (gx, gy) = grid((n as u32).div_ceil(WG) as usize);
     (gx, gy, gx * WG)
+}
+
+/// The per-call parameters of a `shaders/matmul.wgsl` kernel (its `MatParams`, beside the
+/// matrix's shape).
+struct MatParams {
+    t: usize,
+    scale: f32,
+    accumulate: bool,
+    /// Workgroups along x, when rows spread over x and y.
+    groups_x: u32,
 }
 
 /// An open GPU: device, queue, the compiled kernels, and the commands recorded so far.
@@ -490,24 +500,13 @@ impl Context {
             Format::Q4_1 => Kernel::MatmulQ4_1,
             Format::Q8_0 => Kernel::MatmulQ8_0,
         };
-        let mut buffers = vec![x, y, &w.data];
-        buffers.extend(w.d.as_ref());
-        buffers.extend(w.m.as_ref());
-        self.dispatch(
-            kernel,
-            [
-                w.rows as u32,
-                w.cols as u32,
-                t as u32,
-                u32::from(accumulate),
-                scale.to_bits(),
-                gx,
-                0,
-                0,
-            ],
-            &buffers,
-            (gx, gy, t as u32),
-        );
+        let params = MatParams {
+            t,
+            scale,
+            accumulate,
+            groups_x: gx,
+        };
+        self.dispatch_matrix(kernel, w, x, y, params, (gx, gy, t as u32));
     }
 
     /// The input gradient `dx (+)= dy·W` for `t` rows of `dy` (`t × rows` in, `t × cols`
@@ -528,24 +527,41 @@ impl Context {
             Format::Q4_1 => Kernel::MatmulBackwardQ4_1,
             Format::Q8_0 => Kernel::MatmulBackwardQ8_0,
         };
-        let mut buffers = vec![dy, dx, &w.data];
+        let params = MatParams {
+            t,
+            scale: 1.0,
+            accumulate,
+            groups_x: 0,
+        };
+        let groups = ((w.cols as u32).div_ceil(WG), t as u32, 1);
+        self.dispatch_matrix(kernel, w, dy, dx, params, groups);
+    }
+
+    /// One dispatch of a `shaders/matmul.wgsl` kernel: `input` at binding 1, `output` at 2,
+    /// then the matrix's buffers.
+    fn dispatch_matrix(
+        &self,
+        kernel: Kernel,
+        w: &GpuMatrix,
+        input: &GpuTensor,
+        output: &GpuTensor,
+        p: MatParams,
+        groups: (u32, u32, u32),
+    ) {
+        let mut buffers = vec![input, output, &w.data];
         buffers.extend(w.d.as_ref());
         buffers.extend(w.m.as_ref());
-        self.dispatch(
-            kernel,
-            [
-                w.rows as u32,
-                w.cols as u32,
-                t as u32,
-                u32::from(accumulate),
-                1f32.to_bits(),
-                0,
-                0,
-                0,
-            ],
-            &buffers,
-            ((w.cols as u32).div_ceil(WG), t as u32, 1),
-        );
+        let params = [
+            w.rows as u32,
+            w.cols as u32,
+            p.t as u32,
+            u32::from(p.accumulate),
+            p.scale.to_bits(),
+            p.groups_x,
+            0,
+            0,
+        ];
+        self.dispatch(kernel, params, &buffers, groups);
     }
 
     /// Uploads `words` (indices) as a device buffer.

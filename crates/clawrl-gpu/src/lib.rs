@@ -51,6 +51,13 @@ impl Gpu {
         &self.ctx
     }
 
+    /// `y = W·x` for `t` rows; `exact`: f32 activations at every length.
+    fn product(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, exact: bool, y: &GpuTensor) {
+        check(x.len() == t * w.cols(), "matmul input size");
+        check(y.len() == t * w.rows(), "matmul output size");
+        self.ctx.matmul(w, x, t, 1.0, false, exact, y);
+    }
+
     /// RoPE in place at positions `pos0…`, or (`inverse`) its inverse rotation.
     fn rotate(&self, x: &GpuTensor, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
         let rows = x.len() / (heads * head_dim);
@@ -113,9 +120,7 @@ impl Backend for Gpu {
     }
 
     fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, y: &mut GpuTensor) {
-        check(x.len() == t * w.cols(), "matmul input size");
-        check(y.len() == t * w.rows(), "matmul output size");
-        self.ctx.matmul(w, x, t, 1.0, false, false, y);
+        self.product(w, x, t, false, y);
     }
 
     fn lora(

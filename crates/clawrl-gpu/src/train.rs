@@ -19,9 +19,7 @@ impl TrainBackend for Gpu {
     }
 
     fn matmul_f32(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, y: &mut GpuTensor) {
-        check(x.len() == t * w.cols(), "matmul input size");
-        check(y.len() == t * w.rows(), "matmul output size");
-        self.ctx.matmul(w, x, t, 1.0, false, true, y);
+        self.product(w, x, t, true, y);
     }
 
     fn matmul_backward(

@@ -4,36 +4,15 @@
 //! Tolerances: 1e-4 relative to the largest output for the f32 kernels (only the order of
 //! additions differs), 2e-4 for the quantized products (long sums of exact products).
 
-use std::sync::Arc;
+mod common;
 
-use clawrl_gpu::{AdapterChoice, Context, Gpu};
+use clawrl_gpu::Gpu;
 use clawrl_kernels::ops::{AttnShape, Rope, RopeStyle};
 use clawrl_kernels::quant::{quantize_q4_1, quantize_q8_0};
 use clawrl_kernels::{Backend, Cpu, QMatrix, Storage};
+use common::{close, context, random};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-fn context() -> Arc<Context> {
-    Context::open(AdapterChoice::Any).unwrap_or_else(|e| {
-        panic!("{e}: install a Vulkan driver (Debian: mesa-vulkan-drivers) to run the GPU tests")
-    })
-}
-
-fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-/// Asserts `got ≈ want` within `tol` of the largest |want|.
-fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * scale,
-            "{what}[{i}]: GPU {g} vs CPU {w} (scale {scale})"
-        );
-    }
-}
 
 fn matrices(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<(&'static str, QMatrix)> {
     let v = random(rng, rows * cols);

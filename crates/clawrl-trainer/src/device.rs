@@ -16,9 +16,8 @@ use clawrl_model::{ModelConfig, QMatrix, Target, Weights};
 use tracing::warn;
 
 use crate::head::{Gather, HeadStats};
-use crate::lora::LoraConfig;
+use crate::lora::{LoraConfig, LoraPair};
 use crate::pass::{DeviceLora, DevicePass, Tape};
-use crate::policy::LoraPair;
 
 /// The adapters as the policy holds them, how they are scaled, and whether the pass trains.
 pub(crate) type Adapters<'a> = (

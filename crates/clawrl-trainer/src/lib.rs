@@ -26,9 +26,9 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use error::{Error, Result};
 pub use gate::{Gate, Hold};
 pub use head::{Gather, HeadStats};
-pub use lora::{LoraConfig, Target, Tuning};
+pub use lora::{LoraConfig, LoraPair, Target, Tuning};
 pub use peft::load_adapter;
-pub use policy::{LoraPair, Mode, TrainablePolicy};
+pub use policy::{Mode, TrainablePolicy};
 pub use trainer::{StepMetrics, Teacher, TrainConfig, TrainSample, Trainer};
 
 /// Runs candle's element-wise ops on the calling thread instead of in candle's own pool.

@@ -1,5 +1,6 @@
 //! What training updates: LoRA adapters (and their hyper-parameters) or every projection.
 
+use candle_core::Var;
 pub use clawrl_model::Target;
 
 /// LoRA hyper-parameters.
@@ -50,4 +51,12 @@ pub enum Tuning {
     /// Full fine-tuning: every block's seven projections, in f32. The embedding, the output
     /// head and the norms stay frozen (the head is tied to the embedding in the embedded model).
     Full,
+}
+
+/// One wrapped projection: `W x + (α/r)·B(A x)`.
+pub struct LoraPair {
+    /// A: `r × in`, random at start.
+    pub a: Var,
+    /// B: `out × r`, zero at start so a new adapter changes nothing.
+    pub b: Var,
 }

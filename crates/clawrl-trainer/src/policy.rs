@@ -17,15 +17,7 @@ use crate::frozen::{FrozenLinear, LoraLinear};
 use crate::fused::{Attention, RmsNorm, Rope, SwiGlu};
 use crate::gate::Gate;
 use crate::head::{Gather, Head, HeadStats};
-use crate::lora::{LoraConfig, Target, Tuning};
-
-/// One wrapped projection: `W x + (α/r)·B(A x)`.
-pub struct LoraPair {
-    /// A: `r × in`, random at start.
-    pub a: Var,
-    /// B: `out × r`, zero at start so a new adapter changes nothing.
-    pub b: Var,
-}
+use crate::lora::{LoraConfig, LoraPair, Target, Tuning};
 
 struct Block {
     attn_norm: Arc<[f32]>,
