@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -59,7 +60,8 @@ pub(crate) struct SimulateArgs {
     quick: bool,
     /// The full benchmark: 15 sessions of every persona; the untrained control (`none`) and
     /// `combined` with seeds 0, 1, 2, then `rl`, `opd` and the `token`, `random`, `longest`
-    /// selections with seed 0 (instead of --method, --selection and --seed).
+    /// selections with seed 0 (instead of --method, --selection and --seed). The selections
+    /// differ only with more than one candidate hint: add --annotators.
     #[arg(long, conflicts_with_all = ["url", "method", "selection", "seed"])]
     full: bool,
     /// Samples per training step.
@@ -80,6 +82,12 @@ pub(crate) struct SimulateArgs {
     /// previous ones produced (training then yields to the back-to-back requests).
     #[arg(long)]
     no_wait: bool,
+    /// Simulated annotators: after each session, the persona's `annotator_hints` (three
+    /// people's hints) are added to every corrected answer and accepted, so that hint selection
+    /// chooses among M = 4 candidates (the judge's and theirs). Training pauses during each
+    /// session, so a turn trains with all its candidates.
+    #[arg(long)]
+    annotators: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -107,6 +115,8 @@ struct RunResult {
     selection: String,
     seed: u64,
     mode: &'static str,
+    /// Wall-clock seconds the run took (model load excluded).
+    seconds: f64,
     personas: BTreeMap<String, PersonaResult>,
 }
 
@@ -119,6 +129,8 @@ struct Schedule {
     wait: bool,
     /// Stop once every persona's preference is learned.
     until_adopted: bool,
+    /// Annotators hint every corrected answer ([`Simulation::annotate`]).
+    annotate: bool,
 }
 
 fn sessions(
@@ -133,6 +145,7 @@ fn sessions(
         max_sessions,
         wait,
         until_adopted,
+        annotate,
     } = schedule;
     let mut by_persona: BTreeMap<String, Vec<SessionOutcome>> = BTreeMap::new();
     // Personas take turns: session n of every persona before session n + 1 of any.
@@ -146,7 +159,19 @@ fn sessions(
         }
         for (p, persona) in personas.iter().enumerate() {
             let task = (sim.seed as usize * 7919 + n * personas.len() + p) % tasks.len();
-            let o = rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?;
+            let o = if annotate {
+                rt.block_on(async {
+                    sim.set_training_paused(true).await?;
+                    let mut o = sim.session(persona, &tasks[task], task, n + 1).await?;
+                    // Paused, this returns once every next state is judged.
+                    sim.wait_for_training().await?;
+                    sim.annotate(persona, &mut o).await?;
+                    sim.set_training_paused(false).await?;
+                    Ok::<_, clawrl_sim::Error>(o)
+                })?
+            } else {
+                rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?
+            };
             log(&o);
             if wait {
                 rt.block_on(sim.wait_for_training())?;
@@ -253,6 +278,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
         max_sessions,
         wait: !a.no_wait,
         until_adopted: a.quick,
+        annotate: a.annotators,
     };
     // Every run's settings are checked before the first one starts, not midway through a sweep.
     if a.url.is_none() {
@@ -268,7 +294,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     let mut log = |o: &SessionOutcome| {
         if !a.json {
             eprintln!(
-                "  {:>8} session {:>2} (v{}): first answer {}{}",
+                "  {:>8} session {:>2} (v{}): first answer {}{}{}",
                 o.persona,
                 o.index,
                 o.policy_version,
@@ -281,6 +307,12 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                     String::new()
                 } else {
                     format!(" ({})", o.violations.join("; "))
+                },
+                if o.hints_chosen.is_empty() {
+                    String::new()
+                } else {
+                    let turns: Vec<String> = o.hints_chosen.iter().map(|c| c.join(" + ")).collect();
+                    format!("; hints chosen: {}", turns.join(", "))
                 }
             );
         }
@@ -295,12 +327,15 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
         for &seed in &seeds {
             let mut sim = Simulation::new(url, a.api_key.clone(), seed);
             sim.max_tokens = a.max_tokens;
+            let started = Instant::now();
+            let personas = sessions(&rt, &sim, &personas, &tasks, schedule, &mut log)?;
             runs.push(RunResult {
                 method: "server's".into(),
                 selection: "server's".into(),
                 seed,
                 mode,
-                personas: sessions(&rt, &sim, &personas, &tasks, schedule, &mut log)?,
+                seconds: started.elapsed().as_secs_f64(),
+                personas,
             });
         }
     } else {
@@ -316,6 +351,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 vec![personas.clone()]
             };
             let mut results = BTreeMap::new();
+            let started = Instant::now();
             for group in groups {
                 let dir = tempfile::tempdir().context("a scratch directory")?;
                 let config = server_config(&a, dir.path(), method, selection, seed)?;
@@ -326,11 +362,16 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
                 rt.block_on(server.shutdown());
                 results.extend(r?);
             }
+            let seconds = started.elapsed().as_secs_f64();
+            if !a.json {
+                eprintln!("  run took {:.0} s", seconds);
+            }
             runs.push(RunResult {
                 method: method.clone(),
                 selection: selection.clone(),
                 seed,
                 mode,
+                seconds,
                 personas: results,
             });
             // Every finished run is on disk at once: a long sweep stopped midway keeps them.
@@ -394,6 +435,7 @@ fn report(
         // The in-process server judges by rules; a remote one by whatever it was started with.
         "judge": if a.url.is_some() { "the server's" } else { "rules" },
         "mode": mode,
+        "annotators": a.annotators,
         // What the in-process servers trained with (a remote server's own settings apply).
         "training": if a.url.is_some() {
             serde_json::Value::Null

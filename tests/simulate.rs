@@ -103,3 +103,69 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotators_hints_compete_with_the_judges_in_one_selection_per_turn() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
+    config.bind = "127.0.0.1:0".parse().expect("addr");
+    config.lp.training.paused = true;
+    let server = clawrl_server::start(config, Arc::new(Model::tiny(9)))
+        .await
+        .expect("server");
+    let base = format!("http://{}", server.addr);
+    // A preference no answer meets: every answer is corrected.
+    let toml = PERSONA
+        .replace("max_tokens = 3", "require_regex = ['\\A\\z']")
+        .replace(
+            "max_turns = 2\n",
+            "max_turns = 2\nannotator_hints = [\"Be brief.\", \"One word only.\", \"Just the number.\"]\n",
+        );
+    let persona = Persona::from_toml(&toml, "terse.toml").expect("persona");
+    let task = Task {
+        question: "What is 2 + 2?".into(),
+        ground_truth_answer: "4".into(),
+    };
+    let mut sim = Simulation::new(&base, None, 5);
+    sim.max_tokens = 8;
+    let mut o = sim.session(&persona, &task, 0, 1).await.expect("session");
+    assert_eq!(o.corrected_turns.len(), 2, "{o:?}");
+    sim.wait_for_training().await.expect("judged");
+    sim.annotate(&persona, &mut o).await.expect("annotated");
+
+    // One choice per corrected turn, among the judge's hint and the three annotators'.
+    assert_eq!(o.hints_chosen.len(), 2);
+    let labels = ["judge", "annotator 1", "annotator 2", "annotator 3"];
+    for chosen in &o.hints_chosen {
+        assert!(!chosen.is_empty());
+        assert!(
+            chosen.iter().all(|c| labels.contains(&c.as_str())),
+            "{chosen:?}"
+        );
+    }
+    let http = reqwest::Client::new();
+    for turn in &o.corrected_turns {
+        let t: serde_json::Value = http
+            .get(format!("{base}/studio/turns/{turn}"))
+            .send()
+            .await
+            .expect("turn")
+            .json()
+            .await
+            .expect("json");
+        let hints = t["hints"].as_array().expect("hints");
+        let from = |source: &str| hints.iter().filter(|h| h["source"] == source).count();
+        assert_eq!((from("judge"), from("annotator")), (1, 3), "{hints:?}");
+        assert!(
+            hints
+                .iter()
+                .filter(|h| h["source"] == "annotator")
+                .all(|h| h["status"] == "accepted")
+        );
+        // The judge's sample took the selection over all four: still one sample for the turn.
+        let samples = t["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert!(samples[0]["selection"].is_object(), "{samples:?}");
+    }
+    server.shutdown().await;
+}

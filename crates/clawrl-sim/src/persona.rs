@@ -51,6 +51,8 @@ struct PersonaFile {
     base_rate: Option<f64>,
     #[serde(default)]
     demo: bool,
+    #[serde(default)]
+    annotator_hints: Vec<String>,
 }
 
 /// A simulated user.
@@ -71,6 +73,10 @@ pub struct Persona {
     pub base_rate: Option<f64>,
     /// The persona `simulate --quick` shows (one the base fails and the loop learns quickly).
     pub demo: bool,
+    /// What annotators reading a corrected answer would write as hints, one per annotator
+    /// (`simulate --annotators`): with the judge's hint they are the M candidates that hint
+    /// selection chooses among (DESIGN.md §2).
+    pub annotator_hints: Vec<String>,
     forbid: Vec<Regex>,
     require: Vec<Regex>,
 }
@@ -120,6 +126,11 @@ impl Persona {
                 "{origin}: base_rate must be a fraction in 0..=1, got {r}"
             )));
         }
+        if f.annotator_hints.iter().any(|h| h.trim().is_empty()) {
+            return Err(Error::Input(format!(
+                "{origin}: an annotator hint is blank"
+            )));
+        }
         let forbid = compile(&p.forbid_regex, "forbid_regex", &f.name)?;
         let require = compile(&p.require_regex, "require_regex", &f.name)?;
         Ok(Self {
@@ -130,6 +141,7 @@ impl Persona {
             replies: f.replies,
             base_rate: f.base_rate,
             demo: f.demo,
+            annotator_hints: f.annotator_hints,
             forbid,
             require,
         })
@@ -326,6 +338,14 @@ mod tests {
         assert!(err.contains("forbid_regex"), "{err}");
         let zero = ok.replace("max_turns = 2", "max_turns = 0");
         assert!(Persona::from_toml(&zero, "x.toml").is_err());
+        let blank = ok.replace(
+            "max_turns = 2\n",
+            "max_turns = 2\nannotator_hints = [\" \"]\n",
+        );
+        let err = Persona::from_toml(&blank, "x.toml")
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("annotator hint"), "{err}");
         let unknown = format!("{ok}color = 1\n");
         assert!(Persona::from_toml(&unknown, "x.toml").is_err());
     }
@@ -355,6 +375,8 @@ mod tests {
     fn every_shipped_persona_states_its_base_rate_and_one_is_the_demo() {
         let all = builtin_personas().expect("personas");
         assert!(all.iter().all(|p| p.base_rate.is_some()));
+        // Three annotators each, so that selection chooses among M = 4 candidates.
+        assert!(all.iter().all(|p| p.annotator_hints.len() == 3));
         let demo: Vec<&str> = all
             .iter()
             .filter(|p| p.demo)

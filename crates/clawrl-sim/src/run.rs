@@ -41,6 +41,11 @@ pub struct SessionOutcome {
     pub violations: Vec<String>,
     /// The first answer's text.
     pub first_answer: String,
+    /// The turn ids of the answers the user corrected.
+    pub corrected_turns: Vec<i64>,
+    /// Per corrected turn that annotators hinted (`--annotators`), the candidates selection
+    /// chose at one position at least: `judge` or `annotator N` (1-based, the persona's order).
+    pub hints_chosen: Vec<Vec<String>>,
 }
 
 /// A client of one server.
@@ -114,6 +119,64 @@ impl Simulation {
         }
     }
 
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// Pauses or resumes training (a key with the owner role when the server has keys).
+    pub async fn set_training_paused(&self, paused: bool) -> Result<()> {
+        let action = if paused { "pause" } else { "resume" };
+        self.post(&format!("/studio/training/{action}"), &json!({}))
+            .await
+            .map(drop)
+    }
+
+    /// Simulated annotators: each of the persona's `annotator_hints` is added to every answer
+    /// of `o` the user corrected and accepted, so that selection runs over the judge's hint and
+    /// theirs (M = 1 + n candidates); records which candidates it chose. Call it once the
+    /// session's next states are judged and with training paused, so that each turn's sample
+    /// trains with all its candidates.
+    pub async fn annotate(&self, persona: &Persona, o: &mut SessionOutcome) -> Result<()> {
+        if persona.annotator_hints.is_empty() {
+            return Ok(());
+        }
+        for &turn in &o.corrected_turns {
+            let mut ids = Vec::new();
+            let mut chosen = Vec::new();
+            for text in &persona.annotator_hints {
+                let added = self
+                    .post(
+                        &format!("/studio/turns/{turn}/hints"),
+                        &json!({"text": text}),
+                    )
+                    .await?;
+                let id = added["hint"]["id"]
+                    .as_i64()
+                    .ok_or_else(|| Error::Server(format!("a hint without an id: {added}")))?;
+                ids.push(id);
+                let accepted = self
+                    .post(&format!("/studio/hints/{id}/accept"), &json!({}))
+                    .await?;
+                chosen = accepted["chosen"]
+                    .as_array()
+                    .map(|c| c.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default();
+            }
+            // The last acceptance ran selection over every candidate.
+            o.hints_chosen.push(
+                chosen
+                    .iter()
+                    .map(|c| match ids.iter().position(|i| i == c) {
+                        Some(n) => format!("annotator {}", n + 1),
+                        None => "judge".to_string(),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+
     async fn chat(&self, body: &Value) -> Result<Value> {
         self.send(self.http.post(&self.url).json(body)).await
     }
@@ -142,6 +205,8 @@ impl Simulation {
             policy_version: 0,
             violations: Vec::new(),
             first_answer: String::new(),
+            corrected_turns: Vec::new(),
+            hints_chosen: Vec::new(),
         };
         for turn in 0..persona.max_turns {
             let r = self
@@ -173,6 +238,9 @@ impl Simulation {
                 break;
             }
             messages.push(json!({"role": "user", "content": persona.replies.correction}));
+            if let Some(id) = r["turn_id"].as_i64() {
+                out.corrected_turns.push(id);
+            }
         }
         self.chat(&json!({
             "messages": messages,
