@@ -162,12 +162,17 @@ fn sessions(
             let o = if annotate {
                 rt.block_on(async {
                     sim.set_training_paused(true).await?;
-                    let mut o = sim.session(persona, &tasks[task], task, n + 1).await?;
-                    // Paused, this returns once every next state is judged.
-                    sim.wait_for_training().await?;
-                    sim.annotate(persona, &mut o).await?;
+                    let annotated = async {
+                        let mut o = sim.session(persona, &tasks[task], task, n + 1).await?;
+                        // Paused, this returns once every next state is judged.
+                        sim.wait_for_training().await?;
+                        sim.annotate(persona, &mut o).await?;
+                        Ok::<_, clawrl_sim::Error>(o)
+                    }
+                    .await;
+                    // Resumed on failure too: a server driven by --url must not stay paused.
                     sim.set_training_paused(false).await?;
-                    Ok::<_, clawrl_sim::Error>(o)
+                    annotated
                 })?
             } else {
                 rt.block_on(sim.session(persona, &tasks[task], task, n + 1))?
@@ -328,14 +333,14 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
             let mut sim = Simulation::new(url, a.api_key.clone(), seed);
             sim.max_tokens = a.max_tokens;
             let started = Instant::now();
-            let personas = sessions(&rt, &sim, &personas, &tasks, schedule, &mut log)?;
+            let results = sessions(&rt, &sim, &personas, &tasks, schedule, &mut log)?;
             runs.push(RunResult {
                 method: "server's".into(),
                 selection: "server's".into(),
                 seed,
                 mode,
                 seconds: started.elapsed().as_secs_f64(),
-                personas,
+                personas: results,
             });
         }
     } else {
