@@ -19,8 +19,9 @@ correction = "No, answer in at most three tokens."
 satisfied = "Thanks!"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_user_drives_the_server_like_a_client() {
+/// A real server on the tiny model and a fresh SQLite file, training paused: its directory (kept
+/// alive), the server and its base URL.
+async fn paused_server() -> (tempfile::TempDir, clawrl_server::Server, String) {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
     config.bind = "127.0.0.1:0".parse().expect("addr");
@@ -29,11 +30,31 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
         .await
         .expect("server");
     let base = format!("http://{}", server.addr);
-    let persona = Persona::from_toml(PERSONA, "terse.toml").expect("persona");
-    let task = Task {
+    (dir, server, base)
+}
+
+fn task() -> Task {
+    Task {
         question: "What is 2 + 2?".into(),
         ground_truth_answer: "4".into(),
-    };
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_user_drives_the_server_like_a_client() {
+    let (_dir, server, base) = paused_server().await;
+    let persona = Persona::from_toml(PERSONA, "terse.toml").expect("persona");
+    let task = task();
     let mut sim = Simulation::new(&base, None, 5);
     sim.max_tokens = 8;
     let mut first = Vec::new();
@@ -53,48 +74,20 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
 
     // Each session ended, and each answer's reply came back as a next state and was judged.
     let http = reqwest::Client::new();
-    let status: serde_json::Value = http
-        .get(format!("{base}/studio/training"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status = get_json(&http, format!("{base}/studio/training")).await;
     assert_eq!(status["unjudged"], 0);
-    let sessions: serde_json::Value = http
-        .get(format!("{base}/studio/sessions"))
-        .send()
-        .await
-        .expect("sessions")
-        .json()
-        .await
-        .expect("json");
+    let sessions = get_json(&http, format!("{base}/studio/sessions")).await;
     let list = sessions["sessions"].as_array().expect("list");
     assert_eq!(list.len(), 3);
     for s in list {
         assert_eq!(s["done"], true);
         let id = s["id"].as_str().expect("id");
-        let detail: serde_json::Value = http
-            .get(format!("{base}/studio/sessions/{id}"))
-            .send()
-            .await
-            .expect("session")
-            .json()
-            .await
-            .expect("json");
+        let detail = get_json(&http, format!("{base}/studio/sessions/{id}")).await;
         let turns = detail["turns"].as_array().expect("turns");
         // The answers the user read, plus the closing request that carried the last reply.
         assert!(turns.len() >= 2);
         let first_turn = turns[0]["id"].as_i64().expect("id");
-        let t: serde_json::Value = http
-            .get(format!("{base}/studio/turns/{first_turn}"))
-            .send()
-            .await
-            .expect("turn")
-            .json()
-            .await
-            .expect("json");
+        let t = get_json(&http, format!("{base}/studio/turns/{first_turn}")).await;
         let reply = t["next_states"][0]["text"].as_str().unwrap_or("");
         assert!(
             reply == "Thanks!" || reply.starts_with("No, answer"),
@@ -106,14 +99,7 @@ async fn a_simulated_user_drives_the_server_like_a_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotators_hints_compete_with_the_judges_in_one_selection_per_turn() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
-    config.bind = "127.0.0.1:0".parse().expect("addr");
-    config.lp.training.paused = true;
-    let server = clawrl_server::start(config, Arc::new(Model::tiny(9)))
-        .await
-        .expect("server");
-    let base = format!("http://{}", server.addr);
+    let (_dir, server, base) = paused_server().await;
     // A preference no answer meets: every answer is corrected.
     let toml = PERSONA
         .replace("max_tokens = 3", "require_regex = ['\\A\\z']")
@@ -122,10 +108,7 @@ async fn annotators_hints_compete_with_the_judges_in_one_selection_per_turn() {
             "max_turns = 2\nannotator_hints = [\"Be brief.\", \"One word only.\", \"Just the number.\"]\n",
         );
     let persona = Persona::from_toml(&toml, "terse.toml").expect("persona");
-    let task = Task {
-        question: "What is 2 + 2?".into(),
-        ground_truth_answer: "4".into(),
-    };
+    let task = task();
     let mut sim = Simulation::new(&base, None, 5);
     sim.max_tokens = 8;
     let mut o = sim.session(&persona, &task, 0, 1).await.expect("session");
@@ -145,14 +128,7 @@ async fn annotators_hints_compete_with_the_judges_in_one_selection_per_turn() {
     }
     let http = reqwest::Client::new();
     for turn in &o.corrected_turns {
-        let t: serde_json::Value = http
-            .get(format!("{base}/studio/turns/{turn}"))
-            .send()
-            .await
-            .expect("turn")
-            .json()
-            .await
-            .expect("json");
+        let t = get_json(&http, format!("{base}/studio/turns/{turn}")).await;
         let hints = t["hints"].as_array().expect("hints");
         let from = |source: &str| hints.iter().filter(|h| h["source"] == source).count();
         assert_eq!((from("judge"), from("annotator")), (1, 3), "{hints:?}");
