@@ -328,24 +328,19 @@ mod tests {
     fn bad_persona_files_are_refused_clearly() {
         let ok = "name = \"x\"\nfirst_message = \"hi\"\nmax_turns = 2\n[replies]\ncorrection = \"no\"\nsatisfied = \"yes\"\n";
         assert!(Persona::from_toml(ok, "ok.toml").is_ok());
-        let bad_regex = ok.replace(
-            "max_turns = 2\n",
-            "max_turns = 2\n[preference]\nforbid_regex = [\"(\"]\n",
-        );
-        let err = Persona::from_toml(&bad_regex, "x.toml")
-            .expect_err("refused")
-            .to_string();
-        assert!(err.contains("forbid_regex"), "{err}");
+        // (what follows `max_turns`, what the error must name)
+        for (extra, names) in [
+            ("[preference]\nforbid_regex = [\"(\"]\n", "forbid_regex"),
+            ("annotator_hints = [\" \"]\n", "annotator hint"),
+        ] {
+            let bad = ok.replace("max_turns = 2\n", &format!("max_turns = 2\n{extra}"));
+            let err = Persona::from_toml(&bad, "x.toml")
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(names), "{err}");
+        }
         let zero = ok.replace("max_turns = 2", "max_turns = 0");
         assert!(Persona::from_toml(&zero, "x.toml").is_err());
-        let blank = ok.replace(
-            "max_turns = 2\n",
-            "max_turns = 2\nannotator_hints = [\" \"]\n",
-        );
-        let err = Persona::from_toml(&blank, "x.toml")
-            .expect_err("refused")
-            .to_string();
-        assert!(err.contains("annotator hint"), "{err}");
         let unknown = format!("{ok}color = 1\n");
         assert!(Persona::from_toml(&unknown, "x.toml").is_err());
     }
