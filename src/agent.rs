@@ -54,8 +54,9 @@ pub(crate) struct Common {
     #[arg(long, env = "CLAWRL_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// tool-call's tasks: a JSON array of {"question", "ground_truth_answer"}; those from
-    /// index 1000 on are the held-out split. (terminal's are shipped: the second half of
-    /// crates/clawrl-env/tasks/terminal.toml is held out.)
+    /// index 1000 on are the held-out split. (terminal's are shipped: 120 training and 120
+    /// held-out tasks from crates/clawrl-env/tasks/terminal.toml, the held-out ones naming no
+    /// file, directory or word that training saw.)
     #[arg(long, value_name = "FILE", default_value = crate::simulate::DEFAULT_TASKS)]
     tasks: PathBuf,
     /// Held-out tasks to evaluate (at most the first N of the split).
@@ -81,7 +82,8 @@ pub(crate) struct Common {
     /// Episodes in flight at once.
     #[arg(long, default_value_t = 2)]
     parallel: usize,
-    /// Print the result as one line of JSON (with every episode).
+    /// Print the result as one line of JSON, with every held-out episode (`train`: before and
+    /// after, each with its seed).
     #[arg(long)]
     json: bool,
 }
@@ -97,7 +99,7 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     c: Common,
     /// Training tasks (the first N of the training split: tool-call's tasks before 1000,
-    /// terminal's first half).
+    /// terminal's 120 training tasks).
     #[arg(long, default_value_t = 32)]
     train_tasks: usize,
     /// Rollouts per task: a group, whose steps' rewards are standardised together.
@@ -115,6 +117,11 @@ pub(crate) struct TrainArgs {
     /// Samples per training step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// terminal: a tutor in the training episodes. A command that leaves the task undone is
+    /// answered with its output and `hint: run `<a solution>``, which the judge turns into a
+    /// directive signal for that call. Held-out episodes never get one.
+    #[arg(long)]
+    tutor: bool,
 }
 
 impl AgentCmd {
@@ -124,6 +131,23 @@ impl AgentCmd {
             AgentCmd::Eval(a) => &a.c,
             AgentCmd::Train(a) => &a.c,
         }
+    }
+
+    /// Refuses flags that cannot work together, before any model is loaded.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let c = self.common();
+        if c.n == 0 || c.max_steps == 0 || c.parallel == 0 {
+            bail!("--n, --max-steps and --parallel must be at least 1");
+        }
+        if let AgentCmd::Train(t) = self {
+            if t.train_tasks == 0 || t.group_size == 0 || t.rounds == 0 {
+                bail!("--train-tasks, --group-size and --rounds must be at least 1");
+            }
+            if t.tutor && matches!(c.env, Env::ToolCall) {
+                bail!("--tutor is for --env terminal (a calculator has no solution to name)");
+            }
+        }
+        Ok(())
     }
 
     /// Whether a running server is driven (no local model needed).
@@ -139,14 +163,6 @@ pub(crate) fn run(cmd: AgentCmd, model: Option<Model>) -> Result<()> {
         AgentCmd::Eval(_) => None,
         AgentCmd::Train(a) => Some(a),
     };
-    if c.n == 0 || c.max_steps == 0 || c.parallel == 0 {
-        bail!("--n, --max-steps and --parallel must be at least 1");
-    }
-    if let Some(t) = train
-        && (t.train_tasks == 0 || t.group_size == 0 || t.rounds == 0)
-    {
-        bail!("--train-tasks, --group-size and --rounds must be at least 1");
-    }
     let train_tasks = train.map_or(0, |t| t.train_tasks);
     match c.env {
         Env::ToolCall => {
@@ -172,12 +188,12 @@ pub(crate) fn run(cmd: AgentCmd, model: Option<Model>) -> Result<()> {
             dispatch(&cmd, (train_env, 0), (held, GSM8K_HELD_OUT_FROM), model)
         }
         Env::Terminal => {
-            let mut held = TerminalEnv::builtin()?;
-            let from = held.tasks.len() / 2;
-            let mut train_env = TerminalEnv::builtin()?;
-            held.tasks = held.tasks.split_off(from);
+            let mut train_env = TerminalEnv::builtin(clawrl_env::Split::Train)?;
+            let mut held = TerminalEnv::builtin(clawrl_env::Split::HeldOut)?;
+            let from = train_env.len();
             held.tasks.truncate(c.n);
-            train_env.tasks.truncate(from.min(train_tasks));
+            train_env.tasks.truncate(train_tasks);
+            train_env.tutor = train.is_some_and(|t| t.tutor);
             dispatch(&cmd, (train_env, 0), (held, from), model)
         }
     }
@@ -468,7 +484,7 @@ async fn train<E: Environment + 'static>(
     }
     let all = |eps: &[(u64, Episode)]| rates(&eps.iter().map(|(_, e)| e).collect::<Vec<_>>());
     let (b, f) = (all(&before_all), all(&after_all));
-    Ok(json!({
+    let mut report = json!({
         "env": held.name(),
         "tasks": held.len(),
         "first_task": offset,
@@ -477,13 +493,30 @@ async fn train<E: Environment + 'static>(
         "rounds": a.rounds,
         "seeds": c.seed,
         "call_first": c.call_first,
+        "tutor": a.tutor,
         "settings": if c.url.is_some() { Value::Null } else { serde_json::to_value(&settings)? },
         "success_before": b["success"],
         "success_after": f["success"],
         "called_a_tool_before": b["called_a_tool"],
         "called_a_tool_after": f["called_a_tool"],
         "per_seed": per_seed,
-    }))
+    });
+    if c.json {
+        for (key, eps) in [
+            ("episodes_before", &before_all),
+            ("episodes_after", &after_all),
+        ] {
+            report[key] = eps
+                .iter()
+                .map(|(seed, e)| {
+                    let mut v = serde_json::to_value(e)?;
+                    v["seed"] = json!(seed);
+                    Ok(v)
+                })
+                .collect::<Result<Value>>()?;
+        }
+    }
+    Ok(report)
 }
 
 /// Waits until every rollout's next states are judged, their samples trained and the newest

@@ -156,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             simulate::simulate(a, m)
         }
         Command::Agent(c) => {
+            c.validate()?;
             let m = if c.uses_url() {
                 None
             } else {

@@ -60,4 +60,21 @@ fn agent_train_reports_success_before_and_after_the_steps_it_trained() {
     // and what was left was flushed.
     assert!(seed["steps"].as_i64().is_some_and(|s| s >= 1), "{report}");
     assert_eq!(seed["policy_version"], seed["steps"], "{report}");
+    // Every held-out episode, before and after, with its steps and seed.
+    for key in ["episodes_before", "episodes_after"] {
+        let eps = report[key].as_array().expect(key);
+        assert_eq!(eps.len(), 2, "{report}");
+        assert!(eps.iter().all(|e| e["seed"] == 0 && e["steps"].is_array()));
+    }
+}
+
+#[test]
+fn the_tutor_is_refused_where_there_is_no_solution_to_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clawrl"))
+        .args(["agent", "train", "--env", "tool-call", "--tutor"])
+        .output()
+        .expect("clawrl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--tutor is for --env terminal"), "{stderr}");
 }

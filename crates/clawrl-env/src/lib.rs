@@ -16,7 +16,7 @@ use std::future::Future;
 use serde_json::Value;
 
 pub use rollout::{Agent, Episode, Step};
-pub use terminal::{ShellTask, TerminalEnv, sandboxed};
+pub use terminal::{Sandbox, ShellTask, Split, TerminalEnv, sandboxed};
 pub use tool_call::{ToolCallEnv, calculator, final_number, reference_number};
 
 /// An environment: its tools, how an episode of a task starts, what a call returns, and

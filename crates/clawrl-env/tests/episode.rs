@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use clawrl_env::{Agent, ToolCallEnv, calculator};
+use clawrl_env::{Agent, Split, TerminalEnv, ToolCallEnv, calculator};
 use clawrl_model::Model;
 use clawrl_sim::Task;
 use serde_json::Value;
@@ -98,5 +98,59 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
     let turn = get(format!("{base}/studio/turns/{}", e.steps[0].turn_id)).await;
     assert_eq!(turn["turn"]["turn_type"], "side", "{turn}");
     assert_eq!(turn["next_states"], serde_json::json!([]), "{turn}");
+    server.shutdown().await;
+}
+
+/// A tutor's `hint:` line in a tool output reaches the loop as the call's directive signal: the
+/// rules judge makes it the turn's hint, and the turn's sample teaches under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutors_hint_in_a_tool_output_becomes_the_calls_hint() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
+    config.bind = "127.0.0.1:0".parse().expect("addr");
+    config.lp.training.paused = true;
+    let server = clawrl_server::start(config, Arc::new(Model::tiny(5)))
+        .await
+        .expect("server");
+    let base = format!("http://{}", server.addr);
+    let mut env = TerminalEnv::builtin(Split::Train).expect("tasks");
+    env.tasks.truncate(2);
+    env.tutor = true;
+    let task = 1; // "Make a directory named …": the tiny model's call never does it.
+    let solution = env.tasks[task].solution.clone().expect("a solution");
+    let mut agent = Agent::new(&base, None);
+    agent.call_first = true;
+    agent.max_steps = 1;
+    agent.max_tokens = 400; // room for a command of 200 characters
+    let e = agent
+        .episode(&env, task, "tutored", Some("group-t"), 4)
+        .await
+        .expect("episode");
+    assert!(!e.success, "{e:?}");
+    let hint = format!("run `{solution}`");
+    assert!(
+        e.steps[0].observation[0].ends_with(&format!("hint: {hint}")),
+        "{e:?}"
+    );
+    let url = format!("{base}/studio/turns/{}", e.steps[0].turn_id);
+    let mut turn = Value::Null;
+    for _ in 0..200 {
+        turn = reqwest::get(&url)
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
+        if turn["samples"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(turn["hints"][0]["text"], hint, "{turn}");
+    assert_eq!(turn["hints"][0]["source"], "judge", "{turn}");
+    assert_eq!(
+        turn["samples"][0]["hint_id"], turn["hints"][0]["id"],
+        "{turn}"
+    );
     server.shutdown().await;
 }

@@ -61,11 +61,34 @@ const CORRECTIONS: &[&str] = &[
 /// Words of a tool output that mean it failed.
 const FAILURES: &[&str] = &["error", "traceback", "exception", "failed", "not found"];
 
+/// Line prefixes by which tools say what to do next (git's `hint:`, rustc's and cargo's
+/// `help:`): such a line of a tool output is a directive signal.
+const TOOL_HINTS: &[&str] = &["hint:", "help:"];
+
+/// The directive lines of a tool output (see [`TOOL_HINTS`]), without their prefixes, joined
+/// by spaces; `None` when it has none.
+fn tool_hint(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            TOOL_HINTS.iter().find_map(|p| {
+                l.get(..p.len())
+                    .filter(|head| head.eq_ignore_ascii_case(p))
+                    .map(|_| l[p.len()..].trim())
+            })
+        })
+        .filter(|h| !h.is_empty())
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(" "))
+}
+
 /// Explicit feedback and plain replies, judged by rule:
 /// - feedback: 👍 → +1, 👎 → −1, a correction → −1 with the correction as the hint;
 /// - a reply that thanks → +1; one that opens with a correction ("no, …", "please don't …")
 ///   → −1 with the reply as the hint; the same question asked again → −1;
-/// - a tool output with an error → −1; anything else → 0.
+/// - a tool output with an error → −1; anything else → 0; its `hint:`/`help:` lines, if any,
+///   are the hint.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RulesJudge;
 
@@ -132,10 +155,11 @@ impl Judge for RulesJudge {
             }
             NextKind::Tool => {
                 let w = words(text);
+                let hint = tool_hint(text);
                 if FAILURES.iter().any(|f| has_phrase(&w, f)) {
-                    verdict(-1, None, "the tool failed")
+                    verdict(-1, hint.as_deref(), "the tool failed")
                 } else {
-                    verdict(0, None, "tool output")
+                    verdict(0, hint.as_deref(), "tool output")
                 }
             }
             NextKind::Reply => {
@@ -220,5 +244,23 @@ mod tests {
             Some(-1)
         );
         assert_eq!(judge(NextKind::Tool, "42").value, Some(0));
+    }
+
+    #[test]
+    fn a_tool_outputs_hint_lines_are_its_directive_signal() {
+        let push = judge(
+            NextKind::Tool,
+            "error: failed to push some refs\nhint: Updates were rejected.\nHINT: Pull first.",
+        );
+        assert_eq!(push.value, Some(-1));
+        assert_eq!(
+            push.hint.as_deref(),
+            Some("Updates were rejected. Pull first.")
+        );
+        let help = judge(NextKind::Tool, "exit status 0\n  help: run `mkdir logs`");
+        assert_eq!(help.value, Some(0));
+        assert_eq!(help.hint.as_deref(), Some("run `mkdir logs`"));
+        // Only a line that opens with the prefix counts, and an empty one gives nothing.
+        assert_eq!(judge(NextKind::Tool, "no hint: here\nhint:").hint, None);
     }
 }
