@@ -9,8 +9,9 @@ use clawrl_model::Model;
 use clawrl_sim::Task;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
+/// A server of the tiny model on a scratch database, training paused (judging still runs):
+/// the server, its base URL and the directory to keep alive.
+async fn paused_server() -> (clawrl_server::Server, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
     config.bind = "127.0.0.1:0".parse().expect("addr");
@@ -19,6 +20,12 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
         .await
         .expect("server");
     let base = format!("http://{}", server.addr);
+    (server, base, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
+    let (server, base, _dir) = paused_server().await;
     let env = ToolCallEnv {
         tasks: vec![Task {
             question: "Tom has 3 bags of 14 apples. How many apples?".into(),
@@ -105,14 +112,7 @@ async fn a_forced_call_is_computed_and_comes_back_as_the_next_state() {
 /// rules judge makes it the turn's hint, and the turn's sample teaches under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tutors_hint_in_a_tool_output_becomes_the_calls_hint() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut config = clawrl_server::ServerConfig::new("tiny", dir.path());
-    config.bind = "127.0.0.1:0".parse().expect("addr");
-    config.lp.training.paused = true;
-    let server = clawrl_server::start(config, Arc::new(Model::tiny(5)))
-        .await
-        .expect("server");
-    let base = format!("http://{}", server.addr);
+    let (server, base, _dir) = paused_server().await;
     let mut env = TerminalEnv::builtin(Split::Train).expect("tasks");
     env.tasks.truncate(2);
     env.tutor = true;
