@@ -118,7 +118,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// terminal: a tutor in the training episodes. A command that leaves the task undone is
-    /// answered with its output and `hint: run `<a solution>``, which the judge turns into a
+    /// answered with its output and "hint: run <a solution>", which the judge turns into a
     /// directive signal for that call. Held-out episodes never get one.
     #[arg(long)]
     tutor: bool,

@@ -104,7 +104,7 @@ pub struct TerminalEnv {
     /// The tasks.
     pub tasks: Vec<ShellTask>,
     /// A tutor in the room: after a command that leaves the task undone, the observation ends
-    /// with `hint: run `<the task's solution>``, a directive next state the rules judge reads
+    /// with `` hint: run `<the task's solution>` ``, a directive next state the rules judge reads
     /// (training only; held-out episodes must do without).
     pub tutor: bool,
 }
