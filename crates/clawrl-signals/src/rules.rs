@@ -248,19 +248,28 @@ mod tests {
 
     #[test]
     fn a_tool_outputs_hint_lines_are_its_directive_signal() {
-        let push = judge(
-            NextKind::Tool,
-            "error: failed to push some refs\nhint: Updates were rejected.\nHINT: Pull first.",
-        );
-        assert_eq!(push.value, Some(-1));
-        assert_eq!(
-            push.hint.as_deref(),
-            Some("Updates were rejected. Pull first.")
-        );
-        let help = judge(NextKind::Tool, "exit status 0\n  help: run `mkdir logs`");
-        assert_eq!(help.value, Some(0));
-        assert_eq!(help.hint.as_deref(), Some("run `mkdir logs`"));
-        // Only a line that opens with the prefix counts, and an empty one gives nothing.
-        assert_eq!(judge(NextKind::Tool, "no hint: here\nhint:").hint, None);
+        // (tool output, vote, hint): only a line that opens with the prefix counts, in any
+        // case, and an empty one gives nothing.
+        let cases = [
+            (
+                "error: failed to push some refs\nhint: Updates were rejected.\nHINT: Pull first.",
+                -1,
+                Some("Updates were rejected. Pull first."),
+            ),
+            (
+                "exit status 0\n  help: run `mkdir logs`",
+                0,
+                Some("run `mkdir logs`"),
+            ),
+            ("no hint: here\nhint:", 0, None),
+        ];
+        for (output, value, hint) in cases {
+            let v = judge(NextKind::Tool, output);
+            assert_eq!(
+                (v.value, v.hint.as_deref()),
+                (Some(value), hint),
+                "{output}"
+            );
+        }
     }
 }
