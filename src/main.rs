@@ -22,13 +22,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 struct Cli {
     /// Model to use: a GGUF file or a Hugging Face directory (config.json, *.safetensors,
     /// tokenizer.json). Default: the embedded SmolLM2-135M-Instruct, fetched on first use.
+    /// For benchmarks, `random:smollm2-135m` or `random:qwen3-4b`: that shape with random
+    /// weights (Q8_0) and a byte-level tokenizer, built in memory.
     #[arg(long, global = true, env = "CLAWRL_MODEL", value_name = "PATH")]
     model: Option<PathBuf>,
 
-    /// Where the model runs: auto (a real GPU when wgpu finds one, else the CPU), cpu, or gpu
-    /// (any adapter, software ones such as lavapipe included; an error when there is none).
-    /// LoRA training runs there too (full fine-tuning on the CPU).
-    #[arg(long, global = true, env = "CLAWRL_DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
+    /// Where the model runs: auto (an NVIDIA GPU through CUDA in builds with the `cuda`
+    /// feature, else a real GPU when wgpu finds one, else the CPU), cpu, gpu (wgpu: any adapter,
+    /// software ones such as lavapipe included) or cuda (an NVIDIA GPU); gpu and cuda are an
+    /// error when there is none. LoRA training runs there too (full fine-tuning on the CPU).
+    #[arg(long, global = true, env = "CLAWRL_DEVICE", default_value = "auto", value_parser = ["auto", "cpu", "gpu", "cuda"])]
     device: String,
 
     /// Compute threads (default: all cores).
@@ -199,10 +202,20 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model and moves it to the chosen device.
+    /// Loads the model (or builds `random:<shape>`) and moves it to the chosen device.
     pub(crate) fn load(&self) -> Result<Model> {
-        let path = self.path()?;
-        let mut m = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        let random = self
+            .path
+            .as_deref()
+            .and_then(|p| p.to_str())
+            .and_then(|p| p.strip_prefix("random:"));
+        let mut m = match random {
+            Some(shape) => Model::random(shape, 0)?,
+            None => {
+                let path = self.path()?;
+                Model::load(&path).with_context(|| format!("loading {}", path.display()))?
+            }
+        };
         let on = m.set_device(self.device)?;
         tracing::info!(device = %on, "model placed");
         Ok(m)

@@ -18,10 +18,14 @@ pub use tensor::{GpuMatrix, GpuTensor};
 
 use std::sync::Arc;
 
-use clawrl_kernels::Backend;
 use clawrl_kernels::ops::{AttnShape, Rope, RopeStyle};
+use clawrl_kernels::{Accelerator, Backend, QMatrix};
 
 use context::Kernel;
+
+/// The largest `head_dim` the attention kernels take (`shaders/attention*.wgsl` hold a head
+/// in one workgroup's registers).
+pub const MAX_HEAD_DIM: usize = 128;
 
 /// The backend for one model: the device, and the model's rotary tables uploaded.
 #[derive(Clone, Debug)]
@@ -221,5 +225,27 @@ impl Backend for Gpu {
             &[q, k.tensor(), v.tensor(), out],
             (heads as u32, rows as u32, 1),
         );
+    }
+}
+
+impl Accelerator for Gpu {
+    fn upload_matrix(&self, w: &QMatrix) -> GpuMatrix {
+        self.ctx.upload_matrix(w)
+    }
+
+    fn describe(&self) -> String {
+        format!("gpu: {}", self.ctx.describe())
+    }
+
+    fn max_tensor_len(&self) -> usize {
+        self.ctx.max_tensor_len()
+    }
+
+    fn max_head_dim(&self) -> usize {
+        MAX_HEAD_DIM
+    }
+
+    fn capture<R>(&self, f: impl FnOnce() -> R) -> Result<R, String> {
+        self.ctx.capture(f).map_err(|e| e.to_string())
     }
 }

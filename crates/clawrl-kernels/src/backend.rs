@@ -328,6 +328,31 @@ pub trait TrainBackend: Backend {
     );
 }
 
+/// A [`TrainBackend`] on an accelerator (wgpu's `clawrl-gpu`, `clawrl-cuda`): what the engine
+/// needs to hold a model there and train on it, beyond the operations.
+pub trait Accelerator:
+    TrainBackend<Tensor: Clone + Send + Sync, Matrix: Clone + Send + Sync>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// A device copy of a weight matrix, in its stored format.
+    fn upload_matrix(&self, w: &QMatrix) -> Self::Matrix;
+    /// The device, for display: `gpu: <adapter>` or `cuda: <GPU>`.
+    fn describe(&self) -> String;
+    /// The most f32 values one tensor may hold.
+    fn max_tensor_len(&self) -> usize;
+    /// The largest `head_dim` the attention kernels take.
+    fn max_head_dim(&self) -> usize;
+    /// Runs `f`, turning the device's failures inside it on this thread (out of memory, a
+    /// request beyond its limits), which would otherwise end the process, into an error.
+    ///
+    /// # Errors
+    /// The device's message for the first failure.
+    fn capture<R>(&self, f: impl FnOnce() -> R) -> Result<R, String>;
+}
+
 impl TrainBackend for Cpu<'_> {
     fn numel(&self, x: &Vec<f32>) -> usize {
         x.len()

@@ -10,7 +10,9 @@ pub mod backend;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+#[cfg(feature = "parity")]
+pub mod parity;
 pub mod quant;
 
-pub use backend::{Backend, Cpu, Gemm, TrainBackend};
+pub use backend::{Accelerator, Backend, Cpu, Gemm, TrainBackend};
 pub use matmul::{GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};

@@ -41,6 +41,8 @@ pub use clawrl_kernels::{QMatrix, Storage};
 pub use config::{Arch, ModelConfig};
 pub use constrain::Grammar;
 pub use device::Device;
+#[cfg(any(feature = "gpu", feature = "cuda"))]
+pub use device::{DeviceEngine, Engine, WithEngine};
 pub use error::{Error, Result};
 pub use export::{ExportSummary, MergedType, merge_to_gguf};
 pub use fetch::{FetchProgress, SMOLLM2_135M};
@@ -51,7 +53,7 @@ pub use model::{Block, KvCache, Model, Policy, Weights};
 pub use sampling::{SamplingDefaults, SamplingSource};
 pub use score::PositionScore;
 pub use template::{ChatTemplate, Message};
-pub use tiny::{tiny_config, tiny_tokenizer, tiny_vocab};
+pub use tiny::{RANDOM_SHAPES, tiny_config, tiny_tokenizer, tiny_vocab};
 pub use tokenizer::{GgufVocab, Tokenizer};
 
 /// The embedded model's path, fetched into the cache on first use.

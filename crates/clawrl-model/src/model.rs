@@ -28,6 +28,8 @@ enum Layers {
     Cpu(Vec<[Vec<f32>; 2]>),
     #[cfg(feature = "gpu")]
     Gpu(Vec<[clawrl_gpu::GpuCache; 2]>),
+    #[cfg(feature = "cuda")]
+    Cuda(Vec<[clawrl_cuda::CudaCache; 2]>),
 }
 
 impl KvCache {
@@ -83,9 +85,9 @@ pub struct Model {
     pub sampling: crate::SamplingDefaults,
     /// llguidance's view of the vocabulary, built on the first constrained generation.
     pub(crate) constraints: crate::constrain::Constraints,
-    /// The copy on a GPU, when the model runs there ([`Model::set_device`]).
-    #[cfg(feature = "gpu")]
-    pub(crate) gpu: Option<crate::device::GpuEngine>,
+    /// The copy on an accelerator, when the model runs there ([`Model::set_device`]).
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    pub(crate) engine: Option<crate::device::Engine>,
 }
 
 impl std::fmt::Debug for Model {
@@ -134,21 +136,27 @@ impl Model {
             sampling: crate::SamplingDefaults::for_name(&source),
             source,
             constraints: crate::constrain::Constraints::new(),
-            #[cfg(feature = "gpu")]
-            gpu: None,
+            #[cfg(any(feature = "gpu", feature = "cuda"))]
+            engine: None,
         })
     }
 
     /// An empty KV cache for this model, on the device it runs on.
     pub fn new_cache(&self) -> KvCache {
         let n = self.config.layers;
-        #[cfg(feature = "gpu")]
-        if let Some(g) = &self.gpu {
-            let be = &g.backend;
-            return KvCache {
-                layers: Layers::Gpu((0..n).map(|_| [be.new_cache(), be.new_cache()]).collect()),
-                len: 0,
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
+        if let Some(e) = &self.engine {
+            use crate::device::Engine;
+            fn caches<B: Backend>(be: &B, n: usize) -> Vec<[B::Cache; 2]> {
+                (0..n).map(|_| [be.new_cache(), be.new_cache()]).collect()
+            }
+            let layers = match e {
+                #[cfg(feature = "gpu")]
+                Engine::Wgpu(g) => Layers::Gpu(caches(g.backend(), n)),
+                #[cfg(feature = "cuda")]
+                Engine::Cuda(g) => Layers::Cuda(caches(g.backend(), n)),
             };
+            return KvCache { layers, len: 0 };
         }
         KvCache {
             layers: Layers::Cpu(vec![[Vec::new(), Vec::new()]; n]),
@@ -231,22 +239,47 @@ impl Model {
                 Ok(self.run(&cpu, &self.weights, layers, pos, tokens, n_logits, adapter))
             }
             #[cfg(feature = "gpu")]
-            Layers::Gpu(layers) => {
-                let g = self.gpu.as_ref().ok_or_else(|| {
-                    Error::InvalidArgument("a GPU KV cache given to a model on the CPU".into())
-                })?;
-                let adapter = adapter.map(|a| g.adapter(a));
-                Ok(self.run(
-                    &g.backend,
-                    &g.weights,
-                    layers,
-                    pos,
-                    tokens,
-                    n_logits,
-                    adapter.as_deref(),
-                ))
-            }
+            Layers::Gpu(layers) => match &self.engine {
+                Some(crate::device::Engine::Wgpu(g)) => {
+                    Ok(self.run_on(g, layers, pos, tokens, n_logits, adapter))
+                }
+                _ => Err(Error::InvalidArgument(
+                    "a wgpu KV cache given to a model not on wgpu".into(),
+                )),
+            },
+            #[cfg(feature = "cuda")]
+            Layers::Cuda(layers) => match &self.engine {
+                Some(crate::device::Engine::Cuda(g)) => {
+                    Ok(self.run_on(g, layers, pos, tokens, n_logits, adapter))
+                }
+                _ => Err(Error::InvalidArgument(
+                    "a CUDA KV cache given to a model not on CUDA".into(),
+                )),
+            },
         }
+    }
+
+    /// [`Self::run`] on an accelerator's copy, with `adapter` uploaded there.
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    fn run_on<B: clawrl_kernels::Accelerator>(
+        &self,
+        g: &crate::device::DeviceEngine<B>,
+        layers: &mut [[B::Cache; 2]],
+        pos: &mut usize,
+        tokens: &[u32],
+        n_logits: usize,
+        adapter: Option<&LoraAdapter>,
+    ) -> Vec<f32> {
+        let adapter = adapter.map(|a| g.adapter(a));
+        self.run(
+            g.backend(),
+            g.weights(),
+            layers,
+            pos,
+            tokens,
+            n_logits,
+            adapter.as_deref(),
+        )
     }
 
     /// The forward pass on backend `be` with weights `w` there: prefill in chunks, then the
@@ -458,98 +491,132 @@ fn check_weights(c: &ModelConfig, w: &Weights) -> std::result::Result<(), String
 }
 
 impl Model {
-    /// Moves the model to `device`: on a GPU the weights are uploaded once and every later
-    /// forward pass, KV cache and adapter runs there. Returns where it runs, for display
-    /// (`cpu`, or the adapter: `gpu: <name> · <API> · <kind>`).
+    /// Moves the model to `device`: on an accelerator the weights are uploaded once and every
+    /// later forward pass, KV cache and adapter runs there. Returns where it runs, for display
+    /// (`cpu`, `gpu: <name> · <API> · <kind>` or `cuda: <GPU> · CUDA · <memory>`).
     ///
     /// # Errors
-    /// [`Error::Gpu`] for [`Device::Gpu`] when no adapter opens (no driver, or a build
-    /// without the `gpu` feature) or the model's heads are wider than the GPU's attention
-    /// takes (128). [`Device::Auto`] never fails: it falls back to the CPU and
-    /// logs why.
+    /// [`Error::Gpu`] for [`Device::Gpu`] or [`Device::Cuda`] when that device does not open
+    /// (no driver, no GPU, or a build without its feature) or the model's heads are wider than
+    /// its attention kernels take (128). [`Device::Auto`] never fails: it tries CUDA, then a
+    /// real GPU through wgpu, then falls back to the CPU, logging why.
     pub fn set_device(&mut self, device: Device) -> Result<String> {
-        #[cfg(feature = "gpu")]
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
         {
-            use clawrl_gpu::{AdapterChoice, Context, Gpu};
-
-            use crate::device::GpuEngine;
-            let choice = match device {
-                Device::Cpu => {
-                    self.gpu = None;
-                    return Ok(self.device());
-                }
-                Device::Auto => AdapterChoice::Hardware,
-                Device::Gpu => AdapterChoice::Any,
-            };
-            // The attention kernels hold a head in one workgroup's registers.
-            if self.config.head_dim > MAX_GPU_HEAD_DIM {
+            if device == Device::Cpu {
+                self.engine = None;
+                return Ok(self.device());
+            }
+            // The attention kernels hold a head in one block of 128 threads.
+            if self.config.head_dim > MAX_DEVICE_HEAD_DIM {
                 let why = format!(
-                    "the GPU kernels take heads of up to {MAX_GPU_HEAD_DIM} dimensions; this model's have {}",
+                    "the GPU kernels take heads of up to {MAX_DEVICE_HEAD_DIM} dimensions; this model's have {}",
                     self.config.head_dim
                 );
                 if device == Device::Auto {
                     tracing::info!(reason = %why, "running on the CPU");
-                    self.gpu = None;
+                    self.engine = None;
                     return Ok(self.device());
                 }
                 return Err(Error::Gpu(why));
             }
-            match Context::open(choice) {
-                Ok(ctx) => {
-                    let backend = Gpu::new(ctx, &self.rope);
-                    self.gpu = Some(GpuEngine::new(backend, &self.weights));
+            // A device asked for by name that does not open leaves the model where it was.
+            let mut engine = None;
+            let mut why = Vec::new();
+            if matches!(device, Device::Auto | Device::Cuda) {
+                match self.open_cuda() {
+                    Ok(e) => engine = Some(e),
+                    Err(e) if device == Device::Auto => why.push(e),
+                    Err(e) => return Err(Error::Gpu(e)),
                 }
-                Err(e) if device == Device::Auto => {
-                    tracing::info!(reason = %e, "running on the CPU");
-                    self.gpu = None;
-                }
-                Err(e) => return Err(Error::Gpu(e.to_string())),
             }
+            if engine.is_none() && matches!(device, Device::Auto | Device::Gpu) {
+                match self.open_wgpu(device == Device::Gpu) {
+                    Ok(e) => engine = Some(e),
+                    Err(e) if device == Device::Auto => why.push(e),
+                    Err(e) => return Err(Error::Gpu(e)),
+                }
+            }
+            if engine.is_none() {
+                tracing::info!(reason = %why.join("; "), "running on the CPU");
+            }
+            self.engine = engine;
             Ok(self.device())
         }
-        #[cfg(not(feature = "gpu"))]
+        #[cfg(not(any(feature = "gpu", feature = "cuda")))]
         match device {
-            Device::Gpu => Err(Error::Gpu(
-                "this build has no GPU backend (built without the `gpu` feature)".into(),
-            )),
+            Device::Gpu | Device::Cuda => Err(Error::Gpu(format!(
+                "this build has no {device} backend (built without the `{device}` feature)"
+            ))),
             Device::Auto | Device::Cpu => Ok(self.device()),
         }
     }
 
-    /// Where the model runs, for display: `cpu`, or `gpu: <adapter>`.
-    pub fn device(&self) -> String {
+    /// The model on the first CUDA GPU.
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    fn open_cuda(&self) -> std::result::Result<crate::device::Engine, String> {
+        #[cfg(feature = "cuda")]
+        {
+            let ctx = clawrl_cuda::Context::open(0).map_err(|e| e.to_string())?;
+            let backend = clawrl_cuda::Cuda::new(ctx, &self.rope);
+            Ok(crate::device::Engine::Cuda(
+                crate::device::DeviceEngine::new(backend, &self.weights),
+            ))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Err("this build has no CUDA backend (built without the `cuda` feature)".into())
+    }
+
+    /// The model on wgpu's best adapter (`any`: software ones included).
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    fn open_wgpu(&self, any: bool) -> std::result::Result<crate::device::Engine, String> {
         #[cfg(feature = "gpu")]
-        if let Some(g) = &self.gpu {
-            return format!("gpu: {}", g.backend.context().describe());
+        {
+            use clawrl_gpu::{AdapterChoice, Context, Gpu};
+            let choice = if any {
+                AdapterChoice::Any
+            } else {
+                AdapterChoice::Hardware
+            };
+            let ctx = Context::open(choice).map_err(|e| e.to_string())?;
+            let backend = Gpu::new(ctx, &self.rope);
+            Ok(crate::device::Engine::Wgpu(
+                crate::device::DeviceEngine::new(backend, &self.weights),
+            ))
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = any;
+            Err("this build has no wgpu backend (built without the `gpu` feature)".into())
+        }
+    }
+
+    /// Where the model runs, for display: `cpu`, `gpu: <adapter>` or `cuda: <GPU>`.
+    pub fn device(&self) -> String {
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
+        if let Some(e) = &self.engine {
+            return e.describe();
         }
         "cpu".into()
     }
 }
 
-/// The largest `head_dim` the GPU's attention kernels take (`shaders/attention*.wgsl`).
-#[cfg(feature = "gpu")]
-const MAX_GPU_HEAD_DIM: usize = 128;
+/// The largest `head_dim` the accelerators' attention kernels take.
+#[cfg(any(feature = "gpu", feature = "cuda"))]
+const MAX_DEVICE_HEAD_DIM: usize = 128;
 
-#[cfg(feature = "gpu")]
+#[cfg(any(feature = "gpu", feature = "cuda"))]
 impl Model {
-    /// Runs this model on the GPU `other` runs on (its device, not a new one), or on the CPU
-    /// when `other` does: a fine-tuned snapshot serves where its base does. The weights are
-    /// uploaded once.
+    /// Runs this model on the device `other` runs on (its device, not a new one), or on the
+    /// CPU when `other` does: a fine-tuned snapshot serves where its base does. The weights
+    /// are uploaded once.
     pub fn share_device(&mut self, other: &Model) {
-        self.gpu = other
-            .gpu
-            .as_ref()
-            .map(|g| crate::device::GpuEngine::new(g.backend.clone(), &self.weights));
+        self.engine = other.engine.as_ref().map(|e| e.share(&self.weights));
     }
 
-    /// The GPU backend and the weights uploaded to it, when the model runs on a GPU: training
+    /// The accelerator and the weights uploaded to it, when the model runs on one: training
     /// runs its passes on the same copy.
-    pub fn gpu_weights(
-        &self,
-    ) -> Option<(
-        &clawrl_gpu::Gpu,
-        &Weights<clawrl_gpu::GpuMatrix, clawrl_gpu::GpuTensor>,
-    )> {
-        self.gpu.as_ref().map(|g| (&g.backend, &g.weights))
+    pub fn engine(&self) -> Option<&crate::device::Engine> {
+        self.engine.as_ref()
     }
 }

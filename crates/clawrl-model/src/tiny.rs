@@ -107,3 +107,138 @@ impl Model {
         .expect("the tiny model is consistent by construction")
     }
 }
+
+/// The shapes `random:<name>` builds ([`Model::random`]).
+pub const RANDOM_SHAPES: [&str; 2] = ["smollm2-135m", "qwen3-4b"];
+
+/// The shape of a published checkpoint, by name: SmolLM2-135M (the embedded model) and
+/// Qwen3-4B (the paper's size); `None` for another name.
+fn named_config(name: &str) -> Option<ModelConfig> {
+    Some(match name {
+        "smollm2-135m" => ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 49_152,
+            hidden: 576,
+            intermediate: 1536,
+            layers: 30,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            rope_dim: 64,
+            rope_theta: 100_000.0,
+            rope_style: RopeStyle::Interleaved,
+            rms_eps: 1e-5,
+            context_length: 8192,
+        },
+        "qwen3-4b" => ModelConfig {
+            arch: Arch::Qwen3,
+            vocab_size: 151_936,
+            hidden: 2560,
+            intermediate: 9728,
+            layers: 36,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            rope_dim: 128,
+            rope_theta: 1_000_000.0,
+            rope_style: RopeStyle::Half,
+            rms_eps: 1e-6,
+            context_length: 40_960,
+        },
+        _ => return None,
+    })
+}
+
+impl Model {
+    /// A model of a published checkpoint's shape ([`RANDOM_SHAPES`]) with random Q8_0 weights
+    /// drawn from `seed`, and a byte-level tokenizer padded to its vocabulary: for benchmarks
+    /// where the checkpoint cannot travel (speed does not depend on the weights' values).
+    /// `--model random:<name>`.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for an unknown name.
+    pub fn random(name: &str, seed: u64) -> crate::Result<Model> {
+        use rayon::prelude::*;
+
+        let config = named_config(name).ok_or_else(|| {
+            crate::Error::InvalidArgument(format!(
+                "unknown random model shape {name:?}: expected one of {}",
+                RANDOM_SHAPES.join(", ")
+            ))
+        })?;
+        let c = &config;
+        let mut vocab = tiny_vocab();
+        let specials = vocab.tokens.len();
+        vocab
+            .tokens
+            .extend((specials..c.vocab_size).map(|i| format!("<|random_{i}|>")));
+        vocab.token_types.resize(c.vocab_size, 1);
+        let tokenizer = Tokenizer::from_gguf(vocab)?;
+        // Every matrix its own stream of the seed, so they are drawn in parallel.
+        let matrix = |index: u64, rows: usize, cols: usize| {
+            let mut rng = StdRng::seed_from_u64(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let a = (3.0 / cols as f32).sqrt();
+            let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-a..a)).collect();
+            QMatrix::new(
+                rows,
+                cols,
+                Storage::Q8_0(clawrl_kernels::quant::quantize_q8_0(&v)),
+            )
+            .expect("sizes match by construction")
+        };
+        let blocks = (0..c.layers)
+            .into_par_iter()
+            .map(|l| {
+                let i = 8 * l as u64 + 1;
+                Block {
+                    attn_norm: vec![1.0; c.hidden],
+                    wq: matrix(i, c.q_dim(), c.hidden),
+                    wk: matrix(i + 1, c.kv_dim(), c.hidden),
+                    wv: matrix(i + 2, c.kv_dim(), c.hidden),
+                    wo: matrix(i + 3, c.hidden, c.q_dim()),
+                    qkv_bias: None,
+                    qk_norm: (c.arch == Arch::Qwen3)
+                        .then(|| [vec![1.0; c.head_dim], vec![1.0; c.head_dim]]),
+                    ffn_norm: vec![1.0; c.hidden],
+                    gate: matrix(i + 4, c.intermediate, c.hidden),
+                    up: matrix(i + 5, c.intermediate, c.hidden),
+                    down: matrix(i + 6, c.hidden, c.intermediate),
+                }
+            })
+            .collect();
+        let weights = Weights {
+            embed: matrix(0, c.vocab_size, c.hidden),
+            blocks,
+            norm: vec![1.0; c.hidden],
+            output: None,
+        };
+        let template = ChatTemplate::new(CHATML, tokenizer.bos_text(), tokenizer.eos_text())?;
+        Model::new(
+            config,
+            weights,
+            tokenizer,
+            template,
+            format!("random:{name} (seed {seed})"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_model_has_its_shape_and_generates() {
+        let m = Model::random("smollm2-135m", 0).expect("builds");
+        assert_eq!(m.config.hidden, 576);
+        assert_eq!(m.config.layers, 30);
+        assert_eq!(m.tokenizer.vocab_size(), 49_152);
+        let prompt = m.tokenizer.encode("The printing press").expect("encodes");
+        let mut cache = m.new_cache();
+        let logits = m.forward(&prompt, &mut cache, 1).expect("runs");
+        assert_eq!(logits.len(), 49_152);
+        assert!(logits.iter().all(|v| v.is_finite()));
+        let e = Model::random("gpt-5", 0).expect_err("unknown shape");
+        assert!(e.to_string().contains("smollm2-135m, qwen3-4b"), "{e}");
+    }
+}

@@ -145,10 +145,24 @@ fn a_device_name_is_parsed_or_refused_clearly() {
     assert_eq!("auto".parse::<Device>().expect("parses"), Device::Auto);
     assert_eq!("cpu".parse::<Device>().expect("parses"), Device::Cpu);
     let e = "tpu".parse::<Device>().expect_err("refused");
-    assert!(e.to_string().contains("expected auto, cpu or gpu"), "{e}");
+    assert!(
+        e.to_string().contains("expected auto, cpu, gpu or cuda"),
+        "{e}"
+    );
+    assert_eq!("cuda".parse::<Device>().expect("parses"), Device::Cuda);
     let mut m = Model::tiny(1);
     assert_eq!(m.set_device(Device::Cpu).expect("cpu"), "cpu");
     // lavapipe is a software adapter: `auto` keeps the CPU unless a real GPU is there.
     let auto = m.set_device(Device::Auto).expect("auto never fails");
     assert!(auto == "cpu" || !auto.contains("Cpu"), "{auto}");
+    // This build has no CUDA backend: asking for it is a clear error, and the model stays put.
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = m.set_device(Device::Cuda).expect_err("no CUDA backend");
+        assert!(
+            e.to_string().contains("built without the `cuda` feature"),
+            "{e}"
+        );
+        assert_eq!(m.device(), "cpu");
+    }
 }

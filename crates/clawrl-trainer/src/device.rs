@@ -1,5 +1,5 @@
-//! Training on the GPU: [`crate::pass`]'s passes on `clawrl_gpu::Gpu`, joined to candle's
-//! graph at the gathered log-probs.
+//! Training on an accelerator (wgpu's `clawrl_gpu::Gpu`, `clawrl_cuda::Cuda`):
+//! [`crate::pass`]'s passes there, joined to candle's graph at the gathered log-probs.
 //!
 //! A training pass returns its `[T, m]` log-probs as a fresh candle variable and keeps its
 //! [`Tape`] here; once the objective's backward has given that variable its gradient,
@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
-use clawrl_gpu::{Gpu, GpuMatrix, GpuTensor};
-use clawrl_kernels::Backend;
-use clawrl_model::{ModelConfig, QMatrix, Target, Weights};
+use clawrl_kernels::Accelerator;
+use clawrl_model::{DeviceEngine, Engine, ModelConfig, QMatrix, Target, Weights, WithEngine};
 use tracing::warn;
 
 use crate::head::{Gather, HeadStats};
@@ -26,37 +25,107 @@ pub(crate) type Adapters<'a> = (
     bool,
 );
 
-/// The frozen model on the GPU and the tapes of the training passes not yet differentiated.
-pub(crate) struct OnDevice {
-    pass: DevicePass<Gpu>,
-    tapes: Mutex<Vec<(Tensor, Tape<Gpu>)>>,
+/// What the policy asks of the accelerator its passes run on, whichever it is.
+pub(crate) trait Accelerated: Send + Sync {
+    /// Whether a pass over `len` tokens scoring the last `len − from` fits the device.
+    fn fits(&self, len: usize, from: usize) -> bool;
+    /// The device, for display.
+    fn describe(&self) -> String;
+    /// [`crate::TrainablePolicy::head`] there; `None` when the device failed the pass.
+    fn head(
+        &self,
+        tokens: &[u32],
+        from: usize,
+        gather: Gather,
+        adapters: Option<Adapters<'_>>,
+    ) -> Result<Option<(Tensor, HeadStats)>>;
+    /// The adapters' gradients from the training passes since the last call.
+    fn gradients(
+        &self,
+        store: &GradStore,
+        pairs: &BTreeMap<(usize, Target), LoraPair>,
+    ) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// The passes on the accelerator `engine` holds the model on, with the embedding on the host.
+pub(crate) fn on_device(
+    engine: &Engine,
+    config: ModelConfig,
+    embed: Arc<QMatrix>,
+) -> Box<dyn Accelerated> {
+    struct Build(ModelConfig, Arc<QMatrix>);
+    impl WithEngine for Build {
+        type Output = Box<dyn Accelerated>;
+        fn call<B: Accelerator>(self, e: &DeviceEngine<B>) -> Self::Output {
+            Box::new(OnDevice::new(
+                e.backend().clone(),
+                self.0,
+                e.weights().clone(),
+                self.1,
+            ))
+        }
+    }
+    engine.with(Build(config, embed))
+}
+
+/// The frozen model on the device and the tapes of the training passes not yet
+/// differentiated.
+pub(crate) struct OnDevice<B: Accelerator> {
+    pass: DevicePass<B>,
+    tapes: Mutex<Vec<(Tensor, Tape<B>)>>,
 }
 
 fn msg(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-impl OnDevice {
-    /// The model (`weights` already uploaded to `gpu`; the embedding on the host).
+impl<B: Accelerator> OnDevice<B> {
+    /// The model (`weights` already uploaded to `backend`'s device; the embedding on the
+    /// host).
     pub(crate) fn new(
-        gpu: Gpu,
+        backend: B,
         config: ModelConfig,
-        weights: Weights<GpuMatrix, GpuTensor>,
+        weights: Weights<B::Matrix, B::Tensor>,
         embed: Arc<QMatrix>,
     ) -> Self {
         Self {
-            pass: DevicePass::new(gpu, config, weights, embed),
+            pass: DevicePass::new(backend, config, weights, embed),
             tapes: Mutex::default(),
         }
     }
 
+    /// The adapters' current values on the device.
+    fn upload(
+        &self,
+        cfg: &LoraConfig,
+        pairs: &BTreeMap<(usize, Target), LoraPair>,
+        train: bool,
+    ) -> Result<DeviceLora<B>> {
+        let be = self.pass.backend();
+        let up = |v: &Var| -> Result<B::Tensor> {
+            Ok(be.upload(&v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        };
+        let mut on_device = BTreeMap::new();
+        for (&key, p) in pairs {
+            on_device.insert(key, (up(&p.a)?, up(&p.b)?));
+        }
+        Ok(DeviceLora {
+            pairs: on_device,
+            scale: cfg.scale() as f32,
+            rank: cfg.rank,
+            dropout: if train { cfg.dropout as f32 } else { 0.0 },
+        })
+    }
+}
+
+impl<B: Accelerator> Accelerated for OnDevice<B> {
     /// Whether a pass over `len` tokens scoring the last `len − from` fits the device's
     /// largest tensor: the attention probabilities (`heads × len²`), the log-softmax
     /// (`(len − from) × vocab`) and the MLP's activations (`len × intermediate`); and whether
     /// the attention kernels take the model's heads (`head_dim` ≤ 128).
-    pub(crate) fn fits(&self, len: usize, from: usize) -> bool {
+    fn fits(&self, len: usize, from: usize) -> bool {
         let c = self.pass.config();
-        if c.head_dim > 128 {
+        if c.head_dim > self.pass.backend().max_head_dim() {
             return false;
         }
         let largest = [
@@ -64,18 +133,17 @@ impl OnDevice {
             len.saturating_sub(from).saturating_mul(c.vocab_size),
             len.saturating_mul(c.intermediate),
         ];
-        let limit = self.pass.backend().context().max_tensor_len();
+        let limit = self.pass.backend().max_tensor_len();
         largest.iter().all(|&n| n <= limit)
     }
 
-    /// `gpu: <adapter>`.
-    pub(crate) fn describe(&self) -> String {
-        format!("gpu: {}", self.pass.backend().context().describe())
+    fn describe(&self) -> String {
+        self.pass.backend().describe()
     }
 
-    /// [`crate::TrainablePolicy::head`] on the GPU; `adapters` `None` is the frozen base.
-    /// `None` when the device failed the pass (out of memory): the caller runs it on the CPU.
-    pub(crate) fn head(
+    /// `adapters` `None` is the frozen base. `None` when the device failed the pass (out of
+    /// memory): the caller runs it on the CPU.
+    fn head(
         &self,
         tokens: &[u32],
         from: usize,
@@ -86,13 +154,14 @@ impl OnDevice {
             None => (None, false),
             Some((cfg, pairs, train)) => (Some(self.upload(cfg, pairs, train)?), train),
         };
-        let ctx = self.pass.backend().context();
-        let (values, m, stats, tape) = match ctx
+        let (values, m, stats, tape) = match self
+            .pass
+            .backend()
             .capture(|| self.pass.forward(tokens, from, &gather, lora, train))
         {
             Ok(pass) => pass.map_err(msg)?,
             Err(e) => {
-                warn!(tokens = tokens.len(), error = %e, "a pass failed on the GPU; running it on the CPU");
+                warn!(tokens = tokens.len(), error = %e, "a pass failed on the device; running it on the CPU");
                 return Ok(None);
             }
         };
@@ -108,33 +177,10 @@ impl OnDevice {
         Ok(Some((leaf, stats)))
     }
 
-    /// The adapters' current values on the device.
-    fn upload(
-        &self,
-        cfg: &LoraConfig,
-        pairs: &BTreeMap<(usize, Target), LoraPair>,
-        train: bool,
-    ) -> Result<DeviceLora<Gpu>> {
-        let gpu = self.pass.backend();
-        let up = |v: &Var| -> Result<GpuTensor> {
-            Ok(gpu.upload(&v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
-        };
-        let mut on_device = BTreeMap::new();
-        for (&key, p) in pairs {
-            on_device.insert(key, (up(&p.a)?, up(&p.b)?));
-        }
-        Ok(DeviceLora {
-            pairs: on_device,
-            scale: cfg.scale() as f32,
-            rank: cfg.rank,
-            dropout: if train { cfg.dropout as f32 } else { 0.0 },
-        })
-    }
-
     /// The adapters' gradients, aligned with `pairs` as [`crate::TrainablePolicy::vars`]
     /// orders them (A then B per adapter), summed over the training passes since the last
     /// call whose log-probs `store` has a gradient for; the tapes are dropped.
-    pub(crate) fn gradients(
+    fn gradients(
         &self,
         store: &GradStore,
         pairs: &BTreeMap<(usize, Target), LoraPair>,
@@ -149,7 +195,6 @@ impl OnDevice {
             let flat = self
                 .pass
                 .backend()
-                .context()
                 .capture(|| self.pass.backward(&tape, &g))
                 .map_err(msg)?
                 .map_err(msg)?;

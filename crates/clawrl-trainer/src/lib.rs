@@ -7,7 +7,7 @@
 
 mod adamw;
 pub mod demo;
-#[cfg(feature = "gpu")]
+#[cfg(any(feature = "gpu", feature = "cuda"))]
 mod device;
 mod error;
 mod frozen;
@@ -15,7 +15,7 @@ mod fused;
 mod gate;
 mod head;
 mod lora;
-#[cfg(feature = "gpu")]
+#[cfg(any(feature = "gpu", feature = "cuda"))]
 mod pass;
 mod peft;
 mod policy;

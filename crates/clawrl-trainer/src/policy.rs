@@ -54,9 +54,9 @@ pub struct TrainablePolicy {
     tuning: Tuning,
     gate: Gate,
     rope: Arc<ops::Rope>,
-    /// The GPU the passes run on, when the model runs on one (LoRA only).
-    #[cfg(feature = "gpu")]
-    device: Option<crate::device::OnDevice>,
+    /// The accelerator the passes run on, when the model runs on one (LoRA only).
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    device: Option<Box<dyn crate::device::Accelerated>>,
 }
 
 fn f32_tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
@@ -124,14 +124,11 @@ impl TrainablePolicy {
             None => embed.clone(),
         };
         // Full fine-tuning's f32 weights stay on the CPU.
-        #[cfg(feature = "gpu")]
-        let device = match (&tuning, model.gpu_weights()) {
-            (Tuning::Lora(_), Some((gpu, weights))) => Some(crate::device::OnDevice::new(
-                gpu.clone(),
-                c.clone(),
-                weights.clone(),
-                embed.clone(),
-            )),
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
+        let device = match (&tuning, model.engine()) {
+            (Tuning::Lora(_), Some(engine)) => {
+                Some(crate::device::on_device(engine, c.clone(), embed.clone()))
+            }
             _ => None,
         };
         Ok(Self {
@@ -149,7 +146,7 @@ impl TrainablePolicy {
                 c.rope_style,
                 c.context_length,
             )),
-            #[cfg(feature = "gpu")]
+            #[cfg(any(feature = "gpu", feature = "cuda"))]
             device,
             config: c,
         })
@@ -241,7 +238,7 @@ impl TrainablePolicy {
         )
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         // It serves where the base does.
-        #[cfg(feature = "gpu")]
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
         let model = {
             let mut m = model;
             m.share_device(base);
@@ -289,7 +286,7 @@ impl TrainablePolicy {
         }
         // A pass too large for the device's largest buffer runs here instead: its gradients
         // join the device's in the step.
-        #[cfg(feature = "gpu")]
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
         if let Some(device) = &self.device
             && device.fits(len, from)
         {
@@ -346,7 +343,7 @@ impl TrainablePolicy {
 
     /// Where the passes run, for display: `cpu`, or `gpu: <adapter>`.
     pub fn device(&self) -> String {
-        #[cfg(feature = "gpu")]
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
         if let Some(d) = &self.device {
             return d.describe();
         }
@@ -361,7 +358,7 @@ impl TrainablePolicy {
         &self,
         store: &candle_core::backprop::GradStore,
     ) -> Result<Vec<Option<Tensor>>> {
-        #[cfg(feature = "gpu")]
+        #[cfg(any(feature = "gpu", feature = "cuda"))]
         if let Some(d) = &self.device {
             self.gate.wait();
             return d.gradients(store, &self.lora);
