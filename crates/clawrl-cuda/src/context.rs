@@ -5,14 +5,14 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clawrl_kernels::{GEMM_MIN_TOKENS, Gemm, QMatrix, Storage};
+use clawrl_kernels::{Format, GEMM_MIN_TOKENS, Gemm, QMatrix};
 use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use tracing::info;
 
 use crate::libs;
-use crate::tensor::{CudaMatrix, CudaTensor, Format};
+use crate::tensor::{CudaMatrix, CudaTensor};
 
 /// The CUDA C of every kernel, compiled by NVRTC when a device opens.
 pub const KERNELS: &str = include_str!("kernels.cu");
@@ -94,6 +94,8 @@ pub const KERNEL_NAMES: [&str; 22] = [
 pub(crate) const WG: u32 = 128;
 /// Threads per block of the element-wise kernels (`EW`).
 pub(crate) const EW: u32 = 256;
+/// The largest grid y and z dimension a launch takes (CUDA's limit).
+const MAX_GRID_Y: u32 = 65_535;
 /// Rows a block of the matrix–vector kernels computes (one warp each).
 const MATVEC_ROWS: u32 = WG / 32;
 
@@ -187,8 +189,9 @@ impl Context {
                 "the loader's paths".into(),
             ));
         }
-        libs::preload("cublas", &dirs);
+        // cuBLAS opens cuBLASLt by its bare name: Lt first.
         libs::preload("cublasLt", &dirs);
+        libs::preload("cublas", &dirs);
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::NoLibrary("cuBLAS", searched(&dirs)));
         }
@@ -265,6 +268,12 @@ impl Context {
         }
     }
 
+    /// Whether this thread failed inside its capture: what follows is skipped (its buffers may
+    /// be stand-ins, and the capture's result is discarded).
+    fn skipping(&self) -> bool {
+        FAILED.with(|f| f.borrow().is_some())
+    }
+
     /// Makes the context current on this thread, as the driver's raw calls below need
     /// (serving and training call from different threads).
     fn bind(&self) {
@@ -288,8 +297,9 @@ impl Context {
         self.words(words.len(), Some(words))
     }
 
-    /// A buffer of `len` words, zeros or `init`. A failed allocation gives a one-word buffer
-    /// (recorded as a failure, so its contents are never used).
+    /// A buffer of `len` words, zeros or `init`. A failed allocation gives a one-word stand-in
+    /// of the same `len` (the failure is recorded, and this thread's later work on the device
+    /// is skipped until its capture ends, so the stand-in is never written or read).
     fn words(&self, len: usize, init: Option<&[u32]>) -> CudaTensor {
         let buf = match init {
             Some(w) if !w.is_empty() => self.stream.clone_htod(w),
@@ -306,7 +316,7 @@ impl Context {
                     .stream
                     .alloc_zeros::<u32>(1)
                     .expect("clawrl-cuda: the GPU has no memory left");
-                return self.tensor(b, 0);
+                return self.tensor(b, len);
             }
         };
         self.tensor(buf, len)
@@ -321,56 +331,33 @@ impl Context {
         CudaTensor::new(buf, ptr, len)
     }
 
-    /// Uploads a weight matrix in its stored format (Q4_1 and Q8_0 repacked into
-    /// scale/minimum arrays and 4-byte-aligned quants, bit for bit).
+    /// Uploads a weight matrix in its stored format ([`clawrl_kernels::Packed`]).
     pub fn upload_matrix(&self, w: &QMatrix) -> CudaMatrix {
-        let (format, data, d, m) = match w.storage() {
-            Storage::F32(v) => (Format::F32, self.upload(v), None, None),
-            Storage::Q4_1(blocks) => {
-                let qs: Vec<u32> = blocks
-                    .iter()
-                    .flat_map(|b| b.qs.chunks_exact(4).map(le_word))
-                    .collect();
-                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
-                let m: Vec<f32> = blocks.iter().map(|b| b.m).collect();
-                (
-                    Format::Q4_1,
-                    self.upload_u32(&qs),
-                    Some(self.upload(&d)),
-                    Some(self.upload(&m)),
-                )
-            }
-            Storage::Q8_0(blocks) => {
-                let qs: Vec<u32> = blocks
-                    .iter()
-                    .flat_map(|b| {
-                        let bytes: &[u8] = bytemuck::cast_slice(&b.qs);
-                        bytes.chunks_exact(4).map(le_word).collect::<Vec<_>>()
-                    })
-                    .collect();
-                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
-                (
-                    Format::Q8_0,
-                    self.upload_u32(&qs),
-                    Some(self.upload(&d)),
-                    None,
-                )
-            }
-        };
+        let p = w.packed();
         CudaMatrix {
             rows: w.rows(),
             cols: w.cols(),
-            format,
-            data,
-            d,
-            m,
+            format: p.format,
+            data: self.upload_u32(&p.words),
+            d: p.d.map(|d| self.upload(&d)),
+            m: p.m.map(|m| self.upload(&m)),
             dense: Arc::default(),
         }
     }
 
     /// Queues `kernel` over `grid` blocks of `block` threads.
     pub(crate) fn launch(&self, kernel: Kernel, grid: (u32, u32, u32), block: u32, args: &[Arg]) {
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 || self.skipping() {
+            return;
+        }
+        if grid.1 > MAX_GRID_Y || grid.2 > MAX_GRID_Y {
+            self.fail(
+                KERNEL_NAMES[kernel as usize],
+                format!(
+                    "{} rows is beyond the {MAX_GRID_Y} a launch takes",
+                    grid.1.max(grid.2)
+                ),
+            );
             return;
         }
         let f = &self.functions[kernel as usize];
@@ -409,7 +396,7 @@ impl Context {
         to: usize,
         len: usize,
     ) {
-        if len == 0 {
+        if len == 0 || self.skipping() {
             return;
         }
         self.bind();
@@ -430,7 +417,7 @@ impl Context {
     /// Waits for every queued operation and reads `x` back as words.
     pub(crate) fn download_words(&self, x: &CudaTensor) -> Vec<u32> {
         let mut out = vec![0u32; x.len()];
-        if out.is_empty() {
+        if out.is_empty() || self.skipping() {
             return out;
         }
         self.bind();
@@ -456,7 +443,7 @@ impl Context {
     /// (column-major: it computes `Cᵀ = op(B)ᵀ·op(A)ᵀ`). f32 throughout: cuBLAS's default math
     /// mode, no TF32.
     pub(crate) fn gemm(&self, a: u64, b: u64, s: Gemm, c: u64) {
-        if s.m == 0 || s.n == 0 {
+        if s.m == 0 || s.n == 0 || self.skipping() {
             return;
         }
         self.bind();
@@ -517,43 +504,38 @@ impl Context {
     }
 
     /// The f32 values of `w`: its own buffer, or for a quantized matrix a copy dequantized on
-    /// first use and kept.
-    pub(crate) fn dense<'a>(&self, w: &'a CudaMatrix) -> &'a CudaTensor {
+    /// first use and kept (not kept when making it failed).
+    pub(crate) fn dense(&self, w: &CudaMatrix) -> CudaTensor {
         if w.format == Format::F32 {
-            return &w.data;
+            return w.data.clone();
         }
-        w.dense.get_or_init(|| {
-            let n = w.rows * w.cols;
-            let out = self.zeros(n);
-            let (rows, cols) = (w.rows as u32, w.cols as u32);
-            let d = w.d.as_ref().map_or(0, CudaTensor::ptr);
-            match (w.format, &w.m) {
-                (Format::Q4_1, Some(m)) => self.elementwise(
-                    Kernel::DequantQ4_1,
-                    n,
-                    &[
-                        Arg::P(w.data.ptr()),
-                        Arg::P(d),
-                        Arg::P(m.ptr()),
-                        Arg::P(out.ptr()),
-                        Arg::U(rows),
-                        Arg::U(cols),
-                    ],
-                ),
-                _ => self.elementwise(
-                    Kernel::DequantQ8_0,
-                    n,
-                    &[
-                        Arg::P(w.data.ptr()),
-                        Arg::P(d),
-                        Arg::P(out.ptr()),
-                        Arg::U(rows),
-                        Arg::U(cols),
-                    ],
-                ),
-            }
-            out
-        })
+        let mut held = w.dense.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = held.as_ref() {
+            return d.clone();
+        }
+        let n = w.rows * w.cols;
+        let out = self.zeros(n);
+        let (rows, cols) = (Arg::U(w.rows as u32), Arg::U(w.cols as u32));
+        let (data, d) = (
+            Arg::P(w.data.ptr()),
+            Arg::P(w.d.as_ref().map_or(0, CudaTensor::ptr)),
+        );
+        match (w.format, &w.m) {
+            (Format::Q4_1, Some(m)) => self.elementwise(
+                Kernel::DequantQ4_1,
+                n,
+                &[data, d, Arg::P(m.ptr()), Arg::P(out.ptr()), rows, cols],
+            ),
+            _ => self.elementwise(
+                Kernel::DequantQ8_0,
+                n,
+                &[data, d, Arg::P(out.ptr()), rows, cols],
+            ),
+        }
+        if !self.skipping() {
+            *held = Some(out.clone());
+        }
+        out
     }
 
     /// `y = scale · W·x` (`y += …` with `accumulate`) for `t` rows of `x`: below
@@ -610,8 +592,4 @@ impl Context {
 
 fn failed(e: impl std::fmt::Display) -> CudaError {
     CudaError::Failed(e.to_string())
-}
-
-fn le_word(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }

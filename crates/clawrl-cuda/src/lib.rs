@@ -17,7 +17,7 @@ mod train;
 
 pub use cache::CudaCache;
 pub use context::{Context, CudaError, KERNEL_NAMES, KERNELS, compile};
-pub use tensor::{CudaMatrix, CudaTensor, Format};
+pub use tensor::{CudaMatrix, CudaTensor};
 
 use std::sync::Arc;
 
@@ -59,6 +59,13 @@ impl Cuda {
 
     /// RoPE in place at positions `pos0…`, or (`inverse`) its inverse rotation.
     fn rotate(&self, x: &CudaTensor, heads: usize, head_dim: usize, pos0: usize, inverse: bool) {
+        // CUDA, unlike WGSL, does not clamp an access out of bounds: every size is checked.
+        check(
+            heads * head_dim > 0
+                && x.len().is_multiple_of(heads * head_dim)
+                && 2 * self.rope_half <= head_dim,
+            "RoPE sizes",
+        );
         let rows = x.len() / (heads * head_dim);
         check(
             (pos0 + rows) * self.rope_half <= self.cos.len(),
@@ -232,6 +239,14 @@ impl Backend for Cuda {
         check(
             head_dim <= MAX_HEAD_DIM,
             "attention supports head_dim ≤ 128",
+        );
+        check(
+            kv_heads > 0
+                && heads.is_multiple_of(kv_heads)
+                && heads * head_dim > 0
+                && q.len().is_multiple_of(heads * head_dim)
+                && out.len() == q.len(),
+            "attention sizes",
         );
         let rows = q.len() / (heads * head_dim);
         check(

@@ -1,14 +1,28 @@
 //! Device buffers: activations, and weight matrices in their stored format.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use clawrl_kernels::Format;
 use cudarc::driver::CudaSlice;
+
+/// A device allocation, freed with its context made current on the dropping thread (a
+/// thread that never ran CUDA work may drop the last tensor: without the context, the free
+/// would fail and its error surface in an unrelated later call).
+#[derive(Debug)]
+struct Buffer(CudaSlice<u32>);
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // The slice's own drop, after this, frees it on its stream.
+        let _ = self.0.context().bind_to_thread();
+    }
+}
 
 /// `len` f32 values (or u32 words: quants, indices) in device memory. Clones share the
 /// buffer, as the engine's tensors on wgpu do; the kernels write through its address.
 #[derive(Clone, Debug)]
 pub struct CudaTensor {
-    buf: Arc<CudaSlice<u32>>,
+    buf: Arc<Buffer>,
     /// The buffer's device address (`CUdeviceptr`), read once.
     ptr: u64,
     len: usize,
@@ -17,7 +31,7 @@ pub struct CudaTensor {
 impl CudaTensor {
     pub(crate) fn new(buf: CudaSlice<u32>, ptr: u64, len: usize) -> Self {
         Self {
-            buf: Arc::new(buf),
+            buf: Arc::new(Buffer(buf)),
             ptr,
             len,
         }
@@ -45,19 +59,8 @@ impl CudaTensor {
 
     /// Bytes the device buffer holds.
     pub fn size_in_bytes(&self) -> u64 {
-        4 * self.buf.len() as u64
+        4 * self.buf.0.len() as u64
     }
-}
-
-/// How a [`CudaMatrix`] stores its values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Plain f32.
-    F32,
-    /// ggml Q4_1: scale, minimum and 16 bytes of nibbles per 32 values.
-    Q4_1,
-    /// ggml Q8_0: scale and 32 signed bytes per 32 values.
-    Q8_0,
 }
 
 /// A `rows × cols` weight matrix on the device in the format it was stored in on the host
@@ -75,7 +78,7 @@ pub struct CudaMatrix {
     /// Per-block minimums (Q4_1).
     pub(crate) m: Option<CudaTensor>,
     /// The f32 values of a quantized matrix, once dequantized.
-    pub(crate) dense: Arc<OnceLock<CudaTensor>>,
+    pub(crate) dense: Arc<Mutex<Option<CudaTensor>>>,
 }
 
 impl CudaMatrix {
@@ -96,15 +99,17 @@ impl CudaMatrix {
 
     /// Bytes held on the device (with the f32 copy, once made).
     pub fn size_in_bytes(&self) -> u64 {
-        [
-            Some(&self.data),
-            self.d.as_ref(),
-            self.m.as_ref(),
-            self.dense.get(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(CudaTensor::size_in_bytes)
-        .sum()
+        let dense = self
+            .dense
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, CudaTensor::size_in_bytes);
+        [Some(&self.data), self.d.as_ref(), self.m.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(CudaTensor::size_in_bytes)
+            .sum::<u64>()
+            + dense
     }
 }

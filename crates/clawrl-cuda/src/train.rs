@@ -358,7 +358,7 @@ fn attention_checks(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: AttnS
         "attention supports head_dim ≤ 128",
     );
     check(
-        kv_heads > 0 && heads.is_multiple_of(kv_heads),
+        kv_heads > 0 && heads.is_multiple_of(kv_heads) && heads * head_dim > 0,
         "query heads in whole groups",
     );
     let t = q.len() / (heads * head_dim);

@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clawrl_kernels::{GEMM_MIN_TOKENS, QMatrix, Storage};
+use clawrl_kernels::{Format, GEMM_MIN_TOKENS, QMatrix};
 use tracing::{debug, info};
 use wgpu::util::DeviceExt;
 
-use crate::tensor::{Format, GpuMatrix, GpuTensor};
+use crate::tensor::{GpuMatrix, GpuTensor};
 
 /// Why no GPU could be used.
 #[derive(Debug, thiserror::Error)]
@@ -340,49 +340,16 @@ impl Context {
         t
     }
 
-    /// Uploads a weight matrix in its stored format (Q4_1 and Q8_0 repacked into
-    /// scale/minimum arrays and 4-byte-aligned quants, bit for bit).
+    /// Uploads a weight matrix in its stored format ([`clawrl_kernels::Packed`]).
     pub fn upload_matrix(&self, w: &QMatrix) -> GpuMatrix {
-        let (format, data, d, m) = match w.storage() {
-            Storage::F32(v) => (Format::F32, self.upload(v), None, None),
-            Storage::Q4_1(blocks) => {
-                let qs: Vec<u32> = blocks
-                    .iter()
-                    .flat_map(|b| b.qs.chunks_exact(4).map(le_word))
-                    .collect();
-                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
-                let m: Vec<f32> = blocks.iter().map(|b| b.m).collect();
-                (
-                    Format::Q4_1,
-                    self.upload_words(&qs),
-                    Some(self.upload(&d)),
-                    Some(self.upload(&m)),
-                )
-            }
-            Storage::Q8_0(blocks) => {
-                let qs: Vec<u32> = blocks
-                    .iter()
-                    .flat_map(|b| {
-                        let bytes: &[u8] = bytemuck::cast_slice(&b.qs);
-                        bytes.chunks_exact(4).map(le_word).collect::<Vec<_>>()
-                    })
-                    .collect();
-                let d: Vec<f32> = blocks.iter().map(|b| b.d).collect();
-                (
-                    Format::Q8_0,
-                    self.upload_words(&qs),
-                    Some(self.upload(&d)),
-                    None,
-                )
-            }
-        };
+        let p = w.packed();
         GpuMatrix {
             rows: w.rows(),
             cols: w.cols(),
-            format,
-            data,
-            d,
-            m,
+            format: p.format,
+            data: self.upload_words(&p.words),
+            d: p.d.map(|d| self.upload(&d)),
+            m: p.m.map(|m| self.upload(&m)),
         }
     }
 
@@ -639,10 +606,6 @@ impl Context {
         debug!(values = x.len(), "GPU read-back");
         out
     }
-}
-
-fn le_word(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {

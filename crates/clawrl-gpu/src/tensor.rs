@@ -1,5 +1,7 @@
 //! Device buffers: activations, and weight matrices in their stored format.
 
+use clawrl_kernels::Format;
+
 /// `len` f32 values (or, for packed quants, `len` u32 words) in a device buffer.
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
@@ -30,17 +32,6 @@ impl GpuTensor {
     pub fn size_in_bytes(&self) -> u64 {
         self.buf.size()
     }
-}
-
-/// How a [`GpuMatrix`] stores its values; the kernel of `shaders/matmul_<format>.wgsl`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Plain f32.
-    F32,
-    /// ggml Q4_1: scale, minimum and 16 bytes of nibbles per 32 values.
-    Q4_1,
-    /// ggml Q8_0: scale and 32 signed bytes per 32 values.
-    Q8_0,
 }
 
 /// A `rows × cols` weight matrix on the device, in the format it was stored in on the host,

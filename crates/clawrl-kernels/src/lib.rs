@@ -10,9 +10,11 @@ pub mod backend;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 #[cfg(feature = "parity")]
 pub mod parity;
 pub mod quant;
 
 pub use backend::{Accelerator, Backend, Cpu, Gemm, TrainBackend};
 pub use matmul::{GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};
+pub use packed::{Format, Packed};
