@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use clawrl_kernels::ops::AttnShape;
-use clawrl_kernels::{Backend, Gemm, TrainBackend};
+use clawrl_kernels::{Backend, Gemm, TrainBackend, checks};
 
 use crate::context::{Arg, Kernel, WG};
 use crate::{Cuda, CudaMatrix, CudaTensor, MAX_HEAD_DIM, check};
@@ -40,10 +40,7 @@ impl TrainBackend for Cuda {
     }
 
     fn gemm(&self, a: &CudaTensor, b: &CudaTensor, s: Gemm, c: &mut CudaTensor) {
-        check(
-            a.len() == s.m * s.k && b.len() == s.k * s.n && c.len() == s.m * s.n,
-            "gemm sizes",
-        );
+        checks::gemm(a.len(), b.len(), s, c.len());
         self.ctx.gemm(a.ptr(), b.ptr(), s, c.ptr());
     }
 
@@ -77,13 +74,7 @@ impl TrainBackend for Cuda {
         dy: &CudaTensor,
         dx: &mut CudaTensor,
     ) {
-        check(
-            !w.is_empty()
-                && x.len().is_multiple_of(w.len())
-                && dy.len() == x.len()
-                && dx.len() == x.len(),
-            "RMSNorm backward sizes",
-        );
+        checks::rms_norm_backward(x.len(), w.len(), dy.len(), dx.len());
         let (n, rows) = (w.len(), x.len() / w.len());
         self.ctx.launch(
             Kernel::RmsNormBackward,
@@ -110,10 +101,7 @@ impl TrainBackend for Cuda {
         du: &mut CudaTensor,
     ) {
         let n = g.len();
-        check(
-            u.len() == n && dy.len() == n && dg.len() == n && du.len() == n,
-            "SwiGLU backward sizes",
-        );
+        checks::silu_mul_backward([n, u.len(), dy.len(), dg.len(), du.len()]);
         self.ctx.elementwise(
             Kernel::SiluMulBackward,
             n,
@@ -141,12 +129,8 @@ impl TrainBackend for Cuda {
         out: &mut CudaTensor,
         p: &mut CudaTensor,
     ) {
-        let t = attention_checks(q, k, v, shape);
-        check(out.len() == q.len(), "attention output size");
-        check(
-            p.len() == shape.heads * t * t,
-            "attention probabilities size",
-        );
+        let t = checks::attention(q.len(), k.len(), v.len(), shape, MAX_HEAD_DIM);
+        checks::attention_probs(q.len(), out.len(), p.len(), shape, t);
         let [heads, kv_heads, head_dim, tt, scale] = attention_params(shape, t);
         self.ctx.launch(
             Kernel::AttentionProbs,
@@ -179,14 +163,12 @@ impl TrainBackend for Cuda {
         dk: &mut CudaTensor,
         dv: &mut CudaTensor,
     ) {
-        let t = attention_checks(q, k, v, shape);
-        check(
-            p.len() == shape.heads * t * t
-                && dout.len() == q.len()
-                && dq.len() == q.len()
-                && dk.len() == k.len()
-                && dv.len() == v.len(),
-            "attention backward sizes",
+        let t = checks::attention(q.len(), k.len(), v.len(), shape, MAX_HEAD_DIM);
+        checks::attention_backward(
+            [q.len(), k.len(), v.len()],
+            [p.len(), dout.len(), dq.len(), dk.len(), dv.len()],
+            shape,
+            t,
         );
         let ds = self.ctx.zeros(p.len());
         let [heads, kv_heads, head_dim, tt, scale] = attention_params(shape, t);
@@ -228,10 +210,7 @@ impl TrainBackend for Cuda {
     }
 
     fn log_softmax(&self, z: &mut CudaTensor, width: usize, entropy: &mut CudaTensor) {
-        check(
-            width > 0 && z.len() == entropy.len() * width,
-            "log-softmax sizes",
-        );
+        checks::log_softmax(z.len(), width, entropy.len());
         let rows = entropy.len();
         self.ctx.launch(
             Kernel::LogSoftmax,
@@ -300,14 +279,7 @@ impl TrainBackend for Cuda {
         g: &[f32],
         dz: &mut CudaTensor,
     ) {
-        check(
-            width > 0
-                && lp.len() == totals.len() * width
-                && dz.len() == lp.len()
-                && idx.len() == g.len()
-                && idx.iter().all(|&i| (i as usize) < lp.len()),
-            "log-softmax backward sizes",
-        );
+        checks::log_softmax_backward(lp.len(), width, totals.len(), idx, g.len(), dz.len());
         let rows = totals.len();
         let totals = self.upload(totals);
         self.ctx.launch(
@@ -344,29 +316,6 @@ impl TrainBackend for Cuda {
             ],
         );
     }
-}
-
-/// Checks the shapes of a training attention call; returns the positions t.
-fn attention_checks(q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, shape: AttnShape) -> usize {
-    let AttnShape {
-        heads,
-        kv_heads,
-        head_dim,
-    } = shape;
-    check(
-        head_dim <= MAX_HEAD_DIM,
-        "attention supports head_dim ≤ 128",
-    );
-    check(
-        kv_heads > 0 && heads.is_multiple_of(kv_heads) && heads * head_dim > 0,
-        "query heads in whole groups",
-    );
-    let t = q.len() / (heads * head_dim);
-    check(
-        q.len() == t * heads * head_dim && k.len() == t * kv_heads * head_dim && v.len() == k.len(),
-        "attention sizes",
-    );
-    t
 }
 
 /// `heads, kv_heads, head_dim, t, scale` as the training attention kernels take them.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use clawrl_kernels::ops::AttnShape;
-use clawrl_kernels::{Backend, Gemm, TrainBackend};
+use clawrl_kernels::{Backend, Gemm, TrainBackend, checks};
 
 use crate::context::{self, Kernel};
 use crate::{Gpu, GpuMatrix, GpuTensor, check};
@@ -36,10 +36,7 @@ impl TrainBackend for Gpu {
     }
 
     fn gemm(&self, a: &GpuTensor, b: &GpuTensor, s: Gemm, c: &mut GpuTensor) {
-        check(
-            a.len() == s.m * s.k && b.len() == s.k * s.n && c.len() == s.m * s.n,
-            "gemm sizes",
-        );
+        checks::gemm(a.len(), b.len(), s, c.len());
         if s.m == 0 || s.n == 0 {
             return;
         }
@@ -90,13 +87,7 @@ impl TrainBackend for Gpu {
         dy: &GpuTensor,
         dx: &mut GpuTensor,
     ) {
-        check(
-            !w.is_empty()
-                && x.len().is_multiple_of(w.len())
-                && dy.len() == x.len()
-                && dx.len() == x.len(),
-            "RMSNorm backward sizes",
-        );
+        checks::rms_norm_backward(x.len(), w.len(), dy.len(), dx.len());
         let (n, rows) = (w.len(), x.len() / w.len());
         let (gx, gy) = context::grid(rows);
         self.ctx.dispatch(
@@ -116,10 +107,7 @@ impl TrainBackend for Gpu {
         du: &mut GpuTensor,
     ) {
         let n = g.len();
-        check(
-            u.len() == n && dy.len() == n && dg.len() == n && du.len() == n,
-            "SwiGLU backward sizes",
-        );
+        checks::silu_mul_backward([n, u.len(), dy.len(), dg.len(), du.len()]);
         if n == 0 {
             return;
         }
@@ -145,12 +133,8 @@ impl TrainBackend for Gpu {
         out: &mut GpuTensor,
         p: &mut GpuTensor,
     ) {
-        let t = attention_checks(q, k, v, shape);
-        check(out.len() == q.len(), "attention output size");
-        check(
-            p.len() == shape.heads * t * t,
-            "attention probabilities size",
-        );
+        let t = checks::attention(q.len(), k.len(), v.len(), shape, crate::MAX_HEAD_DIM);
+        checks::attention_probs(q.len(), out.len(), p.len(), shape, t);
         self.ctx.dispatch_at(
             Kernel::AttentionProbs,
             attention_params(shape, t),
@@ -171,14 +155,12 @@ impl TrainBackend for Gpu {
         dk: &mut GpuTensor,
         dv: &mut GpuTensor,
     ) {
-        let t = attention_checks(q, k, v, shape);
-        check(
-            p.len() == shape.heads * t * t
-                && dout.len() == q.len()
-                && dq.len() == q.len()
-                && dk.len() == k.len()
-                && dv.len() == v.len(),
-            "attention backward sizes",
+        let t = checks::attention(q.len(), k.len(), v.len(), shape, crate::MAX_HEAD_DIM);
+        checks::attention_backward(
+            [q.len(), k.len(), v.len()],
+            [p.len(), dout.len(), dq.len(), dk.len(), dv.len()],
+            shape,
+            t,
         );
         let ds = self.ctx.zeros(p.len());
         let params = attention_params(shape, t);
@@ -197,10 +179,7 @@ impl TrainBackend for Gpu {
     }
 
     fn log_softmax(&self, z: &mut GpuTensor, width: usize, entropy: &mut GpuTensor) {
-        check(
-            width > 0 && z.len() == entropy.len() * width,
-            "log-softmax sizes",
-        );
+        checks::log_softmax(z.len(), width, entropy.len());
         let rows = entropy.len();
         let (gx, gy) = context::grid(rows);
         self.ctx.dispatch_at(
@@ -257,14 +236,7 @@ impl TrainBackend for Gpu {
         g: &[f32],
         dz: &mut GpuTensor,
     ) {
-        check(
-            width > 0
-                && lp.len() == totals.len() * width
-                && dz.len() == lp.len()
-                && idx.len() == g.len()
-                && idx.iter().all(|&i| (i as usize) < lp.len()),
-            "log-softmax backward sizes",
-        );
+        checks::log_softmax_backward(lp.len(), width, totals.len(), idx, g.len(), dz.len());
         let rows = totals.len();
         let totals = self.upload(totals);
         let (gx, gy) = context::grid(rows);
@@ -292,26 +264,6 @@ impl TrainBackend for Gpu {
             (gx, gy, 1),
         );
     }
-}
-
-/// Checks the shapes of a training attention call; returns the positions t.
-fn attention_checks(q: &GpuTensor, k: &GpuTensor, v: &GpuTensor, shape: AttnShape) -> usize {
-    let AttnShape {
-        heads,
-        kv_heads,
-        head_dim,
-    } = shape;
-    check(head_dim <= 128, "attention supports head_dim ≤ 128");
-    check(
-        kv_heads > 0 && heads.is_multiple_of(kv_heads),
-        "query heads in whole groups",
-    );
-    let t = q.len() / (heads * head_dim);
-    check(
-        q.len() == t * heads * head_dim && k.len() == t * kv_heads * head_dim && v.len() == k.len(),
-        "attention sizes",
-    );
-    t
 }
 
 fn attention_params(shape: AttnShape, t: usize) -> [u32; 8] {

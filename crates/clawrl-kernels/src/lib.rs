@@ -7,6 +7,7 @@
 //! forward pass calls them through on any device ([`backend`]).
 
 pub mod backend;
+pub mod checks;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
