@@ -3,9 +3,10 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 
-use clawrl_model::{GenerateParams, Model, Sampling};
+use clawrl_model::{Batcher, GenerateParams, Model, Sampling};
 use clawrl_trainer::{
     AdamWConfig, LoraConfig, Teacher, TrainConfig, TrainSample, TrainablePolicy, Trainer, Tuning,
 };
@@ -70,6 +71,11 @@ pub(crate) struct GenerateBench {
     /// Generate with this LoRA adapter (a PEFT directory) on top of the model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
+    /// Also run this many generations at once, decoded together (continuous batching, as
+    /// `clawrl serve` does) and, as the peer in the same run, one sequence per step; reports
+    /// the tokens per second across them.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=256))]
+    concurrent: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -87,11 +93,17 @@ struct GenerateReport {
     simd: bool,
     /// Where the model ran (`--device`): `cpu`, or `gpu: <adapter>`.
     device: String,
+    /// `--concurrent`: the generations run at once.
+    concurrent: Option<usize>,
+    /// New tokens per second across the concurrent generations, decoded together.
+    batched_tok_s: Option<f64>,
+    /// The same, one sequence per decode step (the peer).
+    unbatched_tok_s: Option<f64>,
 }
 
 pub(crate) fn run(cmd: BenchCmd, model: Model, threads: usize) -> Result<()> {
     match cmd {
-        BenchCmd::Generate(b) => generate(b, &model, threads),
+        BenchCmd::Generate(b) => generate(b, Arc::new(model), threads),
         BenchCmd::Train(b) => train(b, &model, threads),
         BenchCmd::Serve(b) => crate::bench_serve::run(b, model, threads),
     }
@@ -112,12 +124,12 @@ fn prompt_of(model: &Model, n: usize) -> Result<Vec<u32>> {
     Ok(unit.iter().copied().cycle().take(n).collect())
 }
 
-fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
+fn generate(b: GenerateBench, model: Arc<Model>, threads: usize) -> Result<()> {
     if b.prompt_tokens == 0 || b.new_tokens == 0 || b.runs == 0 {
         bail!("--prompt-tokens, --new-tokens and --runs must be at least 1");
     }
     model.check_context(b.prompt_tokens, b.new_tokens)?;
-    let prompt = prompt_of(model, b.prompt_tokens)?;
+    let prompt = prompt_of(&model, b.prompt_tokens)?;
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     let params = GenerateParams {
@@ -128,13 +140,13 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         ..GenerateParams::default()
     };
     let adapter = match &b.adapter {
-        Some(dir) => Some(
-            clawrl_trainer::load_adapter(model, dir, 0)
+        Some(dir) => Some(Arc::new(
+            clawrl_trainer::load_adapter(&model, dir, 0)
                 .with_context(|| format!("loading the adapter in {}", dir.display()))?,
-        ),
+        )),
         None => None,
     };
-    let policy = model.policy(adapter.as_ref());
+    let policy = model.policy(adapter.as_deref());
     for run in 0..=b.runs {
         let t0 = Instant::now();
         let mut first: Option<Instant> = None;
@@ -161,6 +173,22 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
             );
         }
     }
+    let (batched, unbatched) = match b.concurrent {
+        Some(n) => {
+            let run = |max_batch| -> Result<f64> {
+                let rate = concurrent(&b, &model, &prompt, &params, &adapter, n, max_batch)?;
+                if !b.json {
+                    eprintln!(
+                        "{n} at once, {} per step: {rate:.1} tok/s across them",
+                        if max_batch == 1 { "one" } else { "all" }
+                    );
+                }
+                Ok(rate)
+            };
+            (Some(run(n)?), Some(run(1)?))
+        }
+        None => (None, None),
+    };
     let report = GenerateReport {
         prefill_tok_s: median(&mut prefill),
         decode_tok_s: median(&mut decode),
@@ -171,6 +199,9 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
         runs: b.runs,
         simd: clawrl_model::simd_enabled(),
         device: model.device(),
+        concurrent: b.concurrent,
+        batched_tok_s: batched,
+        unbatched_tok_s: unbatched,
     };
     if b.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -179,8 +210,54 @@ fn generate(b: GenerateBench, model: &Model, threads: usize) -> Result<()> {
             "prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MB ({} threads, {})",
             report.prefill_tok_s, report.decode_tok_s, report.rss_mb, threads, report.device
         );
+        if let (Some(n), Some(on), Some(off)) = (b.concurrent, batched, unbatched) {
+            println!(
+                "{n} at once: {on:.1} tok/s decoded together, {off:.1} tok/s one per step ({:.2}×)",
+                on / off
+            );
+        }
     }
     Ok(())
+}
+
+/// New tokens per second across `n` generations of `prompt` started at once through a
+/// [`Batcher`] stepping at most `max_batch` of them together: the median of `--runs` after a
+/// warm-up, from the first start to the last end (prefill included, as a server sees it).
+fn concurrent(
+    b: &GenerateBench,
+    model: &Arc<Model>,
+    prompt: &[u32],
+    params: &GenerateParams,
+    adapter: &Option<Arc<clawrl_model::LoraAdapter>>,
+    n: usize,
+    max_batch: usize,
+) -> Result<f64> {
+    let batcher = Batcher::new(model.clone(), max_batch)?;
+    let mut rates = Vec::new();
+    for run in 0..=b.runs {
+        let t0 = Instant::now();
+        let generated = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    s.spawn(|| {
+                        let go = Box::new(|_: &_, _: &_| ControlFlow::Continue(()));
+                        batcher.generate(prompt, params, adapter.clone(), go)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(g) => Ok(g?.tokens.len()),
+                    Err(_) => bail!("a generation thread panicked"),
+                })
+                .sum::<Result<usize>>()
+        })?;
+        if run > 0 {
+            rates.push(generated as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(&mut rates))
 }
 
 /// Tokens of the bench prompt that every sample starts with.

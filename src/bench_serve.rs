@@ -33,6 +33,10 @@ pub(crate) struct ServeBench {
     /// Threads of the training pool.
     #[arg(long, default_value_t = 1)]
     train_threads: usize,
+    /// Requests decoded together in one step, at most (as `clawrl serve --max-batch`; 1 is
+    /// the unbatched peer).
+    #[arg(long, value_name = "N", default_value_t = clawrl_model::DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    max_batch: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -54,6 +58,9 @@ struct Stats {
     ttft_ms_p95: Option<f64>,
     decode_tok_s_p50: Option<f64>,
     decode_tok_s_p95: Option<f64>,
+    /// Streamed tokens per second across all sessions, from the first request's start to the
+    /// last one's end.
+    throughput_tok_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -62,6 +69,7 @@ struct Report {
     turns: usize,
     duration_s: Option<u64>,
     max_tokens: usize,
+    max_batch: usize,
     idle: Stats,
     training: Stats,
     /// TTFT p95 during training ÷ idle.
@@ -89,7 +97,15 @@ fn stats(t: &[Timing]) -> Stats {
         .filter(|t| t.tokens > 1 && t.end > t.first)
         .map(|t| (t.tokens - 1) as f64 / (t.end - t.first).as_secs_f64())
         .collect();
+    let span = t
+        .iter()
+        .map(|t| t.start)
+        .min()
+        .zip(t.iter().map(|t| t.end).max())
+        .map(|(a, b)| (b - a).as_secs_f64())
+        .filter(|&s| s > 0.0);
     Stats {
+        throughput_tok_s: span.map(|s| t.iter().map(|t| t.tokens).sum::<usize>() as f64 / s),
         requests: t.len(),
         ttft_ms_p50: percentile(&mut ttft, 0.5),
         ttft_ms_p95: percentile(&mut ttft, 0.95),
@@ -246,6 +262,7 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
         ..TrainingSettings::default()
     };
     config.lp.train_threads = b.train_threads.max(1);
+    config.lp.max_batch = b.max_batch;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -304,6 +321,7 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
             turns: b.turns,
             duration_s: b.duration,
             max_tokens: b.max_tokens,
+            max_batch: b.max_batch,
             idle,
             training,
             ttft_p95_ratio: ratio,
@@ -316,17 +334,18 @@ pub(crate) fn run(b: ServeBench, model: Model, threads: usize) -> Result<()> {
     } else {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         println!(
-            "{} sessions, {} threads, {} training steps, {} failed requests",
-            report.sessions, threads, report.steps, report.failed
+            "{} sessions, {} threads, at most {} decoded together, {} training steps, {} failed requests",
+            report.sessions, threads, report.max_batch, report.steps, report.failed
         );
         for (name, s) in [("idle", &report.idle), ("training", &report.training)] {
             println!(
-                "{name:>9}: {:>3} requests, TTFT p50 {} ms p95 {} ms, decode p50 {} tok/s p95 {} tok/s",
+                "{name:>9}: {:>3} requests, TTFT p50 {} ms p95 {} ms, decode p50 {} tok/s p95 {} tok/s, {} tok/s across sessions",
                 s.requests,
                 f(s.ttft_ms_p50),
                 f(s.ttft_ms_p95),
                 f(s.decode_tok_s_p50),
-                f(s.decode_tok_s_p95)
+                f(s.decode_tok_s_p95),
+                f(s.throughput_tok_s)
             );
         }
         println!(

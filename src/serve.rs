@@ -83,6 +83,11 @@ pub(crate) struct ServeArgs {
     /// Threads for training (it runs at a lower priority than serving).
     #[arg(long, default_value_t = 1)]
     train_threads: usize,
+    /// Concurrent requests decoded together in one model step, at most (continuous
+    /// batching: the weights are read once per step for all of them); 1 decodes one
+    /// request per step. A request's tokens are the same either way.
+    #[arg(long, value_name = "N", default_value_t = clawrl_model::DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    max_batch: usize,
     #[command(flatten)]
     levers: crate::levers::Levers,
     /// Start with training paused.
@@ -151,6 +156,7 @@ pub(crate) fn serve(a: ServeArgs, model: Model) -> Result<()> {
     config.lp.training.validate()?;
     config.lp.lora = LoraConfig::with_rank(a.rank);
     config.lp.train_threads = a.train_threads.max(1);
+    config.lp.max_batch = a.max_batch;
     config.ui = a.ui;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clawrl_kernels::{Format, GEMM_MIN_TOKENS, Gemm, QMatrix};
+use clawrl_kernels::{Activations, Format, Gemm, QMatrix};
 use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -538,9 +538,9 @@ impl Context {
         out
     }
 
-    /// `y = scale · W·x` (`y += …` with `accumulate`) for `t` rows of `x`: below
-    /// [`GEMM_MIN_TOKENS`] rows of a quantized `W` (and not `exact`), the CPU's 8-bit
-    /// activations and a matrix–vector kernel on the quants; otherwise cuBLAS on f32 values.
+    /// `y = scale · W·x` (`y += …` with `accumulate`) for `t` rows of `x`: where `act` asks
+    /// for 8-bit activations and `W` is quantized, the CPU's rounding and a matrix–vector
+    /// kernel on the quants (one grid row per token); otherwise cuBLAS on f32 values.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
@@ -549,13 +549,13 @@ impl Context {
         t: usize,
         scale: f32,
         accumulate: bool,
-        exact: bool,
+        act: Activations,
         y: &CudaTensor,
     ) {
         if t == 0 {
             return;
         }
-        if exact || t >= GEMM_MIN_TOKENS || w.format == Format::F32 {
+        if !act.quantized(t) || w.format == Format::F32 {
             let s = Gemm::new(t, w.rows, w.cols).tb();
             let s = if accumulate {
                 s.add_scaled(scale)

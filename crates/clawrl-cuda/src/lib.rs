@@ -22,7 +22,7 @@ pub use tensor::{CudaMatrix, CudaTensor};
 use std::sync::Arc;
 
 use clawrl_kernels::ops::{AttnShape, Rope, RopeStyle};
-use clawrl_kernels::{Accelerator, Backend, QMatrix};
+use clawrl_kernels::{Accelerator, Activations, Backend, QMatrix};
 
 use context::{Arg, Kernel, WG};
 
@@ -95,10 +95,11 @@ impl Cuda {
     }
 
     /// `y = W·x` for `t` rows; `exact`: f32 activations at every length.
-    fn product(&self, w: &CudaMatrix, x: &CudaTensor, t: usize, exact: bool, y: &CudaTensor) {
+    /// `y = W·x` for `t` rows, the activations as `act` says.
+    fn product(&self, w: &CudaMatrix, x: &CudaTensor, t: usize, act: Activations, y: &CudaTensor) {
         check(x.len() == t * w.cols(), "matmul input size");
         check(y.len() == t * w.rows(), "matmul output size");
-        self.ctx.matmul(w, x, t, 1.0, false, exact, y);
+        self.ctx.matmul(w, x, t, 1.0, false, act, y);
     }
 
     /// One element-wise kernel `x ∘= y`.
@@ -141,8 +142,25 @@ impl Backend for Cuda {
         out
     }
 
-    fn matmul(&self, w: &CudaMatrix, x: &CudaTensor, t: usize, y: &mut CudaTensor) {
-        self.product(w, x, t, false, y);
+    fn concat(&self, parts: &[&CudaTensor]) -> CudaTensor {
+        let out = self.ctx.zeros(parts.iter().map(|p| p.len()).sum());
+        let mut at = 0;
+        for p in parts {
+            self.ctx.copy(p, 0, &out, at, p.len());
+            at += p.len();
+        }
+        out
+    }
+
+    fn matmul(
+        &self,
+        w: &CudaMatrix,
+        x: &CudaTensor,
+        t: usize,
+        act: Activations,
+        y: &mut CudaTensor,
+    ) {
+        self.product(w, x, t, act, y);
     }
 
     fn lora(
@@ -152,14 +170,15 @@ impl Backend for Cuda {
         scale: f32,
         x: &CudaTensor,
         t: usize,
+        act: Activations,
         y: &mut CudaTensor,
     ) {
         check(x.len() == t * a.cols(), "LoRA input size");
         check(b.cols() == a.rows(), "LoRA rank");
         check(y.len() == t * b.rows(), "LoRA output size");
         let ax = self.ctx.zeros(t * a.rows());
-        self.ctx.matmul(a, x, t, 1.0, false, false, &ax);
-        self.ctx.matmul(b, &ax, t, scale, true, false, y);
+        self.ctx.matmul(a, x, t, 1.0, false, act, &ax);
+        self.ctx.matmul(b, &ax, t, scale, true, act, y);
     }
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32, out: &mut CudaTensor) {

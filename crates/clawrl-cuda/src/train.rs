@@ -18,10 +18,6 @@ impl TrainBackend for Cuda {
         (w.rows(), w.cols())
     }
 
-    fn matmul_f32(&self, w: &CudaMatrix, x: &CudaTensor, t: usize, y: &mut CudaTensor) {
-        self.product(w, x, t, true, y);
-    }
-
     fn matmul_backward(
         &self,
         w: &CudaMatrix,
@@ -53,16 +49,6 @@ impl TrainBackend for Cuda {
         check(offset + x.len() <= len, "place beyond the tensor");
         let out = self.ctx.zeros(len);
         self.ctx.copy(x, 0, &out, offset, x.len());
-        out
-    }
-
-    fn concat(&self, parts: &[&CudaTensor]) -> CudaTensor {
-        let out = self.ctx.zeros(parts.iter().map(|p| p.len()).sum());
-        let mut at = 0;
-        for p in parts {
-            self.ctx.copy(p, 0, &out, at, p.len());
-            at += p.len();
-        }
         out
     }
 

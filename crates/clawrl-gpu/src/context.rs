@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clawrl_kernels::{Format, GEMM_MIN_TOKENS, QMatrix};
+use clawrl_kernels::{Activations, Format, QMatrix};
 use tracing::{debug, info};
 use wgpu::util::DeviceExt;
 
@@ -430,8 +430,7 @@ impl Context {
     }
 
     /// `y = scale · W·x` (or `y += …` with `accumulate`) for `t` rows of `x`, with the
-    /// CPU's 8-bit activations below [`GEMM_MIN_TOKENS`] rows of a quantized `W` unless
-    /// `exact` (training's f32 products).
+    /// CPU's 8-bit activations where `act` asks for them and `W` is quantized.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
@@ -440,14 +439,14 @@ impl Context {
         t: usize,
         scale: f32,
         accumulate: bool,
-        exact: bool,
+        act: Activations,
         y: &GpuTensor,
     ) {
         if t == 0 {
             return;
         }
         let quantized;
-        let x = if !exact && t < GEMM_MIN_TOKENS && w.format != Format::F32 {
+        let x = if act.quantized(t) && w.format != Format::F32 {
             quantized = self.zeros(x.len());
             let blocks = x.len() / 32;
             let (gx, gy, width) = grid_1d(blocks);

@@ -19,7 +19,7 @@ pub use tensor::{GpuMatrix, GpuTensor};
 use std::sync::Arc;
 
 use clawrl_kernels::ops::{AttnShape, Rope, RopeStyle};
-use clawrl_kernels::{Accelerator, Backend, QMatrix};
+use clawrl_kernels::{Accelerator, Activations, Backend, QMatrix};
 
 use context::Kernel;
 
@@ -55,11 +55,11 @@ impl Gpu {
         &self.ctx
     }
 
-    /// `y = W·x` for `t` rows; `exact`: f32 activations at every length.
-    fn product(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, exact: bool, y: &GpuTensor) {
+    /// `y = W·x` for `t` rows, the activations as `act` says.
+    fn product(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, act: Activations, y: &GpuTensor) {
         check(x.len() == t * w.cols(), "matmul input size");
         check(y.len() == t * w.rows(), "matmul output size");
-        self.ctx.matmul(w, x, t, 1.0, false, exact, y);
+        self.ctx.matmul(w, x, t, 1.0, false, act, y);
     }
 
     /// RoPE in place at positions `pos0…`, or (`inverse`) its inverse rotation.
@@ -123,8 +123,18 @@ impl Backend for Gpu {
         out
     }
 
-    fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, y: &mut GpuTensor) {
-        self.product(w, x, t, false, y);
+    fn concat(&self, parts: &[&GpuTensor]) -> GpuTensor {
+        let out = self.ctx.zeros(parts.iter().map(|p| p.len()).sum());
+        let mut at = 0;
+        for p in parts {
+            self.ctx.copy(p.buffer(), 0, out.buffer(), at, p.len());
+            at += p.len();
+        }
+        out
+    }
+
+    fn matmul(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, act: Activations, y: &mut GpuTensor) {
+        self.product(w, x, t, act, y);
     }
 
     fn lora(
@@ -134,14 +144,15 @@ impl Backend for Gpu {
         scale: f32,
         x: &GpuTensor,
         t: usize,
+        act: Activations,
         y: &mut GpuTensor,
     ) {
         check(x.len() == t * a.cols(), "LoRA input size");
         check(b.cols() == a.rows(), "LoRA rank");
         check(y.len() == t * b.rows(), "LoRA output size");
         let ax = self.ctx.zeros(t * a.rows());
-        self.ctx.matmul(a, x, t, 1.0, false, false, &ax);
-        self.ctx.matmul(b, &ax, t, scale, true, false, y);
+        self.ctx.matmul(a, x, t, 1.0, false, act, &ax);
+        self.ctx.matmul(b, &ax, t, scale, true, act, y);
     }
 
     fn rms_norm(&self, x: &GpuTensor, w: &GpuTensor, eps: f32, out: &mut GpuTensor) {

@@ -18,10 +18,6 @@ impl TrainBackend for Gpu {
         (w.rows(), w.cols())
     }
 
-    fn matmul_f32(&self, w: &GpuMatrix, x: &GpuTensor, t: usize, y: &mut GpuTensor) {
-        self.product(w, x, t, true, y);
-    }
-
     fn matmul_backward(
         &self,
         w: &GpuMatrix,
@@ -66,16 +62,6 @@ impl TrainBackend for Gpu {
         check(offset + x.len() <= len, "place beyond the tensor");
         let out = self.ctx.zeros(len);
         self.ctx.copy(x.buffer(), 0, out.buffer(), offset, x.len());
-        out
-    }
-
-    fn concat(&self, parts: &[&GpuTensor]) -> GpuTensor {
-        let out = self.ctx.zeros(parts.iter().map(|p| p.len()).sum());
-        let mut at = 0;
-        for p in parts {
-            self.ctx.copy(p.buffer(), 0, out.buffer(), at, p.len());
-            at += p.len();
-        }
         out
     }
 

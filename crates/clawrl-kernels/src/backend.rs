@@ -4,9 +4,9 @@
 //! The model code is written once against [`Backend`]; a backend owns how activations,
 //! weights and the KV cache are stored (host vectors here, device buffers on a GPU).
 
-use crate::QMatrix;
 use crate::matmul::{Operand, matmul};
 use crate::ops::{self, AttnShape, Rope};
+use crate::{Activations, QMatrix};
 
 /// The operations of a Llama-family forward pass on one device.
 ///
@@ -28,13 +28,22 @@ pub trait Backend {
     fn download(&self, x: &Self::Tensor) -> Vec<f32>;
     /// Values `from..from + len` of `x`, copied.
     fn slice(&self, x: &Self::Tensor, from: usize, len: usize) -> Self::Tensor;
-    /// `y = W·x` for `t` rows of `x` (`t × cols` in, `t × rows` out). Below
-    /// [`GEMM_MIN_TOKENS`](crate::GEMM_MIN_TOKENS) rows a quantized `W` meets activations
-    /// rounded to 8 bits per 32-value block (ggml's Q8_0/Q8_1, as llama.cpp decodes); from it
-    /// on, f32 activations.
-    fn matmul(&self, w: &Self::Matrix, x: &Self::Tensor, t: usize, y: &mut Self::Tensor);
+    /// The parts one after another (to read many small results back at once, or to gather
+    /// rows computed one sequence at a time).
+    fn concat(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
+    /// `y = W·x` for `t` rows of `x` (`t × cols` in, `t × rows` out), the activations
+    /// meeting a quantized `W` as `act` says ([`Activations`]).
+    fn matmul(
+        &self,
+        w: &Self::Matrix,
+        x: &Self::Tensor,
+        t: usize,
+        act: Activations,
+        y: &mut Self::Tensor,
+    );
     /// `y += scale · B(A x)` for `t` rows: a LoRA update (Hu et al. 2021, eq. 3), A `r × in`
-    /// and B `out × r`.
+    /// and B `out × r`; `act` as in [`Self::matmul`].
+    #[allow(clippy::too_many_arguments)]
     fn lora(
         &self,
         a: &Self::Matrix,
@@ -42,6 +51,7 @@ pub trait Backend {
         scale: f32,
         x: &Self::Tensor,
         t: usize,
+        act: Activations,
         y: &mut Self::Tensor,
     );
     /// RMSNorm of every `w`-long row of `x` into `out` ([`ops::rms_norm`]).
@@ -99,15 +109,32 @@ impl Backend for Cpu<'_> {
         x[from..from + len].to_vec()
     }
 
-    fn matmul(&self, w: &QMatrix, x: &Vec<f32>, t: usize, y: &mut Vec<f32>) {
-        w.matmul(x, t, y);
+    fn concat(&self, parts: &[&Vec<f32>]) -> Vec<f32> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
     }
 
-    fn lora(&self, a: &QMatrix, b: &QMatrix, scale: f32, x: &Vec<f32>, t: usize, y: &mut Vec<f32>) {
+    fn matmul(&self, w: &QMatrix, x: &Vec<f32>, t: usize, act: Activations, y: &mut Vec<f32>) {
+        match act {
+            Activations::Auto => w.matmul(x, t, y),
+            Activations::Rows => w.matvec_rows(x, t, y),
+            Activations::Exact => w.matmul_f32(x, t, y),
+        }
+    }
+
+    fn lora(
+        &self,
+        a: &QMatrix,
+        b: &QMatrix,
+        scale: f32,
+        x: &Vec<f32>,
+        t: usize,
+        act: Activations,
+        y: &mut Vec<f32>,
+    ) {
         let mut ax = vec![0.0; t * a.rows()];
-        a.matmul(x, t, &mut ax);
+        self.matmul(a, x, t, act, &mut ax);
         let mut bax = vec![0.0; y.len()];
-        b.matmul(&ax, t, &mut bax);
+        self.matmul(b, &ax, t, act, &mut bax);
         for (o, d) in y.iter_mut().zip(&bax) {
             *o += scale * d;
         }
@@ -238,8 +265,6 @@ pub trait TrainBackend: Backend {
     fn numel(&self, x: &Self::Tensor) -> usize;
     /// A matrix's `(rows, cols)`.
     fn shape(&self, w: &Self::Matrix) -> (usize, usize);
-    /// `y = W·x` for `t` rows with f32 activations at every `t` (training never rounds them).
-    fn matmul_f32(&self, w: &Self::Matrix, x: &Self::Tensor, t: usize, y: &mut Self::Tensor);
     /// The input gradient of a product with `W`: `dx = dy·W` (`+=` when `accumulate`), `dy`
     /// `t × rows`, `dx` `t × cols`.
     fn matmul_backward(
@@ -256,8 +281,6 @@ pub trait TrainBackend: Backend {
     fn mul(&self, x: &mut Self::Tensor, y: &Self::Tensor);
     /// `out` = a copy of `x` placed at value `offset` of `len` zeros.
     fn place(&self, x: &Self::Tensor, len: usize, offset: usize) -> Self::Tensor;
-    /// The parts one after another (to read many small results back at once).
-    fn concat(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
     /// [`ops::rms_norm_backward`]: `dx` from the input `x`, the weight `w` and `dy`.
     fn rms_norm_backward(
         &self,
@@ -362,10 +385,6 @@ impl TrainBackend for Cpu<'_> {
         (w.rows(), w.cols())
     }
 
-    fn matmul_f32(&self, w: &QMatrix, x: &Vec<f32>, t: usize, y: &mut Vec<f32>) {
-        w.matmul_f32(x, t, y);
-    }
-
     fn matmul_backward(
         &self,
         w: &QMatrix,
@@ -411,10 +430,6 @@ impl TrainBackend for Cpu<'_> {
         let mut out = vec![0.0; len];
         out[offset..offset + x.len()].copy_from_slice(x);
         out
-    }
-
-    fn concat(&self, parts: &[&Vec<f32>]) -> Vec<f32> {
-        parts.iter().flat_map(|p| p.iter().copied()).collect()
     }
 
     fn rms_norm_backward(

@@ -17,5 +17,5 @@ pub mod parity;
 pub mod quant;
 
 pub use backend::{Accelerator, Backend, Cpu, Gemm, TrainBackend};
-pub use matmul::{GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};
+pub use matmul::{Activations, GEMM_MIN_TOKENS, QMatrix, ShapeError, Storage};
 pub use packed::{Format, Packed};

@@ -22,6 +22,33 @@ const PANEL_ROWS: usize = 64;
 /// below it, a quantized matrix meets 8-bit activations (every backend does the same).
 pub const GEMM_MIN_TOKENS: usize = 4;
 
+/// What a quantized matrix's products meet: activations rounded to 8 bits per 32-value
+/// block (ggml's Q8_0/Q8_1, as llama.cpp decodes, each row its own integer dot products) or
+/// f32 activations in a GEMM. Matrices stored in f32 always meet f32 activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// 8-bit below [`GEMM_MIN_TOKENS`] rows, f32 from it on: one sequence's prefill or
+    /// decode step.
+    Auto,
+    /// 8-bit at every row count: independent decode steps of different sequences batched
+    /// together, each computed as it would be alone.
+    Rows,
+    /// f32 at every row count: training, where 8-bit activations would make the gradient
+    /// disagree with the loss.
+    Exact,
+}
+
+impl Activations {
+    /// Whether `t` rows meet the weights as 8-bit activations.
+    pub fn quantized(self, t: usize) -> bool {
+        match self {
+            Self::Auto => t < GEMM_MIN_TOKENS,
+            Self::Rows => true,
+            Self::Exact => false,
+        }
+    }
+}
+
 /// How a matrix's values are stored.
 #[derive(Clone, Debug)]
 pub enum Storage {
@@ -126,35 +153,65 @@ impl QMatrix {
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "matvec input size");
         assert_eq!(y.len(), self.rows, "matvec output size");
-        let chunk = self.row_chunk();
-        match &self.storage {
-            // One chunk: no hand-over to the pool at all.
-            Storage::F32(w) if chunk >= self.rows => dot::rows_f32(w, self.cols, x, y),
-            Storage::F32(w) => y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+        self.matvec_rows(x, 1, y);
+    }
+
+    /// [`Self::matvec`] for each of `t` vectors (`x` is `t × cols`, `y` is `t × rows`,
+    /// row-major): every output row is bit for bit what `matvec` gives for its vector alone,
+    /// and each chunk of weights is read from memory once for all `t` — batched decoding,
+    /// where the rows are different sequences' next tokens.
+    pub fn matvec_rows(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), t * self.cols, "matvec input size");
+        assert_eq!(y.len(), t * self.rows, "matvec output size");
+        let (rows, cols, chunk) = (self.rows, self.cols, self.row_chunk());
+        let out = SendPtr(y.as_mut_ptr());
+        // A task owns a chunk of weight rows and meets every vector with it while it is in
+        // cache.
+        let run = |dot: &RowsDot| {
+            let task = |c: usize| {
                 let r0 = c * chunk;
+                let n = chunk.min(rows - r0);
+                for i in 0..t {
+                    // SAFETY: rows r0..r0 + n of output row i, within `y`; chunks are
+                    // disjoint, so no two tasks write the same values.
+                    let o =
+                        unsafe { std::slice::from_raw_parts_mut(out.get().add(i * rows + r0), n) };
+                    dot(i, r0, n, o);
+                }
+            };
+            match rows.div_ceil(chunk) {
+                // One chunk: no hand-over to the pool at all.
+                1 => task(0),
+                chunks => (0..chunks).into_par_iter().for_each(task),
+            }
+        };
+        match &self.storage {
+            Storage::F32(w) => run(&|i, r0, n, o| {
                 dot::rows_f32(
-                    &w[r0 * self.cols..(r0 + out.len()) * self.cols],
-                    self.cols,
-                    x,
-                    out,
+                    &w[r0 * cols..(r0 + n) * cols],
+                    cols,
+                    &x[i * cols..][..cols],
+                    o,
                 );
             }),
             Storage::Q4_1(w) => {
-                let nb = self.cols / QK;
-                let mut a = vec![BlockQ8_1::default(); nb];
-                quantize_q8_1_into(x, &mut a);
-                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                    let r0 = c * chunk;
-                    dot::rows_q4_1(&w[r0 * nb..(r0 + out.len()) * nb], nb, &a, out);
+                let nb = cols / QK;
+                let mut a = vec![BlockQ8_1::default(); t * nb];
+                for (xi, ai) in x.chunks_exact(cols).zip(a.chunks_exact_mut(nb)) {
+                    quantize_q8_1_into(xi, ai);
+                }
+                run(&|i, r0, n, o| {
+                    dot::rows_q4_1(&w[r0 * nb..(r0 + n) * nb], nb, &a[i * nb..][..nb], o);
                 });
             }
             Storage::Q8_0(w) => {
-                let nb = self.cols / QK;
-                let mut a = vec![BlockQ8_0::default(); nb];
-                quantize_q8_0_into(x, &mut a);
-                y.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                    let r0 = c * chunk;
-                    dot::rows_q8_0(&w[r0 * nb..(r0 + out.len()) * nb], nb, &a, out);
+                let nb = cols / QK;
+                let mut a = vec![BlockQ8_0::default(); t * nb];
+                for (xi, ai) in x.chunks_exact(cols).zip(a.chunks_exact_mut(nb)) {
+                    quantize_q8_0_into(xi, ai);
+                }
+                run(&|i, r0, n, o| {
+                    dot::rows_q8_0(&w[r0 * nb..(r0 + n) * nb], nb, &a[i * nb..][..nb], o);
                 });
             }
         }
@@ -164,13 +221,11 @@ impl QMatrix {
     pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
         assert_eq!(x.len(), t * self.cols, "matmul input size");
         assert_eq!(y.len(), t * self.rows, "matmul output size");
-        if t < GEMM_MIN_TOKENS {
-            for (xi, yi) in x.chunks_exact(self.cols).zip(y.chunks_exact_mut(self.rows)) {
-                self.matvec(xi, yi);
-            }
-            return;
+        if Activations::Auto.quantized(t) {
+            self.matvec_rows(x, t, y);
+        } else {
+            self.gemm_panels(x, t, y);
         }
-        self.gemm_panels(x, t, y);
     }
 
     /// `Y = X·Wᵀ` computed in f32 throughout (the weights dequantized, the activations not
@@ -275,6 +330,9 @@ impl QMatrix {
             .max((1 << 15) / self.cols.max(1))
     }
 }
+
+/// `dot(i, r0, n, out)`: rows `r0..r0 + n` of vector `i`'s product into `out`.
+type RowsDot<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
 
 thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -453,6 +511,28 @@ mod tests {
                 for (a, b) in y.iter().zip(&expect) {
                     assert!((a - b).abs() < tol, "t={t}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn batched_rows_are_each_bit_for_bit_a_lone_matvec() {
+        // Rows big enough for several chunks, so the parallel path runs too.
+        let (rows, cols, t) = (1000, 128, 6);
+        let raw = random(rows * cols, 12);
+        for storage in [
+            Storage::F32(raw.clone()),
+            Storage::Q4_1(quantize_q4_1(&raw)),
+            Storage::Q8_0(quantize_q8_0(&raw)),
+        ] {
+            let m = QMatrix::new(rows, cols, storage).expect("shape");
+            let x = random(t * cols, 13);
+            let mut batched = vec![0.0; t * rows];
+            m.matvec_rows(&x, t, &mut batched);
+            for (xi, got) in x.chunks_exact(cols).zip(batched.chunks_exact(rows)) {
+                let mut alone = vec![0.0; rows];
+                m.matvec(xi, &mut alone);
+                assert_eq!(got, &alone[..]);
             }
         }
     }

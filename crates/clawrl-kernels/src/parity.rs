@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::ops::{AttnShape, Rope, RopeStyle};
 use crate::quant::{quantize_q4_1, quantize_q8_0};
-use crate::{Accelerator, Backend, Cpu, Gemm, QMatrix, Storage, TrainBackend};
+use crate::{Accelerator, Activations, Backend, Cpu, Gemm, QMatrix, Storage, TrainBackend};
 
 /// `n` values in [−1, 1).
 pub fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -59,19 +59,24 @@ pub fn matmul_matches_the_cpu_in_every_format_for_decode_and_prefill<B: Accelera
     for (rows, cols) in [(96, 64), (200, 576)] {
         for (name, w) in matrices(&mut rng, rows, cols) {
             let gw = gpu.upload_matrix(&w);
-            // t = 1 takes the decode path (8-bit activations for quantized weights), t = 7
-            // the GEMM path (f32 activations): the GPU follows the CPU on both.
-            for t in [1, 7] {
+            // `Auto` at t = 1 takes the decode path (8-bit activations for quantized
+            // weights), at t = 7 the GEMM path (f32 activations); `Rows` keeps 8-bit
+            // activations at t = 7 (batched decoding): the GPU follows the CPU on each.
+            for (t, act) in [
+                (1, Activations::Auto),
+                (7, Activations::Auto),
+                (7, Activations::Rows),
+            ] {
                 let x = random(&mut rng, t * cols);
                 let mut want = cpu.zeros(t * rows);
-                cpu.matmul(&w, &x, t, &mut want);
+                cpu.matmul(&w, &x, t, act, &mut want);
                 let mut y = gpu.zeros(t * rows);
-                gpu.matmul(&gw, &gpu.upload(&x), t, &mut y);
+                gpu.matmul(&gw, &gpu.upload(&x), t, act, &mut y);
                 close(
                     &gpu.download(&y),
                     &want,
                     2e-4,
-                    &format!("{name} {rows}×{cols} t={t}"),
+                    &format!("{name} {rows}×{cols} t={t} {act:?}"),
                 );
             }
         }
@@ -90,7 +95,7 @@ pub fn lora_norm_elementwise_and_rope_match_the_cpu<B: Accelerator>(make: impl F
         let b = QMatrix::new(out, rank, Storage::F32(random(&mut rng, out * rank))).expect("shape");
         let y0 = random(&mut rng, t * out);
         let mut want = y0.clone();
-        cpu.lora(&a, &b, 0.5, &x, t, &mut want);
+        cpu.lora(&a, &b, 0.5, &x, t, Activations::Auto, &mut want);
         let mut y = gpu.upload(&y0);
         let gx = gpu.upload(&x);
         gpu.lora(
@@ -99,6 +104,7 @@ pub fn lora_norm_elementwise_and_rope_match_the_cpu<B: Accelerator>(make: impl F
             0.5,
             &gx,
             t,
+            Activations::Auto,
             &mut y,
         );
         close(&gpu.download(&y), &want, 1e-4, "lora");
@@ -195,18 +201,18 @@ pub fn products_and_their_backwards_match_the_cpu<B: Accelerator>(make: impl Fn(
     ] {
         let w = QMatrix::new(rows, cols, storage).expect("shape");
         let gw = gpu.upload_matrix(&w);
-        // t = 2: below the decode threshold, where `matmul_f32` still keeps f32 activations.
+        // t = 2: below the decode threshold, where `Exact` still keeps f32 activations.
         for t in [2, 9] {
             let x = random(&mut rng, t * cols);
             let mut want = vec![0.0; t * rows];
-            cpu.matmul_f32(&w, &x, t, &mut want);
+            cpu.matmul(&w, &x, t, Activations::Exact, &mut want);
             let mut y = gpu.zeros(t * rows);
-            gpu.matmul_f32(&gw, &gpu.upload(&x), t, &mut y);
+            gpu.matmul(&gw, &gpu.upload(&x), t, Activations::Exact, &mut y);
             close(
                 &gpu.download(&y),
                 &want,
                 2e-4,
-                &format!("{name} matmul_f32 t={t}"),
+                &format!("{name} exact matmul t={t}"),
             );
 
             let dy = random(&mut rng, t * rows);

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use clawrl_model::{LoraAdapter, Model};
+use clawrl_model::{Batcher, LoraAdapter, Model};
 use clawrl_signals::{HttpJudge, Judge, ModelJudge, RulesJudge};
 use clawrl_store::Store;
 use clawrl_trainer::LoraConfig;
@@ -87,6 +87,9 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Threads the training pool uses.
     pub train_threads: usize,
+    /// Concurrent requests decoded together in one model step, at most (continuous
+    /// batching); 1 decodes them one step each.
+    pub max_batch: usize,
 }
 
 impl LoopConfig {
@@ -102,6 +105,7 @@ impl LoopConfig {
             lora: LoraConfig::default(),
             seed: 0,
             train_threads: 1,
+            max_batch: clawrl_model::DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct Loop {
     pub counters: Counters,
     /// Held while a request waits for its first token: training pauses meanwhile.
     pub gate: clawrl_trainer::Gate,
+    /// Decodes the requests in flight together.
+    pub batcher: Batcher,
     live: RwLock<Live>,
     settings: RwLock<TrainingSettings>,
     control: std::sync::mpsc::Sender<Control>,
@@ -252,6 +258,7 @@ pub async fn start(config: LoopConfig, model: Arc<Model>, store: Store) -> Resul
         idle_timeout: config.idle_timeout,
         counters: Counters::default(),
         gate: clawrl_trainer::Gate::default(),
+        batcher: Batcher::new(model.clone(), config.max_batch)?,
         live: RwLock::new(Live::default()),
         settings: RwLock::new(config.training.clone()),
         control,

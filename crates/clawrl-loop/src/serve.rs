@@ -129,16 +129,15 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send + 'static,
 ) -> Running {
     let live = lp.live();
-    let model = lp.model.clone();
-    let adapter = live.adapter.clone();
+    let lp = lp.clone();
     let mut prefill = Some(lp.gate.hold());
+    let on_token = Box::new(move |info: &TokenInfo, text: &str| {
+        drop(prefill.take());
+        on_token(info, text)
+    });
     let handle = tokio::task::spawn_blocking(move || {
-        model
-            .policy(adapter.as_deref())
-            .generate(&prompt, &params, |info, text| {
-                prefill = None;
-                on_token(info, text)
-            })
+        lp.batcher
+            .generate(&prompt, &params, live.adapter, on_token)
     });
     (live.version, handle)
 }

@@ -54,6 +54,9 @@ pub enum Error {
     /// `--device gpu` and no GPU could be opened.
     #[error("{0} (run with --device cpu or auto to use the CPU)")]
     Gpu(String),
+    /// The batched decode thread failed: a kernel panicked (logged), or the thread is gone.
+    #[error("decoding failed: {0}")]
+    Decode(String),
 }
 
 /// The engine's result type.

@@ -11,7 +11,7 @@ use tracing::{debug, info_span};
 
 use crate::constrain::{self, Grammar};
 use crate::error::{Error, Result};
-use crate::model::{Model, Policy, in_pool};
+use crate::model::{KvCache, Model, Policy, in_pool};
 
 /// Largest `top_logprobs` a caller may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -195,37 +195,86 @@ impl Policy<'_> {
         params: &GenerateParams,
         mut on_token: impl FnMut(&TokenInfo, &str) -> ControlFlow<()>,
     ) -> Result<Generation> {
+        let (mut decoding, mut logits) = Decoding::start(*self, prompt, params.clone())?;
+        // The decode steps' forward passes belong to the generation's span too.
+        let span = decoding.span.clone();
+        let _span = span.enter();
+        loop {
+            match decoding.step(self.model, logits, &mut on_token)? {
+                Step::Next(id) => logits = self.forward(&[id], &mut decoding.cache, 1)?,
+                Step::Done(finish) => return Ok(decoding.finish(finish)),
+            }
+        }
+    }
+}
+
+/// What a sequence does after a token: run the model on it, or end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Feed this token and call [`Decoding::step`] with the logits after it.
+    Next(u32),
+    /// Generation ended.
+    Done(FinishReason),
+}
+
+/// One generation in progress: its sampler, grammar, KV cache and the text so far. Advanced
+/// a token at a time, alone ([`Policy::generate`]) or beside others ([`crate::Batcher`]).
+pub(crate) struct Decoding {
+    params: GenerateParams,
+    rng: StdRng,
+    constraint: Option<constrain::Constraint>,
+    /// Keys and values of the prompt and every token fed back so far.
+    pub(crate) cache: KvCache,
+    tokens: Vec<TokenInfo>,
+    text: String,
+    /// Bytes of `text` already handed to the callback.
+    emitted: usize,
+    /// Bytes held back while they could start a stop string.
+    hold: usize,
+    /// New tokens allowed: `max_tokens`, capped by the context left.
+    budget: usize,
+    prompt_tokens: usize,
+    span: tracing::Span,
+}
+
+impl Decoding {
+    /// Checks `params`, compiles the grammar and prefills `prompt`. Returns the decoding and
+    /// the logits of the prompt's last position (`vocab`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad parameters, an empty prompt or a grammar that does
+    /// not compile; [`Error::ContextOverflow`] when no token fits after the prompt.
+    pub(crate) fn start(
+        policy: Policy<'_>,
+        prompt: &[u32],
+        params: GenerateParams,
+    ) -> Result<(Self, Vec<f32>)> {
         params.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
-        self.model.check_context(prompt.len(), 1)?;
-        let _span = info_span!(
+        let model = policy.model;
+        model.check_context(prompt.len(), 1)?;
+        let span = info_span!(
             "generate",
             prompt = prompt.len(),
             max_tokens = params.max_tokens
-        )
-        .entered();
-        let budget = params
-            .max_tokens
-            .min(self.model.config.context_length - prompt.len());
-        let mut rng = match params.sampling.seed {
+        );
+        let rng = match params.sampling.seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        let mut constraint = params
+        let constraint = params
             .grammar
             .as_ref()
             .map(|g| {
-                let m = self.model;
-                m.constraints.compile(&m.tokenizer, m.config.vocab_size, g)
+                model
+                    .constraints
+                    .compile(&model.tokenizer, model.config.vocab_size, g)
             })
             .transpose()?;
-        let mut cache = self.model.new_cache();
-        let mut logits = self.forward(prompt, &mut cache, 1)?;
-        let mut tokens: Vec<TokenInfo> = Vec::new();
-        let mut text = String::new();
-        let mut emitted = 0;
+        let mut cache = model.new_cache();
+        let logits = span.in_scope(|| policy.forward(prompt, &mut cache, 1))?;
         let hold = params
             .stop
             .iter()
@@ -233,87 +282,122 @@ impl Policy<'_> {
             .max()
             .unwrap_or(0)
             .saturating_sub(1);
-        let finish = loop {
-            ops::log_softmax(&mut logits);
-            // Under a grammar the token is drawn from π restricted to what the grammar
-            // allows; the recorded log-prob stays π's own, as the trainer computes it.
-            let id = match constraint.as_mut() {
-                None => sample(&logits, &params.sampling, &mut rng),
-                Some(c) => {
-                    let mut allowed = logits.clone();
-                    constrain::apply(&c.allowed()?, &mut allowed);
-                    let id = sample(&allowed, &params.sampling, &mut rng);
-                    if !self.model.tokenizer.is_end_of_generation(id) {
-                        c.advance(id)?;
-                    }
-                    id
-                }
-            };
-            let info = TokenInfo {
-                id,
-                logprob: logits[id as usize],
-                top: ops::top_k(&logits, params.top_logprobs),
-            };
-            let eog = !params.ignore_eos && self.model.tokenizer.is_end_of_generation(id);
-            tokens.push(info);
-            if eog {
-                // The end-of-turn token adds no text; what was held back is final now.
-                let _ = on_token(tokens.last().expect("just pushed"), &text[emitted..]);
-                break FinishReason::Stop;
-            }
-            let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-            text = self.model.tokenizer.decode(&ids)?;
-            let stop_at = params
-                .stop
-                .iter()
-                .filter_map(|s| {
-                    text[emitted.min(text.len())..]
-                        .find(s.as_str())
-                        .map(|i| i + emitted)
-                })
-                .min();
-            if let Some(at) = stop_at {
-                text.truncate(at);
-            }
-            let last = stop_at.is_some() || tokens.len() >= budget;
-            // Emit what can no longer change: not a partial UTF-8 character, nor a possible stop
-            // prefix; at the last token everything is final.
-            let mut safe = if last {
-                text.len()
-            } else {
-                text.len().saturating_sub(hold)
-            };
-            while !last
-                && safe > emitted
-                && (!text.is_char_boundary(safe) || text[..safe].ends_with('\u{FFFD}'))
-            {
-                safe -= 1;
-            }
-            let delta = if safe > emitted {
-                &text[emitted..safe]
-            } else {
-                ""
-            };
-            let flow = on_token(tokens.last().expect("just pushed"), delta);
-            emitted = emitted.max(safe);
-            if stop_at.is_some() {
-                break FinishReason::Stop;
-            }
-            if flow.is_break() {
-                break FinishReason::Cancelled;
-            }
-            if tokens.len() >= budget {
-                break FinishReason::Length;
-            }
-            logits = self.forward(&[id], &mut cache, 1)?;
-        };
-        debug!(tokens = tokens.len(), ?finish, "generated");
-        Ok(Generation {
-            text,
-            tokens,
+        let decoding = Self {
+            budget: params
+                .max_tokens
+                .min(model.config.context_length - prompt.len()),
+            params,
+            rng,
+            constraint,
+            cache,
+            tokens: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+            hold,
             prompt_tokens: prompt.len(),
-            finish_reason: finish,
+            span,
+        };
+        Ok((decoding, logits))
+    }
+
+    /// Draws the next token from `logits` (the model's output after the last token fed),
+    /// calls `on_token` with it and the text that became final with it (text is held back
+    /// while it could start a stop string or ends inside a character), and says what comes
+    /// next.
+    pub(crate) fn step(
+        &mut self,
+        model: &Model,
+        mut logits: Vec<f32>,
+        on_token: &mut dyn FnMut(&TokenInfo, &str) -> ControlFlow<()>,
+    ) -> Result<Step> {
+        let _span = self.span.enter();
+        let params = &self.params;
+        ops::log_softmax(&mut logits);
+        // Under a grammar the token is drawn from π restricted to what the grammar
+        // allows; the recorded log-prob stays π's own, as the trainer computes it.
+        let id = match self.constraint.as_mut() {
+            None => sample(&logits, &params.sampling, &mut self.rng),
+            Some(c) => {
+                let mut allowed = logits.clone();
+                constrain::apply(&c.allowed()?, &mut allowed);
+                let id = sample(&allowed, &params.sampling, &mut self.rng);
+                if !model.tokenizer.is_end_of_generation(id) {
+                    c.advance(id)?;
+                }
+                id
+            }
+        };
+        let info = TokenInfo {
+            id,
+            logprob: logits[id as usize],
+            top: ops::top_k(&logits, params.top_logprobs),
+        };
+        let eog = !params.ignore_eos && model.tokenizer.is_end_of_generation(id);
+        self.tokens.push(info);
+        let info = self.tokens.last().expect("just pushed");
+        if eog {
+            // The end-of-turn token adds no text; what was held back is final now.
+            let _ = on_token(info, &self.text[self.emitted..]);
+            return Ok(Step::Done(FinishReason::Stop));
+        }
+        let ids: Vec<u32> = self.tokens.iter().map(|t| t.id).collect();
+        self.text = model.tokenizer.decode(&ids)?;
+        let (text, emitted) = (&mut self.text, self.emitted);
+        let stop_at = params
+            .stop
+            .iter()
+            .filter_map(|s| {
+                text[emitted.min(text.len())..]
+                    .find(s.as_str())
+                    .map(|i| i + emitted)
+            })
+            .min();
+        if let Some(at) = stop_at {
+            text.truncate(at);
+        }
+        let last = stop_at.is_some() || self.tokens.len() >= self.budget;
+        // Emit what can no longer change: not a partial UTF-8 character, nor a possible stop
+        // prefix; at the last token everything is final.
+        let mut safe = if last {
+            text.len()
+        } else {
+            text.len().saturating_sub(self.hold)
+        };
+        while !last
+            && safe > emitted
+            && (!text.is_char_boundary(safe) || text[..safe].ends_with('\u{FFFD}'))
+        {
+            safe -= 1;
+        }
+        let delta = if safe > emitted {
+            &text[emitted..safe]
+        } else {
+            ""
+        };
+        let flow = on_token(info, delta);
+        self.emitted = emitted.max(safe);
+        Ok(if stop_at.is_some() {
+            Step::Done(FinishReason::Stop)
+        } else if flow.is_break() {
+            Step::Done(FinishReason::Cancelled)
+        } else if self.tokens.len() >= self.budget {
+            Step::Done(FinishReason::Length)
+        } else {
+            Step::Next(id)
         })
+    }
+
+    /// The finished generation.
+    pub(crate) fn finish(self, finish_reason: FinishReason) -> Generation {
+        self.span.in_scope(|| {
+            debug!(tokens = self.tokens.len(), ?finish_reason, "generated");
+        });
+        Generation {
+            text: self.text,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+            finish_reason,
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! ```
 
 mod adapter;
+mod batch;
 mod config;
 mod constrain;
 mod device;
@@ -35,6 +36,7 @@ mod weights;
 use std::path::{Path, PathBuf};
 
 pub use adapter::{LoraAdapter, LoraWeights, Target};
+pub use batch::{Batcher, DEFAULT_MAX_BATCH, OnToken};
 pub use clawrl_kernels::dot::simd_enabled;
 pub use clawrl_kernels::ops::RopeStyle;
 pub use clawrl_kernels::{QMatrix, Storage};

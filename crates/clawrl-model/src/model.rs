@@ -1,7 +1,7 @@
 //! The transformer: weights, KV cache and the forward pass.
 
 use clawrl_kernels::ops::{AttnShape, Rope};
-use clawrl_kernels::{Backend, Cpu, QMatrix};
+use clawrl_kernels::{Activations, Backend, Cpu, QMatrix};
 use tracing::trace_span;
 
 use crate::adapter::{LoraAdapter, Target};
@@ -54,6 +54,20 @@ pub struct Policy<'a> {
 }
 
 impl Policy<'_> {
+    /// One decode step of several sequences at once: `steps[i]` is sequence i's next token
+    /// and its cache, which gains that position. Returns the logits, row i for sequence i
+    /// (`steps.len() × vocab`). Each row is what [`Self::forward`] gives that sequence alone
+    /// (bit for bit on the CPU): the weights are read once for the whole batch, and no
+    /// sequence sees another's keys.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a token outside the vocabulary, a cache on another
+    /// device than the model's, or an adapter of another shape; [`Error::ContextOverflow`]
+    /// for a full cache. No cache changes then.
+    pub fn forward_batch(&self, steps: &mut [(u32, &mut KvCache)]) -> Result<Vec<f32>> {
+        in_pool(|| self.model.forward_batch_in_pool(steps, self.adapter))
+    }
+
     /// [`Model::forward`] with this policy's adapter.
     pub fn forward(
         &self,
@@ -220,15 +234,7 @@ impl Model {
     ) -> Result<Vec<f32>> {
         let n_logits = n_logits.min(tokens.len());
         self.check_context(cache.len, tokens.len())?;
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.config.vocab_size
-            )));
-        }
+        self.check_tokens(tokens)?;
         if let Some(a) = adapter {
             self.check_adapter(a)?;
         }
@@ -301,16 +307,112 @@ impl Model {
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + PREFILL_CHUNK).min(tokens.len());
-            let x = self.forward_chunk(be, w, &tokens[start..end], layers, *pos, adapter);
+            let rows = Rows::Sequence {
+                layers: &mut *layers,
+                pos0: *pos,
+            };
+            let x = self.forward_chunk(be, w, &tokens[start..end], rows, adapter);
             *pos += end - start;
             if end > first_kept {
                 let from = first_kept.saturating_sub(start);
                 let kept = be.slice(&x, from * hidden, (end - start - from) * hidden);
-                logits.extend(self.logits(be, w, &kept, end - start - from));
+                logits.extend(self.logits(be, w, &kept, end - start - from, Activations::Auto));
             }
             start = end;
         }
         logits
+    }
+
+    /// One decode step of several sequences at once ([`Policy::forward_batch`]).
+    fn forward_batch_in_pool(
+        &self,
+        steps: &mut [(u32, &mut KvCache)],
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Vec<f32>> {
+        let tokens: Vec<u32> = steps.iter().map(|&(t, _)| t).collect();
+        self.check_tokens(&tokens)?;
+        for (_, cache) in steps.iter() {
+            self.check_context(cache.len, 1)?;
+        }
+        if let Some(a) = adapter {
+            self.check_adapter(a)?;
+        }
+        let Some((_, first)) = steps.first() else {
+            return Ok(Vec::new());
+        };
+        let logits = match first.layers {
+            Layers::Cpu(_) => {
+                let seqs = batch_layers(steps, |l| match l {
+                    Layers::Cpu(v) => Some(v),
+                    #[cfg(any(feature = "gpu", feature = "cuda"))]
+                    _ => None,
+                })?;
+                let cpu = Cpu { rope: &self.rope };
+                self.run_batch(&cpu, &self.weights, seqs, &tokens, adapter)
+            }
+            #[cfg(feature = "gpu")]
+            Layers::Gpu(_) => {
+                let seqs = batch_layers(steps, |l| match l {
+                    Layers::Gpu(v) => Some(v),
+                    _ => None,
+                })?;
+                match &self.engine {
+                    Some(crate::device::Engine::Wgpu(g)) => {
+                        let adapter = adapter.map(|a| g.adapter(a));
+                        let (be, w) = (g.backend(), g.weights());
+                        self.run_batch(be, w, seqs, &tokens, adapter.as_deref())
+                    }
+                    _ => return Err(not_here()),
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Layers::Cuda(_) => {
+                let seqs = batch_layers(steps, |l| match l {
+                    Layers::Cuda(v) => Some(v),
+                    _ => None,
+                })?;
+                match &self.engine {
+                    Some(crate::device::Engine::Cuda(g)) => {
+                        let adapter = adapter.map(|a| g.adapter(a));
+                        let (be, w) = (g.backend(), g.weights());
+                        self.run_batch(be, w, seqs, &tokens, adapter.as_deref())
+                    }
+                    _ => return Err(not_here()),
+                }
+            }
+        };
+        for (_, cache) in steps.iter_mut() {
+            cache.len += 1;
+        }
+        Ok(logits)
+    }
+
+    /// A batched decode step on backend `be`: row i of `tokens` is the next token of
+    /// `seqs[i]` (its caches and position). Returns `tokens.len() × vocab` logits.
+    fn run_batch<B: Backend>(
+        &self,
+        be: &B,
+        w: &Weights<B::Matrix, B::Tensor>,
+        seqs: Vec<Seq<'_, B::Cache>>,
+        tokens: &[u32],
+        adapter: Option<&LoraAdapter<B::Matrix>>,
+    ) -> Vec<f32> {
+        let _span = trace_span!("decode_batch", sequences = tokens.len()).entered();
+        let x = self.forward_chunk(be, w, tokens, Rows::Batch(seqs), adapter);
+        self.logits(be, w, &x, tokens.len(), Activations::Rows)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            Some(bad) => Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn check_adapter(&self, a: &LoraAdapter) -> Result<()> {
@@ -336,35 +438,37 @@ impl Model {
         w: &Weights<B::Matrix, B::Tensor>,
         x: &B::Tensor,
         n: usize,
+        act: Activations,
     ) -> Vec<f32> {
         let _span = trace_span!("logits", n).entered();
         let mut h = be.zeros(n * self.config.hidden);
         be.rms_norm(x, &w.norm, self.config.rms_eps, &mut h);
         let mut logits = be.zeros(n * self.config.vocab_size);
-        be.matmul(w.head(), &h, n, &mut logits);
+        be.matmul(w.head(), &h, n, act, &mut logits);
         be.download(&logits)
     }
 
-    /// The residual stream after all blocks for `tokens` at positions `pos0…` (`t × hidden`),
-    /// appending their keys and values to `layers`. Written once for every [`Backend`].
+    /// The residual stream after all blocks for `tokens` (`t × hidden`), each row attending
+    /// as `rows` says and appending its key and value there. Written once for every
+    /// [`Backend`].
     fn forward_chunk<B: Backend>(
         &self,
         be: &B,
         w: &Weights<B::Matrix, B::Tensor>,
         tokens: &[u32],
-        layers: &mut [[B::Cache; 2]],
-        pos0: usize,
+        mut rows: Rows<'_, B::Cache>,
         adapter: Option<&LoraAdapter<B::Matrix>>,
     ) -> B::Tensor {
         let c = &self.config;
         let t = tokens.len();
+        let act = rows.activations();
         let (hidden, q_dim, kv_dim) = (c.hidden, c.q_dim(), c.kv_dim());
         // The embedding rows are gathered on the host: t rows, not a vocabulary's worth.
-        let mut rows = vec![0.0; t * hidden];
-        for (row, &tok) in rows.chunks_exact_mut(hidden).zip(tokens) {
+        let mut embedded = vec![0.0; t * hidden];
+        for (row, &tok) in embedded.chunks_exact_mut(hidden).zip(tokens) {
             self.weights.embed.dequantize_rows(tok as usize, row);
         }
-        let mut x = be.upload(&rows);
+        let mut x = be.upload(&embedded);
         let mut h = be.zeros(t * hidden);
         let mut q = be.zeros(t * q_dim);
         let mut k = be.zeros(t * kv_dim);
@@ -384,14 +488,14 @@ impl Model {
                        b: &Block<B::Matrix, B::Tensor>,
                        x: &B::Tensor,
                        y: &mut B::Tensor| {
-            be.matmul(b.projection(target), x, t, y);
+            be.matmul(b.projection(target), x, t, act, y);
             if let Some(a) = adapter
                 && let Some(p) = a.pair(l, target)
             {
-                be.lora(&p.a, &p.b, a.scale, x, t, y);
+                be.lora(&p.a, &p.b, a.scale, x, t, act, y);
             }
         };
-        for (l, (b, [k_cache, v_cache])) in w.blocks.iter().zip(layers).enumerate() {
+        for (l, b) in w.blocks.iter().enumerate() {
             let _span = trace_span!("block", l, t).entered();
             be.rms_norm(&x, &b.attn_norm, c.rms_eps, &mut h);
             project(l, Target::Q, b, &h, &mut q);
@@ -409,11 +513,34 @@ impl Model {
                 let src = be.slice(&k, 0, t * kv_dim);
                 be.rms_norm(&src, kn, c.rms_eps, &mut k);
             }
-            be.rope(&mut q, c.heads, c.head_dim, pos0);
-            be.rope(&mut k, c.kv_heads, c.head_dim, pos0);
-            be.append(k_cache, &k);
-            be.append(v_cache, &v);
-            be.attention(&q, k_cache, v_cache, shape, pos0, &mut attn);
+            match &mut rows {
+                Rows::Sequence { layers, pos0 } => {
+                    let [k_cache, v_cache] = &mut layers[l];
+                    be.rope(&mut q, c.heads, c.head_dim, *pos0);
+                    be.rope(&mut k, c.kv_heads, c.head_dim, *pos0);
+                    be.append(k_cache, &k);
+                    be.append(v_cache, &v);
+                    be.attention(&q, k_cache, v_cache, shape, *pos0, &mut attn);
+                }
+                Rows::Batch(seqs) => {
+                    // Row i is sequence i's next token: rotated at its own position, it
+                    // attends over its own cache.
+                    let mut out = Vec::with_capacity(t);
+                    for (i, (layers, pos)) in seqs.iter_mut().enumerate() {
+                        let [k_cache, v_cache] = &mut layers[l];
+                        let mut qi = be.slice(&q, i * q_dim, q_dim);
+                        let mut ki = be.slice(&k, i * kv_dim, kv_dim);
+                        be.rope(&mut qi, c.heads, c.head_dim, *pos);
+                        be.rope(&mut ki, c.kv_heads, c.head_dim, *pos);
+                        be.append(k_cache, &ki);
+                        be.append(v_cache, &be.slice(&v, i * kv_dim, kv_dim));
+                        let mut row = be.zeros(q_dim);
+                        be.attention(&qi, k_cache, v_cache, shape, *pos, &mut row);
+                        out.push(row);
+                    }
+                    attn = be.concat(&out.iter().collect::<Vec<_>>());
+                }
+            }
             project(l, Target::O, b, &attn, &mut proj);
             be.add(&mut x, &proj);
 
@@ -426,6 +553,55 @@ impl Model {
         }
         x
     }
+}
+
+/// Where the rows of a forward pass sit, and so where each one attends.
+enum Rows<'a, C> {
+    /// Consecutive tokens of one sequence from position `pos0`: a prefill chunk or one
+    /// sequence's decode step.
+    Sequence {
+        layers: &'a mut [[C; 2]],
+        pos0: usize,
+    },
+    /// Row i is the next token of sequence i, with its caches and position: a batched
+    /// decode step.
+    Batch(Vec<Seq<'a, C>>),
+}
+
+/// One sequence of a batch: each block's `[keys, values]` and the position of its next token.
+type Seq<'a, C> = (&'a mut [[C; 2]], usize);
+
+impl<C> Rows<'_, C> {
+    /// A batch's rows belong to different sequences, so each meets the weights as it would
+    /// alone ([`Activations::Rows`]): a sequence's tokens never depend on its neighbours.
+    fn activations(&self) -> Activations {
+        match self {
+            Self::Sequence { .. } => Activations::Auto,
+            Self::Batch(_) => Activations::Rows,
+        }
+    }
+}
+
+/// Every step's caches of the kind `pick` accepts, with their positions; an error when the
+/// batch mixes devices.
+fn batch_layers<'c, C>(
+    steps: &'c mut [(u32, &mut KvCache)],
+    pick: fn(&mut Layers) -> Option<&mut Vec<[C; 2]>>,
+) -> Result<Vec<Seq<'c, C>>> {
+    steps
+        .iter_mut()
+        .map(|(_, cache)| {
+            let pos = cache.len;
+            pick(&mut cache.layers)
+                .map(|l| (&mut l[..], pos))
+                .ok_or_else(not_here)
+        })
+        .collect()
+}
+
+/// A cache handed to a model that runs elsewhere (or a batch mixing devices).
+fn not_here() -> Error {
+    Error::InvalidArgument("a KV cache held on another device than the model's".into())
 }
 
 /// Runs `f` on a thread of the compute pool. Parallel kernels called from inside the pool

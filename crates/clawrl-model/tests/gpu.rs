@@ -121,6 +121,32 @@ fn the_tiny_model_gives_the_cpus_logits_and_greedy_tokens_on_the_gpu() {
 }
 
 #[test]
+fn a_batched_decode_step_on_the_gpu_gives_each_sequence_its_logits_alone() {
+    let m = on_gpu(Model::tiny(8));
+    let a = adapter(&m, 9);
+    let policy = m.policy(Some(&a));
+    let vocab = m.config.vocab_size;
+    let prompts: [&[u32]; 5] = [&[1, 2, 3], &[4], &[5, 6, 7, 8, 9, 10, 11], &[12, 13], &[14]];
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for p in prompts {
+        let mut cache = m.new_cache();
+        policy.forward(p, &mut cache, 1).expect("prefill");
+        together.push(cache.clone());
+        alone.push(cache);
+    }
+    for step in 0..3u32 {
+        let next: Vec<u32> = (0..prompts.len() as u32).map(|i| 20 + i + step).collect();
+        let mut steps: Vec<_> = next.iter().copied().zip(together.iter_mut()).collect();
+        let batched = policy.forward_batch(&mut steps).expect("batched step");
+        for (i, row) in batched.chunks_exact(vocab).enumerate() {
+            let one = policy.forward(&[next[i]], &mut alone[i], 1).expect("alone");
+            let err = rel_err(row, &one);
+            assert!(err < 1e-5, "step {step}, sequence {i}: {err}");
+        }
+    }
+}
+
+#[test]
 fn the_embedded_model_generates_the_same_greedy_tokens_on_the_gpu() {
     let path = clawrl_model::default_model_path(&mut |_| {}).expect("the embedded model");
     let cpu = Model::load(&path).expect("loads");

@@ -248,6 +248,7 @@ impl From<clawrl_loop::Error> for ApiError {
             } => Self::invalid(message),
             E::Conflict(m) => Self::conflict(m),
             E::Store(s) => s.into(),
+            E::Model(m @ clawrl_model::Error::Decode(_)) => Self::internal(m.to_string()),
             // The model refuses what does not fit or cannot be rendered: the request's fault.
             E::Model(m) => Self::invalid(m.to_string()),
             other => Self::internal(other.to_string()),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clawrl_kernels::ops::AttnShape;
-use clawrl_kernels::{Backend, Gemm, TrainBackend};
+use clawrl_kernels::{Activations, Backend, Gemm, TrainBackend};
 use clawrl_model::{ModelConfig, QMatrix, Target, Weights};
 use rand::Rng;
 
@@ -213,7 +213,7 @@ impl<B: TrainBackend> DevicePass<B> {
         let vocab = be.shape(self.weights.head()).0;
         let (ids, k) = gathered_ids(gather, n, vocab)?;
         let mut lp = be.zeros(n * vocab);
-        be.matmul_f32(self.weights.head(), &hn, n, &mut lp);
+        be.matmul(self.weights.head(), &hn, n, Activations::Exact, &mut lp);
         // Top-k on the logits, as the CPU's head: the log-softmax's shift could round two
         // close logits into a tie.
         let top: Vec<u32> = if k > 0 {
@@ -297,7 +297,7 @@ impl<B: TrainBackend> DevicePass<B> {
         let w = self.weights.blocks[l].projection(t);
         let (out, input) = be.shape(w);
         let mut y = be.zeros(n * out);
-        be.matmul_f32(w, x, n, &mut y);
+        be.matmul(w, x, n, Activations::Exact, &mut y);
         let Some((lora, (a, b))) = lora.and_then(|lo| lo.pairs.get(&(l, t)).map(|p| (lo, p)))
         else {
             return (y, None);
