@@ -72,8 +72,8 @@ pub(crate) struct GenerateBench {
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
     /// Also run this many generations at once, decoded together (continuous batching, as
-    /// `clawrl serve` does) and, as the peer in the same run, one sequence per step; reports
-    /// the tokens per second across them.
+    /// `clawrl serve` does) and, as the peer in the same run, each on its own thread (as the
+    /// server decoded before batching); reports the tokens per second across them.
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=256))]
     concurrent: Option<usize>,
     /// Print one JSON object.
@@ -97,8 +97,8 @@ struct GenerateReport {
     concurrent: Option<usize>,
     /// New tokens per second across the concurrent generations, decoded together.
     batched_tok_s: Option<f64>,
-    /// The same, one sequence per decode step (the peer).
-    unbatched_tok_s: Option<f64>,
+    /// The same, each generation on its own thread through the one-sequence path (the peer).
+    threads_tok_s: Option<f64>,
 }
 
 pub(crate) fn run(cmd: BenchCmd, model: Model, threads: usize) -> Result<()> {
@@ -173,19 +173,23 @@ fn generate(b: GenerateBench, model: Arc<Model>, threads: usize) -> Result<()> {
             );
         }
     }
-    let (batched, unbatched) = match b.concurrent {
+    let (batched, own_threads) = match b.concurrent {
         Some(n) => {
-            let run = |max_batch| -> Result<f64> {
-                let rate = concurrent(&b, &model, &prompt, &params, &adapter, n, max_batch)?;
+            let run = |batched| -> Result<f64> {
+                let rate = concurrent(&b, &model, &prompt, &params, &adapter, n, batched)?;
                 if !b.json {
                     eprintln!(
-                        "{n} at once, {} per step: {rate:.1} tok/s across them",
-                        if max_batch == 1 { "one" } else { "all" }
+                        "{n} at once, {}: {rate:.1} tok/s across them",
+                        if batched {
+                            "decoded together"
+                        } else {
+                            "each on its own thread"
+                        }
                     );
                 }
                 Ok(rate)
             };
-            (Some(run(n)?), Some(run(1)?))
+            (Some(run(true)?), Some(run(false)?))
         }
         None => (None, None),
     };
@@ -201,7 +205,7 @@ fn generate(b: GenerateBench, model: Arc<Model>, threads: usize) -> Result<()> {
         device: model.device(),
         concurrent: b.concurrent,
         batched_tok_s: batched,
-        unbatched_tok_s: unbatched,
+        threads_tok_s: own_threads,
     };
     if b.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -210,9 +214,9 @@ fn generate(b: GenerateBench, model: Arc<Model>, threads: usize) -> Result<()> {
             "prefill {:.1} tok/s, decode {:.1} tok/s, peak RSS {:.0} MB ({} threads, {})",
             report.prefill_tok_s, report.decode_tok_s, report.rss_mb, threads, report.device
         );
-        if let (Some(n), Some(on), Some(off)) = (b.concurrent, batched, unbatched) {
+        if let (Some(n), Some(on), Some(off)) = (b.concurrent, batched, own_threads) {
             println!(
-                "{n} at once: {on:.1} tok/s decoded together, {off:.1} tok/s one per step ({:.2}×)",
+                "{n} at once: {on:.1} tok/s decoded together, {off:.1} tok/s each on its own thread ({:.2}×)",
                 on / off
             );
         }
@@ -220,9 +224,11 @@ fn generate(b: GenerateBench, model: Arc<Model>, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// New tokens per second across `n` generations of `prompt` started at once through a
-/// [`Batcher`] stepping at most `max_batch` of them together: the median of `--runs` after a
-/// warm-up, from the first start to the last end (prefill included, as a server sees it).
+/// New tokens per second across `n` generations of `prompt` started at once, each on its own
+/// thread: through one [`Batcher`] (`batched`, decoded together) or each through the
+/// one-sequence path. The median of `--runs` after a warm-up, from the first start to the
+/// last end (prefill included, as a server sees it).
+#[allow(clippy::too_many_arguments)]
 fn concurrent(
     b: &GenerateBench,
     model: &Arc<Model>,
@@ -230,9 +236,9 @@ fn concurrent(
     params: &GenerateParams,
     adapter: &Option<Arc<clawrl_model::LoraAdapter>>,
     n: usize,
-    max_batch: usize,
+    batched: bool,
 ) -> Result<f64> {
-    let batcher = Batcher::new(model.clone(), max_batch)?;
+    let batcher = Batcher::new(model.clone(), n)?;
     let mut rates = Vec::new();
     for run in 0..=b.runs {
         let t0 = Instant::now();
@@ -240,8 +246,14 @@ fn concurrent(
             let handles: Vec<_> = (0..n)
                 .map(|_| {
                     s.spawn(|| {
-                        let go = Box::new(|_: &_, _: &_| ControlFlow::Continue(()));
-                        batcher.generate(prompt, params, adapter.clone(), go)
+                        let go = |_: &_, _: &_| ControlFlow::Continue(());
+                        if batched {
+                            batcher.generate(prompt, params, adapter.clone(), Box::new(go))
+                        } else {
+                            model
+                                .policy(adapter.as_deref())
+                                .generate(prompt, params, go)
+                        }
                     })
                 })
                 .collect();

@@ -33,8 +33,8 @@ pub(crate) struct ServeBench {
     /// Threads of the training pool.
     #[arg(long, default_value_t = 1)]
     train_threads: usize,
-    /// Requests decoded together in one step, at most (as `clawrl serve --max-batch`; 1 is
-    /// the unbatched peer).
+    /// Requests decoded together in one step, at most (as `clawrl serve --max-batch`; 1
+    /// decodes one request at a time).
     #[arg(long, value_name = "N", default_value_t = clawrl_model::DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     max_batch: usize,
     /// Print one JSON object.

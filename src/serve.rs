@@ -84,8 +84,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     train_threads: usize,
     /// Concurrent requests decoded together in one model step, at most (continuous
-    /// batching: the weights are read once per step for all of them); 1 decodes one
-    /// request per step. A request's tokens are the same either way.
+    /// batching); more wait, after their first token, for a place (1 decodes one request at
+    /// a time). A request's tokens are the same either way.
     #[arg(long, value_name = "N", default_value_t = clawrl_model::DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     max_batch: usize,
     #[command(flatten)]

@@ -94,7 +94,6 @@ impl Cuda {
         );
     }
 
-    /// `y = W·x` for `t` rows; `exact`: f32 activations at every length.
     /// `y = W·x` for `t` rows, the activations as `act` says.
     fn product(&self, w: &CudaMatrix, x: &CudaTensor, t: usize, act: Activations, y: &CudaTensor) {
         check(x.len() == t * w.cols(), "matmul input size");

@@ -88,7 +88,7 @@ pub struct LoopConfig {
     /// Threads the training pool uses.
     pub train_threads: usize,
     /// Concurrent requests decoded together in one model step, at most (continuous
-    /// batching); 1 decodes them one step each.
+    /// batching); more wait, prefilled, for a place, so 1 decodes one request at a time.
     pub max_batch: usize,
 }
 

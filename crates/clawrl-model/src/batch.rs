@@ -1,10 +1,12 @@
 //! Continuous batching: concurrent generations decode together, one model step for all of
-//! them, so the weights are read once per step rather than once per sequence and the
-//! serving figure is tokens per second across sessions.
+//! them, and the serving figure is tokens per second across sessions. On the CPU each chunk
+//! of weights is read from memory once per step for every sequence; on a GPU each sequence
+//! is a grid row of the matrix–vector kernel, the weights shared through its cache.
 //!
-//! A generation is prefilled on its caller's thread (prompts of different lengths do not
-//! wait for one another, nor stall the sequences already decoding), then joins the decode
-//! thread, which each step runs [`Policy::forward_batch`] over every sequence in flight,
+//! A generation is prefilled on its caller's thread, in the global compute pool, so prompts
+//! of different lengths do not wait for one another. Then it joins the decode loop, which
+//! runs on a pool of its own (so a prefill is never taken up inside a decode step, stalling
+//! the batch). Each step runs [`Policy::forward_batch`] over every sequence in flight,
 //! samples each one's token with its own sampler and grammar, and drops the finished ones;
 //! a sequence that arrives joins at the next step. Each sequence's tokens are those it would
 //! get alone ([`Policy::forward_batch`] keeps rows independent; bit for bit on the CPU).
@@ -33,11 +35,14 @@ pub type OnToken = Box<dyn FnMut(&TokenInfo, &str) -> ControlFlow<()> + Send>;
 
 /// Decodes concurrent generations of one model together (continuous batching). Cheap to
 /// share: [`Batcher::generate`] takes `&self` and blocks its caller until its generation
-/// ends; the decode thread lives as long as the batcher.
+/// ends; the decode loop lives as long as the batcher.
 pub struct Batcher {
-    model: Arc<Model>,
-    /// Prefilled sequences waiting to join the decode thread.
+    /// Prefilled sequences waiting to join the decode loop. Declared first so that it
+    /// closes, ending the loop, before the pool is released.
     joining: Mutex<Sender<Sequence>>,
+    model: Arc<Model>,
+    /// The decode loop's threads, as many as the global pool's.
+    _pool: rayon::ThreadPool,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -46,7 +51,7 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
-/// A sequence in flight on the decode thread.
+/// A sequence in flight in the decode loop.
 struct Sequence {
     decoding: Decoding,
     /// The token to feed at the next step.
@@ -57,33 +62,34 @@ struct Sequence {
 }
 
 impl Batcher {
-    /// Starts the decode thread for `model`, stepping at most `max_batch` sequences at once
-    /// (more wait for a free place). `max_batch` is at least 1.
+    /// Starts the decode loop for `model` on a pool of its own, stepping at most
+    /// `max_batch` sequences at once (`max_batch` is at least 1). Sequences beyond it wait,
+    /// prefilled, for a place: with `max_batch` 1 they decode one after another.
     ///
     /// # Errors
-    /// [`Error::Decode`] when the thread cannot be started.
+    /// [`Error::Decode`] when the pool's threads cannot be started.
     pub fn new(model: Arc<Model>, max_batch: usize) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("clawrl-decode-{i}"))
+            .build()
+            .map_err(|e| Error::Decode(format!("cannot start the decode threads: {e}")))?;
         let (tx, rx) = mpsc::channel();
         let decoder = model.clone();
-        std::thread::Builder::new()
-            .name("clawrl-decode".into())
-            .spawn(move || decode_loop(&decoder, &rx, max_batch.max(1)))
-            .map_err(|e| Error::Decode(format!("cannot start the decode thread: {e}")))?;
+        pool.spawn(move || decode_loop(&decoder, &rx, max_batch.max(1)));
         Ok(Self {
-            model,
             joining: Mutex::new(tx),
+            model,
+            _pool: pool,
         })
-    }
-
-    /// The model it decodes.
-    pub fn model(&self) -> &Arc<Model> {
-        &self.model
     }
 
     /// Generates a response to `prompt` with `adapter` on top, as
     /// [`crate::Policy::generate`] does, decoding beside every other generation in flight.
     /// Prefill and the first token happen on the calling thread; then the call blocks until
-    /// the generation ends. `on_token` runs on the decode thread, so it should not block.
+    /// the generation ends. Later calls of `on_token` run on the decode pool, beside other
+    /// sequences' callbacks; every sequence in flight waits for them, so they must not block.
+    /// A panic in a later call fails this generation only.
     ///
     /// # Errors
     /// As [`crate::Policy::generate`]; [`Error::Decode`] if the decode step failed (a
@@ -109,7 +115,7 @@ impl Batcher {
             on_token,
             done,
         };
-        let stopped = || Error::Decode("the decode thread has stopped".into());
+        let stopped = || Error::Decode("the decode loop has stopped".into());
         self.joining
             .lock()
             .map_err(|_| stopped())?
@@ -119,7 +125,7 @@ impl Batcher {
     }
 }
 
-/// The decode thread: admit joining sequences, step every one in flight, repeat; returns
+/// The decode loop: admit joining sequences, step every one in flight, repeat; returns
 /// when the batcher is dropped and nothing is in flight.
 fn decode_loop(model: &Model, joining: &Receiver<Sequence>, max_batch: usize) {
     let mut active: Vec<Sequence> = Vec::new();
@@ -204,7 +210,17 @@ fn forward_and_sample(model: &Model, group: &mut [Sequence]) -> Result<Vec<Resul
         group
             .par_iter_mut()
             .zip(logits.par_chunks_exact(vocab))
-            .map(|(s, row)| s.decoding.step(model, row.to_vec(), &mut s.on_token))
+            .map(|(s, row)| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    s.decoding.step(model, row.to_vec(), &mut s.on_token)
+                }))
+                .unwrap_or_else(|_| {
+                    error!("a generation's sampling or callback panicked; it fails");
+                    Err(Error::Decode(
+                        "sampling panicked (see the server log)".into(),
+                    ))
+                })
+            })
             .collect()
     }))
 }

@@ -256,6 +256,13 @@ impl From<clawrl_loop::Error> for ApiError {
     }
 }
 
+/// A generation's failure: the request's fault (400), unless decoding itself failed (500).
+impl From<clawrl_model::Error> for ApiError {
+    fn from(e: clawrl_model::Error) -> Self {
+        clawrl_loop::Error::Model(e).into()
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         // OpenAI answers 400 for bodies of the wrong shape (axum says 422); a body too large

@@ -120,7 +120,7 @@ pub async fn chat_completions(
         let g = handle
             .await
             .map_err(|e| ApiError::internal(format!("generation thread: {e}")))?
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
+            .map_err(ApiError::from)?;
         let reply = Reply::of(&g, &p.tool_names);
         let turn_id = serve::record(&s.lp, &p.request, &g, &reply, version).await?;
         let logprobs = p.logprobs.then(|| {

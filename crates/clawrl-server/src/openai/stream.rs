@@ -69,14 +69,16 @@ fn call_deltas(reply: &Reply) -> Vec<Value> {
 /// asked), then `[DONE]`. When tools may be called, text from a `<tool_call>` on is held back
 /// until the end tells whether it is a call.
 pub async fn stream(s: Shared, p: Prepared) -> Response {
-    let (piece_tx, mut pieces) = mpsc::channel::<Piece>(64);
+    // Unbounded: the callback runs in the decode loop, which every request in flight
+    // shares, so it must never wait for a slow reader (a reply is at most max_tokens pieces).
+    let (piece_tx, mut pieces) = mpsc::unbounded_channel::<Piece>();
     let (out_tx, out_rx) = mpsc::channel::<SseItem>(64);
     // A closed channel means the client went away: stop generating.
     let (version, handle) = serve::generate(
         &s.lp,
         p.request.prompt.clone(),
         p.params.clone(),
-        move |info, text| match piece_tx.blocking_send(Piece {
+        move |info, text| match piece_tx.send(Piece {
             text: text.to_string(),
             info: info.clone(),
         }) {
@@ -147,7 +149,7 @@ pub async fn stream(s: Shared, p: Prepared) -> Response {
                     .map_err(ApiError::from)
             }
             Ok(Ok(_)) => return,
-            Ok(Err(e)) => Err(ApiError::invalid(e.to_string())),
+            Ok(Err(e)) => Err(ApiError::from(e)),
             Err(e) => Err(ApiError::internal(format!("generation thread: {e}"))),
         };
         match result {
