@@ -358,9 +358,7 @@ impl Model {
                 })?;
                 match &self.engine {
                     Some(crate::device::Engine::Wgpu(g)) => {
-                        let adapter = adapter.map(|a| g.adapter(a));
-                        let (be, w) = (g.backend(), g.weights());
-                        self.run_batch(be, w, seqs, &tokens, adapter.as_deref())
+                        self.run_batch_on(g, seqs, &tokens, adapter)
                     }
                     _ => return Err(not_here()),
                 }
@@ -373,9 +371,7 @@ impl Model {
                 })?;
                 match &self.engine {
                     Some(crate::device::Engine::Cuda(g)) => {
-                        let adapter = adapter.map(|a| g.adapter(a));
-                        let (be, w) = (g.backend(), g.weights());
-                        self.run_batch(be, w, seqs, &tokens, adapter.as_deref())
+                        self.run_batch_on(g, seqs, &tokens, adapter)
                     }
                     _ => return Err(not_here()),
                 }
@@ -400,6 +396,19 @@ impl Model {
         let _span = trace_span!("decode_batch", sequences = tokens.len()).entered();
         let x = self.forward_chunk(be, w, tokens, Rows::Batch(seqs), adapter);
         self.logits(be, w, &x, tokens.len(), Activations::Rows)
+    }
+
+    /// [`Self::run_batch`] on an accelerator's copy, with `adapter` uploaded there.
+    #[cfg(any(feature = "gpu", feature = "cuda"))]
+    fn run_batch_on<B: clawrl_kernels::Accelerator>(
+        &self,
+        g: &crate::device::DeviceEngine<B>,
+        seqs: Vec<Seq<'_, B::Cache>>,
+        tokens: &[u32],
+        adapter: Option<&LoraAdapter>,
+    ) -> Vec<f32> {
+        let adapter = adapter.map(|a| g.adapter(a));
+        self.run_batch(g.backend(), g.weights(), seqs, tokens, adapter.as_deref())
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
