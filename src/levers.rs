@@ -52,6 +52,10 @@ pub(crate) struct Levers {
     /// Optimizer passes over each batch (1: the paper's, ρ = 1).
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
+    /// Retry replay: every step also trains this many earlier accepted retries, drawn from
+    /// those already trained, on the retry term alone (0: off; at most 64).
+    #[arg(long, value_name = "N")]
+    pub(crate) replay: Option<usize>,
     /// w_RL, the weight of the evaluative (policy-gradient) term.
     #[arg(long, value_name = "WEIGHT")]
     pub(crate) w_rl: Option<f64>,
@@ -72,6 +76,7 @@ impl Levers {
         set(&mut t.w_fkl, self.fkl);
         set(&mut t.w_retry, self.retry);
         set(&mut t.epochs, self.epochs);
+        set(&mut t.replay, self.replay);
         set(&mut t.w_rl, self.w_rl);
         set(&mut t.w_opd, self.w_opd);
         set(&mut t.beta, self.beta);

@@ -44,6 +44,7 @@ const FIELDS: [string, string, "number" | "select", string[]?][] = [
   ["w_fkl", "λ (forward KL to the teacher)", "number"],
   ["w_retry", "w_retry (accepted-retry distillation)", "number"],
   ["epochs", "passes per batch", "number"],
+  ["replay", "retry replay (earlier retries per step)", "number"],
   ["weight_decay", "weight decay", "number"],
   ["max_grad_norm", "max grad norm", "number"],
 ];

@@ -143,6 +143,9 @@ pub struct StepRecord {
     pub mean_reward: Option<f64>,
     /// Mean O[h*_i, i] over the OPD samples' positions, in tokens (of k).
     pub mean_overlap: Option<f64>,
+    /// Earlier accepted-retry samples the step replayed besides the batch (retry replay).
+    #[serde(default)]
+    pub replayed: usize,
     /// Wall time of the step, seconds.
     pub seconds: f64,
 }
@@ -152,7 +155,8 @@ fn mean(v: &[f64]) -> Option<f64> {
 }
 
 impl StepRecord {
-    /// The record of a step `m` over `batch` that took `seconds`.
+    /// The record of a step `m` over `batch` (and the replayed samples the trainer took besides
+    /// it) that took `seconds`.
     pub fn new(m: &StepMetrics, batch: &[Sample], seconds: f64) -> Self {
         let rewards: Vec<f64> = batch.iter().filter_map(|s| s.advantage).collect();
         let overlaps: Vec<f64> = batch
@@ -168,6 +172,7 @@ impl StepRecord {
             grad_norm: m.grad_norm,
             mean_reward: mean(&rewards),
             mean_overlap: mean(&overlaps),
+            replayed: m.loss.samples.saturating_sub(batch.len()),
             seconds,
         }
     }

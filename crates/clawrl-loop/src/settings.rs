@@ -52,9 +52,16 @@ pub struct TrainingSettings {
     /// Optimizer steps per batch (1: the paper's one pass, ρ = 1).
     #[serde(default = "one")]
     pub epochs: usize,
+    /// Retry replay (an extension; 0: off): every step also trains this many earlier
+    /// accepted-retry samples, drawn from those already trained, on their L^retry term alone.
+    #[serde(default)]
+    pub replay: usize,
     /// No steps while paused (samples keep arriving).
     pub paused: bool,
 }
+
+/// The most earlier samples one step may replay.
+pub const MAX_REPLAY: usize = 64;
 
 fn one() -> usize {
     1
@@ -82,6 +89,7 @@ impl Default for TrainingSettings {
             w_fkl: o.w_fkl,
             w_retry: o.w_retry,
             epochs: 1,
+            replay: 0,
             paused: false,
         }
     }
@@ -169,6 +177,12 @@ impl TrainingSettings {
             return bad(
                 "epochs",
                 format!("epochs must be 1..=16, got {}", self.epochs),
+            );
+        }
+        if self.replay > MAX_REPLAY {
+            return bad(
+                "replay",
+                format!("replay must be 0..={MAX_REPLAY}, got {}", self.replay),
             );
         }
         if self.eps_lo >= 1.0 {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use clawrl_objective::{group_advantages, step_reward};
 use clawrl_store::Sample;
 use clawrl_trainer::{Teacher, TrainSample, Trainer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing::{error, info_span, warn};
@@ -44,6 +46,16 @@ fn train_sample(s: &Sample) -> TrainSample {
             per_position: t.per_position.clone(),
         }),
         retry_prompt: s.retry_prompt_ids.clone(),
+    }
+}
+
+/// A trained accepted-retry sample replayed: its response y' under the original prompt s_t
+/// (L^retry) and the β brake under its own prompt; no vote and no teacher train again.
+fn replay_sample(s: &Sample) -> TrainSample {
+    TrainSample {
+        advantage: None,
+        teacher: None,
+        ..train_sample(s)
     }
 }
 
@@ -217,6 +229,32 @@ impl Worker {
         });
     }
 
+    /// Retry replay (README, "Extensions"): `replay` earlier accepted-retry samples, drawn
+    /// uniformly without replacement from those that trained the served version's ancestors
+    /// (so a roll back forgets what it abandoned; seeded by the step, so a run repeats), when
+    /// the retry term trains at all. A store error skips the replay, not the step.
+    fn replay(&self, step: usize) -> Vec<Sample> {
+        let cfg = &self.trainer.config.objective;
+        let n = self.settings.replay;
+        if n == 0 || !cfg.method.directive() || cfg.w_retry == 0.0 {
+            return Vec::new();
+        }
+        let drawn = self.rt.block_on(async {
+            let live = self.lp.live().version;
+            let pool = self.lp.store.trained_retry_ids(live).await?;
+            let mut rng = StdRng::seed_from_u64(step as u64);
+            let ids: Vec<i64> = rand::seq::index::sample(&mut rng, pool.len(), n.min(pool.len()))
+                .into_iter()
+                .map(|i| pool[i])
+                .collect();
+            self.lp.store.samples_by_id(&ids).await
+        });
+        drawn.unwrap_or_else(|e| {
+            warn!(error = %e, "reading samples to replay");
+            Vec::new()
+        })
+    }
+
     fn step(&mut self) {
         let mut batch: Vec<Sample> = match self.rt.block_on(
             self.lp
@@ -231,7 +269,14 @@ impl Worker {
         };
         // Step numbers count optimizer steps: `epochs` per batch.
         let step = self.trainer.steps() + self.trainer.config.epochs.max(1);
-        let _span = info_span!("train_step", step, samples = batch.len()).entered();
+        let replayed = self.replay(step);
+        let _span = info_span!(
+            "train_step",
+            step,
+            samples = batch.len(),
+            replayed = replayed.len()
+        )
+        .entered();
         self.lp.emit(Event::TrainStarted {
             step,
             samples: batch.len(),
@@ -240,7 +285,8 @@ impl Worker {
         for (s, a) in batch.iter_mut().zip(advantages) {
             s.advantage = a;
         }
-        let samples: Vec<TrainSample> = batch.iter().map(train_sample).collect();
+        let mut samples: Vec<TrainSample> = batch.iter().map(train_sample).collect();
+        samples.extend(replayed.iter().map(replay_sample));
         let t0 = Instant::now();
         let metrics = match self.trainer.train_step(&samples) {
             Ok(m) => m,

@@ -748,3 +748,82 @@ async fn one_keys_contributions_are_rejected_and_the_versions_trained_on_them_ro
     assert_eq!(r["rolled_back_to"], Value::Null);
     t.stop().await;
 }
+
+/// One session of `q`: the answer, then `reply` to it as the user's next message.
+async fn answered(t: &common::TestServer, session: &str, q: &str, reply: &str) -> Value {
+    let r = t.chat(session, json!([user(q)])).await;
+    let a = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat(session, json!([user(q), assistant(&a), user(reply)]))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_retry_trains_under_the_original_prompt_and_is_replayed_later() {
+    let t = start().await;
+    let (status, s) = t
+        .post(
+            "/studio/training/settings",
+            &json!({"w_retry": 1.0, "replay": 4, "batch_size": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["settings"]["replay"], 4);
+    let (status, _) = t
+        .post("/studio/training/settings", &json!({"replay": 65}))
+        .await;
+    assert_eq!(status, 400, "replay is at most 64");
+
+    // Corrected, then the retry accepted: two samples, the second trained under the first
+    // prompt too.
+    let q = "What is two plus two?";
+    let first = t.chat("a", json!([user(q)])).await;
+    let a1 = first["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let correction = "No, answer with a single number.";
+    let second = t
+        .chat("a", json!([user(q), assistant(&a1), user(correction)]))
+        .await;
+    let a2 = second["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    t.chat(
+        "a",
+        json!([
+            user(q),
+            assistant(&a1),
+            user(correction),
+            assistant(&a2),
+            user("Thanks, perfect!")
+        ]),
+    )
+    .await;
+    t.wait_for("/studio/training", |v| v["steps"] == 1).await;
+    let (_, steps) = t.get("/studio/steps").await;
+    let m = &steps["steps"][0]["metrics"];
+    assert_eq!(
+        (m["samples"].as_u64(), m["replayed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(m["retry_samples"], 1, "{m}");
+
+    // The next step replays the trained retry beside its own batch of two.
+    answered(&t, "b", "Name a colour.", "Thanks, perfect!").await;
+    answered(&t, "c", "Name a fruit.", "Thanks, perfect!").await;
+    t.wait_for("/studio/training", |v| v["steps"] == 2).await;
+    let (_, steps) = t.get("/studio/steps").await;
+    let m = &steps["steps"][1]["metrics"];
+    assert_eq!(
+        (m["samples"].as_u64(), m["replayed"].as_u64()),
+        (Some(3), Some(1)),
+        "{m}"
+    );
+    assert_eq!(m["retry_samples"], 1, "{m}");
+    assert!(m["loss_retry"].as_f64().is_some_and(|l| l > 0.0), "{m}");
+    t.stop().await;
+}

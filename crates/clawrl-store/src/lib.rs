@@ -900,6 +900,69 @@ impl Store {
         Ok(rows.into_iter().map(Sample::from).collect())
     }
 
+    /// The versions `version` descends from, itself first, then its parent, down to the base.
+    /// A version's parent is the newest earlier version made at an earlier step: training
+    /// resumed from a rolled-back version continues that version's step count, so a new branch
+    /// repeats step numbers of the abandoned one, never a version number. Empty for an unknown
+    /// version.
+    pub async fn lineage(&self, version: i64) -> Result<Vec<i64>> {
+        let all: Vec<(i64, i64)> = self
+            .versions()
+            .await?
+            .iter()
+            .map(|v| (v.version, v.step))
+            .collect();
+        let mut out = Vec::new();
+        let mut at = all.iter().find(|(v, _)| *v == version).copied();
+        while let Some((v, step)) = at {
+            out.push(v);
+            at = all
+                .iter()
+                .filter(|(u, s)| *u < v && *s < step)
+                .max_by_key(|(u, _)| *u)
+                .copied();
+        }
+        Ok(out)
+    }
+
+    /// Ids of the samples that carry an accepted retry (`retry_of`) and trained one of the
+    /// versions `version` descends from ([`Store::lineage`]), oldest first: the pool retry
+    /// replay draws from. What a roll back abandoned is not in it.
+    pub async fn trained_retry_ids(&self, version: i64) -> Result<Vec<i64>> {
+        let lineage = self.lineage(version).await?;
+        if lineage.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT id FROM samples WHERE status = 'trained' AND retry_of IS NOT NULL
+             AND trained_version IN (",
+        );
+        let mut list = q.separated(", ");
+        for v in lineage {
+            list.push_bind(v);
+        }
+        q.push(") ORDER BY id");
+        let ids: Vec<(i64,)> = q.build_query_as().fetch_all(&self.pool).await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The samples with these ids (as [`Store::pending_samples`] reads them), in id order;
+    /// unknown ids are skipped.
+    pub async fn samples_by_id(&self, ids: &[i64]) -> Result<Vec<Sample>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("{SAMPLE_SELECT} WHERE s.id IN ("));
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(") ORDER BY s.id");
+        let rows: Vec<SampleRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Sample::from).collect())
+    }
+
     /// Samples ready to train (as [`Store::pending_samples`] takes them).
     pub async fn count_pending(&self) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as(&format!(

@@ -373,3 +373,98 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     assert_eq!(first.len(), 1);
     assert_eq!((first[0].turn_id, first[0].reward), (ids[0], Some(-1)));
 }
+
+/// A main turn of session `s` with `prompt`, then the user's `reply` to it judged `value`
+/// (an RL sample retrying `retry_of`); the turn's id.
+async fn answer_judged(
+    store: &Store,
+    prompt: Vec<u32>,
+    continuation: &str,
+    (reply, value): (&str, i64),
+    retry_of: Option<i64>,
+) -> i64 {
+    let mut t = turn("s", TurnType::Main);
+    t.prompt_ids = prompt;
+    t.continuation = continuation.into();
+    let id = store.record_turn(&t).await.expect("turn");
+    let (_, ns) = store
+        .pair_next_state("s", NextKind::Reply, reply, None)
+        .await
+        .expect("pair")
+        .expect("paired");
+    store
+        .record_judgement(ns, id, &vote(id, value, retry_of))
+        .await
+        .expect("judged");
+    id
+}
+
+#[tokio::test]
+async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("replay.sqlite"))
+        .await
+        .expect("opens");
+    // A rejected answer, then an accepted one that retried it.
+    let first = answer_judged(&store, vec![1, 2], "k0", ("no", -1), None).await;
+    let retry = answer_judged(&store, vec![1, 2, 7], "k1", ("thanks", 1), Some(first)).await;
+    // Pending samples are not replayed: only what a step trained.
+    assert!(store.trained_retry_ids(0).await.expect("ids").is_empty());
+    let pending = store.pending_samples(10).await.expect("pending");
+    assert_eq!(pending.len(), 2);
+    let marks: Vec<(i64, Option<f64>)> = pending.iter().map(|s| (s.id, None)).collect();
+    store
+        .record_step(1, 1, "v1", &serde_json::json!({}), 0.1, &marks)
+        .await
+        .expect("step");
+    let ids = store.trained_retry_ids(1).await.expect("ids");
+    let accepted = pending
+        .iter()
+        .find(|s| s.turn_id == retry)
+        .expect("the retry's sample");
+    assert_eq!(ids, vec![accepted.id]);
+    let back = store.samples_by_id(&ids).await.expect("samples");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].retry_prompt_ids, Some(vec![1, 2]));
+    assert_eq!(back[0].response_ids, accepted.response_ids);
+
+    // A second retry trains v2 (step 2); then v1 is rolled back to and the next step (step 2
+    // again) makes v3: v2's retry is not v3's to replay.
+    let rejected = answer_judged(&store, vec![1, 2, 7, 9], "k2", ("no", -1), None).await;
+    answer_judged(
+        &store,
+        vec![1, 2, 7, 9, 4],
+        "k3",
+        ("thanks", 1),
+        Some(rejected),
+    )
+    .await;
+    let pending = store.pending_samples(10).await.expect("pending");
+    let marks: Vec<(i64, Option<f64>)> = pending.iter().map(|s| (s.id, None)).collect();
+    store
+        .record_step(2, 2, "v2", &serde_json::json!({}), 0.1, &marks)
+        .await
+        .expect("step");
+    store
+        .record_step(2, 3, "v3", &serde_json::json!({}), 0.1, &[])
+        .await
+        .expect("step");
+    assert_eq!(store.lineage(3).await.expect("lineage"), vec![3, 1, 0]);
+    assert_eq!(store.lineage(2).await.expect("lineage"), vec![2, 1, 0]);
+    assert!(store.lineage(9).await.expect("lineage").is_empty());
+    let both = store.trained_retry_ids(2).await.expect("ids");
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], accepted.id);
+    assert_eq!(
+        store.trained_retry_ids(3).await.expect("ids"),
+        vec![accepted.id]
+    );
+    assert!(store.samples_by_id(&[]).await.expect("no ids").is_empty());
+    assert!(
+        store
+            .samples_by_id(&[ids[0] + 1000])
+            .await
+            .expect("unknown id")
+            .is_empty()
+    );
+}

@@ -94,6 +94,10 @@ pub struct SettingsPatch {
     #[schema(minimum = 1, maximum = 16)]
     #[serde(default, deserialize_with = "crate::integer::optional")]
     epochs: Option<usize>,
+    /// Earlier accepted retries each step replays (retry replay; 0: off).
+    #[schema(minimum = 0, maximum = 64)]
+    #[serde(default, deserialize_with = "crate::integer::optional")]
+    replay: Option<usize>,
     paused: Option<bool>,
 }
 
@@ -121,6 +125,7 @@ impl SettingsPatch {
             w_fkl,
             w_retry,
             epochs,
+            replay,
             paused
         );
         t
