@@ -5,15 +5,8 @@
 
 mod common;
 
-use common::{TestServer, assistant, start, start_with, user};
+use common::{TestServer, assistant, content, start, start_with, user};
 use serde_json::{Value, json};
-
-fn answer(body: &Value) -> String {
-    body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
 
 async fn chat(t: &TestServer, body: Value) -> Value {
     let (status, r) = t.post("/v1/chat/completions", &body).await;
@@ -83,7 +76,7 @@ async fn an_overlong_context_is_refused_in_openai_words_or_trimmed_when_asked() 
     let (status, _) = t
         .post(
             "/v1/chat/completions",
-            &json!({"messages": [user("Hello there."), assistant(&answer(&first)), user(&long)]}),
+            &json!({"messages": [user("Hello there."), assistant(&content(&first)), user(&long)]}),
         )
         .await;
     assert_eq!(status, 400);
@@ -144,12 +137,12 @@ async fn replayed_histories_continue_their_sessions_and_interleaved_ones_do_not_
     // Each conversation goes on, interleaved, replaying its history byte for byte (OpenClaw).
     let b2 = chat(
         &t,
-        json!({"messages": [user("Name a colour."), assistant(&answer(&b1)), user("Thanks!")], "max_tokens": 6}),
+        json!({"messages": [user("Name a colour."), assistant(&content(&b1)), user("Thanks!")], "max_tokens": 6}),
     )
     .await;
     let a2 = chat(
         &t,
-        json!({"messages": [user("What is 12*7?"), assistant(&answer(&a1)), user("No, answer in one word only.")], "max_tokens": 6}),
+        json!({"messages": [user("What is 12*7?"), assistant(&content(&a1)), user("No, answer in one word only.")], "max_tokens": 6}),
     )
     .await;
     assert_eq!(a2["session_id"], sa);
@@ -157,8 +150,8 @@ async fn replayed_histories_continue_their_sessions_and_interleaved_ones_do_not_
     let a3 = chat(
         &t,
         json!({"messages": [
-            user("What is 12*7?"), assistant(&answer(&a1)),
-            user("No, answer in one word only."), assistant(&answer(&a2)),
+            user("What is 12*7?"), assistant(&content(&a1)),
+            user("No, answer in one word only."), assistant(&content(&a2)),
             user("Thanks!")
         ], "max_tokens": 6}),
     )
@@ -249,7 +242,7 @@ async fn an_openclaw_conversation_is_judged_as_the_user_meant_it() {
     let correction = "[Tue 2026-12-01 00:56 UTC] No, answer in one word only.";
     let r2 = chat(
         &t,
-        json!({"messages": [system, first, assistant(&answer(&r1)), user(correction)], "max_completion_tokens": 8}),
+        json!({"messages": [system, first, assistant(&content(&r1)), user(correction)], "max_completion_tokens": 8}),
     )
     .await;
     assert_eq!(r2["session_id"], r1["session_id"]);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assistant, start, user};
+use common::{assistant, content, start, user};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -100,10 +100,7 @@ async fn next_states_become_votes_samples_a_step_and_a_new_version_then_roll_bac
     let q = "What is two plus two?";
     let first = t.chat("a", json!([user(q)])).await;
     assert_eq!(first["policy_version"], 0);
-    let a1 = first["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a1 = content(&first);
     // The user corrects it: the next state of turn 1 carries a −1 vote and a hint.
     t.chat(
         "a",
@@ -135,10 +132,7 @@ async fn next_states_become_votes_samples_a_step_and_a_new_version_then_roll_bac
 
     // A satisfied user in another session: +1. Two samples = one batch.
     let other = t.chat("b", json!([user("Name a colour.")])).await;
-    let a2 = other["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a2 = content(&other);
     t.chat(
         "b",
         json!([
@@ -324,10 +318,7 @@ async fn training_settings_change_at_run_time_and_pause_holds_steps() {
 
     t.post("/studio/training/pause", &json!({})).await;
     let r = t.chat("p", json!([user("hi")])).await;
-    let a = r["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a = content(&r);
     t.chat("p", json!([user("hi"), assistant(&a), user("thank you")]))
         .await;
     t.wait_for("/studio/training", |v| v["pending_samples"] == 1)
@@ -347,20 +338,14 @@ async fn a_restart_keeps_pending_samples_and_the_served_version() {
     })
     .await;
     let r = t.chat("r", json!([user("hi")])).await;
-    let a = r["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a = content(&r);
     t.chat("r", json!([user("hi"), assistant(&a), user("thanks")]))
         .await;
     t.wait_for("/studio/training", |v| v["policy_version"] == 1)
         .await;
     t.post("/studio/training/pause", &json!({})).await;
     let r = t.chat("r2", json!([user("yo")])).await;
-    let a = r["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a = content(&r);
     t.chat(
         "r2",
         json!([user("yo"), assistant(&a), user("no, say hello")]),
@@ -689,12 +674,10 @@ async fn one_keys_contributions_are_rejected_and_the_versions_trained_on_them_ro
                 .json()
                 .await
                 .expect("json");
-            let answer = first["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap_or("");
+            let answer = content(&first);
             let r = ask(json!([
                 user("Name a colour."),
-                assistant(answer),
+                assistant(&answer),
                 user("No, say blue.")
             ]))
             .await
@@ -752,10 +735,7 @@ async fn one_keys_contributions_are_rejected_and_the_versions_trained_on_them_ro
 /// One session of `q`: the answer, then `reply` to it as the user's next message.
 async fn answered(t: &common::TestServer, session: &str, q: &str, reply: &str) -> Value {
     let r = t.chat(session, json!([user(q)])).await;
-    let a = r["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a = content(&r);
     t.chat(session, json!([user(q), assistant(&a), user(reply)]))
         .await
 }
@@ -780,18 +760,12 @@ async fn an_accepted_retry_trains_under_the_original_prompt_and_is_replayed_late
     // prompt too.
     let q = "What is two plus two?";
     let first = t.chat("a", json!([user(q)])).await;
-    let a1 = first["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a1 = content(&first);
     let correction = "No, answer with a single number.";
     let second = t
         .chat("a", json!([user(q), assistant(&a1), user(correction)]))
         .await;
-    let a2 = second["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let a2 = content(&second);
     t.chat(
         "a",
         json!([

@@ -124,3 +124,11 @@ pub fn user(text: &str) -> Value {
 pub fn assistant(text: &str) -> Value {
     json!({"role": "assistant", "content": text})
 }
+
+/// The text of a chat completion's first choice ("" when it has none).
+pub fn content(completion: &Value) -> String {
+    completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
