@@ -53,7 +53,7 @@ pub(crate) struct Levers {
     #[arg(long)]
     pub(crate) epochs: Option<usize>,
     /// Retry replay: every step also trains this many earlier accepted retries, drawn from
-    /// those already trained, on the retry term alone (0: off; at most 64).
+    /// those already trained, on their retry term and the β brake (0: off; at most 64).
     #[arg(long, value_name = "N")]
     pub(crate) replay: Option<usize>,
     /// w_RL, the weight of the evaluative (policy-gradient) term.

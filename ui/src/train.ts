@@ -189,10 +189,10 @@ async function refreshRefused(): Promise<void> {
   );
 }
 
-function renderVersions(list: { version: number; step: number; created_at: number; active: boolean }[]): void {
+function renderVersions(list: { version: number; step: number; parent: number | null; created_at: number; active: boolean }[]): void {
   fill(
     versions,
-    h("tr", {}, h("th", {}, "version"), h("th", {}, "after step"), h("th", {}, "created"), h("th", {}, "")),
+    h("tr", {}, h("th", {}, "version"), h("th", {}, "trained from"), h("th", {}, "after step"), h("th", {}, "created"), h("th", {}, "")),
     [...list].reverse().map((v) => {
       const b = h("button", { "data-testid": `activate-${v.version}` }, v.version === 0 ? "Back to base" : "Roll back to this");
       b.addEventListener("click", async () => {
@@ -206,6 +206,7 @@ function renderVersions(list: { version: number; step: number; created_at: numbe
         "tr",
         { class: v.active ? "active" : "", "data-version": v.version },
         h("td", {}, `v${v.version}`),
+        h("td", {}, v.parent === null ? "—" : `v${v.parent}`),
         h("td", { class: "num" }, v.step),
         h("td", {}, v.created_at ? new Date(v.created_at).toLocaleTimeString() : "base"),
         h("td", {}, v.active ? h("span", { class: "pill good" }, "serving") : b),

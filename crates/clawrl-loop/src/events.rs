@@ -133,9 +133,9 @@ pub struct StepRecord {
     /// The objective's measurements (loss, its parts, clip fractions, ratios, counts).
     #[serde(flatten)]
     pub loss: LossMetrics,
-    /// Response tokens in the batch.
+    /// Response tokens trained: the batch's and the replayed samples'.
     pub tokens: usize,
-    /// Mean entropy of π_cur over response positions, nats.
+    /// Mean entropy of π_cur over the trained response positions (the replayed included), nats.
     pub entropy: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -155,9 +155,9 @@ fn mean(v: &[f64]) -> Option<f64> {
 }
 
 impl StepRecord {
-    /// The record of a step `m` over `batch` (and the replayed samples the trainer took besides
-    /// it) that took `seconds`.
-    pub fn new(m: &StepMetrics, batch: &[Sample], seconds: f64) -> Self {
+    /// The record of a step `m` over `batch` and `replayed` earlier samples (retry replay) that
+    /// took `seconds`.
+    pub fn new(m: &StepMetrics, batch: &[Sample], replayed: usize, seconds: f64) -> Self {
         let rewards: Vec<f64> = batch.iter().filter_map(|s| s.advantage).collect();
         let overlaps: Vec<f64> = batch
             .iter()
@@ -172,7 +172,7 @@ impl StepRecord {
             grad_norm: m.grad_norm,
             mean_reward: mean(&rewards),
             mean_overlap: mean(&overlaps),
-            replayed: m.loss.samples.saturating_sub(batch.len()),
+            replayed,
             seconds,
         }
     }

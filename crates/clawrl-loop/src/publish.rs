@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use clawrl_model::Model;
-use clawrl_store::Sample;
+use clawrl_store::{NewVersion, Sample};
 use clawrl_trainer::{Gate, LoraConfig, StepMetrics, TrainablePolicy, Trainer};
 use serde_json::json;
 use tokio::runtime::Handle;
@@ -146,13 +146,14 @@ pub(crate) fn activate(
     Ok(trainer)
 }
 
-/// Publishes the step `trainer` just took over `batch`: checkpoint, record (its samples marked
-/// trained, the new version active), swap. Returns the new version.
+/// Publishes the step `trainer` just took over `batch` (and `replayed` earlier samples):
+/// checkpoint, record (its samples marked trained, the new version active, its parent the
+/// version served until now, which the trainer continued from), swap. Returns the new version.
 pub(crate) fn publish_step(
     lp: &Loop,
     setup: &TrainerSetup,
     trainer: &Trainer,
-    batch: &[Sample],
+    (batch, replayed): (&[Sample], usize),
     m: &StepMetrics,
     seconds: f64,
     rt: &Handle,
@@ -171,16 +172,19 @@ pub(crate) fn publish_step(
         }
         return Err(Error::Config(format!("checkpoint {}: {e}", dir.display())));
     }
-    let record = StepRecord::new(m, batch, seconds);
+    let record = StepRecord::new(m, batch, replayed, seconds);
     // A rollout's advantage was computed for this batch: it is stored with the step.
     let ids: Vec<(i64, Option<f64>)> = batch
         .iter()
         .map(|s| (s.id, s.rollout.as_ref().and(s.advantage)))
         .collect();
     rt.block_on(store.record_step(
-        m.step as i64,
-        version,
-        &dir.to_string_lossy(),
+        &NewVersion {
+            version,
+            parent: lp.live().version,
+            step: m.step as i64,
+            checkpoint: &dir.to_string_lossy(),
+        },
         &record,
         seconds,
         &ids,

@@ -53,7 +53,8 @@ pub struct TrainingSettings {
     #[serde(default = "one")]
     pub epochs: usize,
     /// Retry replay (an extension; 0: off): every step also trains this many earlier
-    /// accepted-retry samples, drawn from those already trained, on their L^retry term alone.
+    /// accepted-retry samples, drawn from those already trained, on their L^retry term and the
+    /// β·KL brake (no vote, no teacher).
     #[serde(default)]
     pub replay: usize,
     /// No steps while paused (samples keep arriving).

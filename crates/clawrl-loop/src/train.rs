@@ -297,7 +297,7 @@ impl Worker {
             &self.lp,
             &self.setup,
             &self.trainer,
-            &batch,
+            (&batch, replayed.len()),
             &metrics,
             seconds,
             &self.rt,

@@ -167,6 +167,9 @@ async fn next_states_become_votes_samples_a_step_and_a_new_version_then_roll_bac
     let (_, versions) = t.get("/studio/versions").await;
     assert_eq!(versions["active"], 0);
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
+    // Each version names the one its step continued from.
+    assert_eq!(versions["versions"][0]["parent"], Value::Null);
+    assert_eq!(versions["versions"][1]["parent"], 0);
     let (status, _) = t.post("/studio/versions/9/activate", &json!({})).await;
     assert_eq!(status, 404);
     t.stop().await;

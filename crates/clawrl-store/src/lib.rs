@@ -155,6 +155,14 @@ const READY: &str = "s.status = 'pending' AND (g.group_id IS NULL OR (
                         JOIN sessions o ON o.id = u.session_id
                         WHERE n.judged = 0 AND o.group_id = g.group_id)))";
 
+/// The recursive CTE `line(v, depth)`: version ?1 (depth 0), its parent (1), … down to the
+/// base, along `policy_versions.parent`.
+const LINEAGE: &str = "line(v, depth) AS (
+        SELECT version, 0 FROM policy_versions WHERE version = ?1
+        UNION ALL
+        SELECT p.parent, line.depth + 1 FROM policy_versions p JOIN line ON p.version = line.v
+        WHERE p.parent IS NOT NULL)";
+
 /// A session.
 #[derive(Clone, Debug, Serialize, FromRow)]
 pub struct Session {
@@ -361,6 +369,22 @@ pub struct Version {
     pub checkpoint: Option<String>,
     /// When.
     pub created_at: i64,
+    /// The version its step continued from (none for the base).
+    pub parent: Option<i64>,
+}
+
+/// A version a training step publishes, as [`Store::record_step`] records it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewVersion<'a> {
+    /// Its number.
+    pub version: i64,
+    /// The version the step continued from: the one served when it began (after a roll back,
+    /// the version rolled back to).
+    pub parent: i64,
+    /// The optimizer step that made it.
+    pub step: i64,
+    /// Its checkpoint directory.
+    pub checkpoint: &'a str,
 }
 
 /// A key's public record (never the key).
@@ -900,49 +924,36 @@ impl Store {
         Ok(rows.into_iter().map(Sample::from).collect())
     }
 
-    /// The versions `version` descends from, itself first, then its parent, down to the base.
-    /// A version's parent is the newest earlier version made at an earlier step: training
-    /// resumed from a rolled-back version continues that version's step count, so a new branch
-    /// repeats step numbers of the abandoned one, never a version number. Empty for an unknown
-    /// version.
+    /// The versions `version` descends from, itself first, then its parent, down to the base
+    /// (the `parent` links [`Store::record_step`] records). Empty for an unknown version.
     pub async fn lineage(&self, version: i64) -> Result<Vec<i64>> {
-        let all: Vec<(i64, i64)> = self
-            .versions()
-            .await?
-            .iter()
-            .map(|v| (v.version, v.step))
-            .collect();
-        let mut out = Vec::new();
-        let mut at = all.iter().find(|(v, _)| *v == version).copied();
-        while let Some((v, step)) = at {
-            out.push(v);
-            at = all
-                .iter()
-                .filter(|(u, s)| *u < v && *s < step)
-                .max_by_key(|(u, _)| *u)
-                .copied();
-        }
-        Ok(out)
+        let rows: Vec<(i64,)> = sqlx::query_as(&format!(
+            "WITH RECURSIVE {LINEAGE} SELECT v FROM line ORDER BY depth"
+        ))
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
     /// Ids of the samples that carry an accepted retry (`retry_of`) and trained one of the
     /// versions `version` descends from ([`Store::lineage`]), oldest first: the pool retry
-    /// replay draws from. What a roll back abandoned is not in it.
+    /// replay draws from. What a roll back abandoned is not in it, nor a sample whose turn was
+    /// voted on again since (a later thumbs up or down: the newest vote is the turn's word).
     pub async fn trained_retry_ids(&self, version: i64) -> Result<Vec<i64>> {
-        let lineage = self.lineage(version).await?;
-        if lineage.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id FROM samples WHERE status = 'trained' AND retry_of IS NOT NULL
-             AND trained_version IN (",
-        );
-        let mut list = q.separated(", ");
-        for v in lineage {
-            list.push_bind(v);
-        }
-        q.push(") ORDER BY id");
-        let ids: Vec<(i64,)> = q.build_query_as().fetch_all(&self.pool).await?;
+        let ids: Vec<(i64,)> = sqlx::query_as(&format!(
+            "WITH RECURSIVE {LINEAGE}
+             SELECT s.id FROM samples s
+             WHERE s.status = 'trained' AND s.retry_of IS NOT NULL
+               AND s.trained_version IN (SELECT v FROM line)
+               AND NOT EXISTS (SELECT 1 FROM samples l
+                               WHERE l.turn_id = s.turn_id AND l.id > s.id
+                                 AND l.status != 'dropped' AND l.advantage IS NOT NULL)
+             ORDER BY s.id"
+        ))
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
@@ -1017,9 +1028,7 @@ impl Store {
     /// computed at batch time; `None` keeps the stored one).
     pub async fn record_step<M: Serialize>(
         &self,
-        step: i64,
-        version: i64,
-        checkpoint: &str,
+        v: &NewVersion<'_>,
         metrics: &M,
         seconds: f64,
         samples: &[(i64, Option<f64>)],
@@ -1030,21 +1039,22 @@ impl Store {
             "INSERT INTO train_steps (step, policy_version, metrics, seconds, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .bind(step)
-        .bind(version)
+        .bind(v.step)
+        .bind(v.version)
         .bind(json(metrics))
         .bind(seconds)
         .bind(now)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO policy_versions (version, step, checkpoint, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO policy_versions (version, step, checkpoint, created_at, parent)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .bind(version)
-        .bind(step)
-        .bind(checkpoint)
+        .bind(v.version)
+        .bind(v.step)
+        .bind(v.checkpoint)
         .bind(now)
+        .bind(v.parent)
         .execute(&mut *tx)
         .await?;
         for (id, advantage) in samples {
@@ -1054,10 +1064,10 @@ impl Store {
                      advantage = COALESCE(?3, advantage)
                  WHERE id = ?2 AND status = 'pending'",
             )
-            .bind(step)
+            .bind(v.step)
             .bind(id)
             .bind(advantage)
-            .bind(version)
+            .bind(v.version)
             .execute(&mut *tx)
             .await?;
         }
@@ -1189,9 +1199,7 @@ impl Store {
         let tainted = "(turn_id IN (SELECT id FROM rejected_turns)
                         OR hint_id IN (SELECT id FROM hints WHERE key_id = ?1))";
         let (first_version,): (Option<i64>,) = sqlx::query_as(&format!(
-            "SELECT MIN(COALESCE(trained_version,
-                        (SELECT MIN(policy_version) FROM train_steps t WHERE t.step = samples.step)))
-             FROM samples WHERE status = 'trained' AND {tainted}"
+            "SELECT MIN(trained_version) FROM samples WHERE status = 'trained' AND {tainted}"
         ))
         .bind(key_id)
         .fetch_one(&mut *tx)

@@ -3,8 +3,8 @@
 
 use clawrl_objective::{Selection, SelectionMode};
 use clawrl_store::{
-    HintRef, HintSource, HintStatus, Judgement, NewHint, NewOpd, NewSample, NewTurn, NextKind,
-    Role, Store, TeacherPlan, TurnType, Vote,
+    HintRef, HintSource, HintStatus, Judgement, NewHint, NewOpd, NewSample, NewTurn, NewVersion,
+    NextKind, Role, Store, TeacherPlan, TurnType, Vote,
 };
 use serde_json::json;
 
@@ -196,9 +196,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
 
     store
         .record_step(
-            1,
-            1,
-            "/tmp/v1",
+            &version(1, 0, 1),
             &json!({"loss": 0.5}),
             2.0,
             &[(accepted, None)],
@@ -374,6 +372,16 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     assert_eq!((first[0].turn_id, first[0].reward), (ids[0], Some(-1)));
 }
 
+/// Version `version`, continued from `parent`, made at optimizer step `step`.
+fn version(version: i64, parent: i64, step: i64) -> NewVersion<'static> {
+    NewVersion {
+        version,
+        parent,
+        step,
+        checkpoint: "/tmp/v",
+    }
+}
+
 /// A main turn of session `s` with `prompt`, then the user's `reply` to it judged `value`
 /// (an RL sample retrying `retry_of`); the turn's id.
 async fn answer_judged(
@@ -414,7 +422,7 @@ async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
     assert_eq!(pending.len(), 2);
     let marks: Vec<(i64, Option<f64>)> = pending.iter().map(|s| (s.id, None)).collect();
     store
-        .record_step(1, 1, "v1", &serde_json::json!({}), 0.1, &marks)
+        .record_step(&version(1, 0, 1), &serde_json::json!({}), 0.1, &marks)
         .await
         .expect("step");
     let ids = store.trained_retry_ids(1).await.expect("ids");
@@ -442,11 +450,11 @@ async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
     let pending = store.pending_samples(10).await.expect("pending");
     let marks: Vec<(i64, Option<f64>)> = pending.iter().map(|s| (s.id, None)).collect();
     store
-        .record_step(2, 2, "v2", &serde_json::json!({}), 0.1, &marks)
+        .record_step(&version(2, 1, 2), &serde_json::json!({}), 0.1, &marks)
         .await
         .expect("step");
     store
-        .record_step(2, 3, "v3", &serde_json::json!({}), 0.1, &[])
+        .record_step(&version(3, 1, 2), &serde_json::json!({}), 0.1, &[])
         .await
         .expect("step");
     assert_eq!(store.lineage(3).await.expect("lineage"), vec![3, 1, 0]);
@@ -466,5 +474,84 @@ async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
             .await
             .expect("unknown id")
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn replay_follows_the_recorded_parents_and_a_turns_newest_vote() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("lineage.sqlite"))
+        .await
+        .expect("opens");
+    let step = |v: NewVersion<'static>| {
+        let store = &store;
+        async move {
+            let marks: Vec<(i64, Option<f64>)> = store
+                .pending_samples(10)
+                .await
+                .expect("pending")
+                .iter()
+                .map(|s| (s.id, None))
+                .collect();
+            store
+                .record_step(&v, &serde_json::json!({}), 0.1, &marks)
+                .await
+                .expect("step");
+        }
+    };
+    // v1 trains retry a; v2 follows it. Roll back to the base: v3 trains retry b, v4 follows
+    // it. Roll back to v1: v5 (step 2, as v2 and v4) continues from v1.
+    let first = answer_judged(&store, vec![1], "k0", ("no", -1), None).await;
+    let a = answer_judged(&store, vec![1, 2], "k1", ("thanks", 1), Some(first)).await;
+    step(version(1, 0, 1)).await;
+    step(version(2, 1, 2)).await;
+    let first = answer_judged(&store, vec![3], "k2", ("no", -1), None).await;
+    let b = answer_judged(&store, vec![3, 4], "k3", ("thanks", 1), Some(first)).await;
+    step(version(3, 0, 1)).await;
+    step(version(4, 3, 2)).await;
+    step(version(5, 1, 2)).await;
+    assert_eq!(store.lineage(5).await.expect("lineage"), vec![5, 1, 0]);
+    assert_eq!(store.lineage(4).await.expect("lineage"), vec![4, 3, 0]);
+    let parents: Vec<Option<i64>> = store
+        .versions()
+        .await
+        .expect("versions")
+        .iter()
+        .map(|v| v.parent)
+        .collect();
+    assert_eq!(
+        parents,
+        vec![None, Some(0), Some(1), Some(0), Some(3), Some(1)]
+    );
+    let turn_of = |ids: Vec<i64>| {
+        let store = &store;
+        async move {
+            let samples = store.samples_by_id(&ids).await.expect("samples");
+            samples.iter().map(|s| s.turn_id).collect::<Vec<i64>>()
+        }
+    };
+    assert_eq!(
+        turn_of(store.trained_retry_ids(5).await.expect("ids")).await,
+        vec![a]
+    );
+    assert_eq!(
+        turn_of(store.trained_retry_ids(4).await.expect("ids")).await,
+        vec![b]
+    );
+
+    // A later thumbs down on a's answer: the newest vote is the turn's word, so its accepted
+    // retry leaves the pool (its new sample, pending, is not in it either).
+    let ns = store
+        .record_feedback(a, Some(-1), None, "owner", None)
+        .await
+        .expect("feedback");
+    store
+        .record_judgement(ns, a, &vote(a, -1, None))
+        .await
+        .expect("judged");
+    assert!(store.trained_retry_ids(5).await.expect("ids").is_empty());
+    assert_eq!(
+        turn_of(store.trained_retry_ids(4).await.expect("ids")).await,
+        vec![b]
     );
 }

@@ -242,7 +242,7 @@ pub async fn steps(State(s): State<Shared>, Query(q): Query<After>) -> ApiResult
     tag = "annotate",
     summary = "Policy versions and the active one.",
     responses(
-        (status = 200, description = "{versions: [...], active}", body = Object),
+        (status = 200, description = "{versions: [{version, step, parent (the version its step continued from; null for the base), created_at, active}], active}", body = Object),
         (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -258,6 +258,7 @@ pub async fn versions(State(s): State<Shared>) -> ApiResult<Json<Value>> {
                 json!({
                     "version": v.version,
                     "step": v.step,
+                    "parent": v.parent,
                     "created_at": v.created_at,
                     "active": v.version == active,
                 })
