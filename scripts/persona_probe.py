@@ -1,6 +1,7 @@
 """What the persona probes share: a persona file, its required phrases and its first messages.
 
-Imported by `persona_ceiling.py` and `opd_support.py` (run them from the project root).
+Imported by `persona_ceiling.py`, `opd_support.py` and `first_token.py` (run them from the project
+root).
 """
 
 import json
@@ -11,10 +12,16 @@ from collections.abc import Iterator
 HINT_MARKER = "[user's hint / instruction]"
 
 
+def load_persona(persona_file: str) -> dict:
+    """The persona file, parsed."""
+    with open(persona_file, "rb") as f:
+        return tomllib.load(f)
+
+
 def load(persona_file: str) -> tuple[dict, list[str]]:
     """The persona and its `require_any` phrases, lower-cased; exits when it has none."""
-    p = tomllib.load(open(persona_file, "rb"))
-    phrases = [x.lower() for x in p["preference"]["require_any"]]
+    p = load_persona(persona_file)
+    phrases = [x.lower() for x in p["preference"].get("require_any", [])]
     if not phrases:
         sys.exit("this persona has no require_any phrases")
     return p, phrases

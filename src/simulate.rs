@@ -59,9 +59,9 @@ pub(crate) struct SimulateArgs {
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// The full benchmark: 15 sessions of every persona; the untrained control (`none`) and
-    /// `combined` with seeds 0, 1, 2, then `rl`, `opd` and the `token`, `random`, `longest`
-    /// selections with seed 0 (instead of --method, --selection and --seed). The selections
-    /// differ only with more than one candidate hint: add --annotators.
+    /// `combined` with seeds 0, 1, 2, then `rl` and `opd` with seed 0 (instead of --method,
+    /// --selection and --seed). With --annotators also the `token`, `random` and `longest`
+    /// selections with seed 0 (with one candidate hint per turn they would repeat `sequence`).
     #[arg(long, conflicts_with_all = ["url", "method", "selection", "seed"])]
     full: bool,
     /// Samples per training step.
@@ -274,7 +274,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     }
     if a.full {
         max_sessions = 15;
-        configs = full_benchmark();
+        configs = full_benchmark(a.annotators);
     }
     if max_sessions < 3 {
         bail!("--max-sessions must be at least 3 (the metric needs three sessions in a row)");
@@ -627,8 +627,9 @@ fn learned(
     (n > 0).then_some((k, n))
 }
 
-/// The configurations of `--full`: (method, selection, seed).
-fn full_benchmark() -> Vec<(String, String, u64)> {
+/// The configurations of `--full`: (method, selection, seed); the other selections only when
+/// `annotators` give them more than one candidate to choose between.
+fn full_benchmark(annotators: bool) -> Vec<(String, String, u64)> {
     let mut c: Vec<(String, String, u64)> = ["none", "combined"]
         .into_iter()
         .flat_map(|m| (0..3).map(move |seed| (m.to_string(), "sequence".to_string(), seed)))
@@ -636,8 +637,10 @@ fn full_benchmark() -> Vec<(String, String, u64)> {
     for m in ["rl", "opd"] {
         c.push((m.into(), "sequence".into(), 0));
     }
-    for s in ["token", "random", "longest"] {
-        c.push(("combined".into(), s.into(), 0));
+    if annotators {
+        for s in ["token", "random", "longest"] {
+            c.push(("combined".into(), s.into(), 0));
+        }
     }
     c
 }
