@@ -1023,8 +1023,8 @@ impl Store {
         Ok(rows.into_iter().map(Sample::from).collect())
     }
 
-    /// Records a finished step in one transaction: its metrics, the version it published, and
-    /// its samples marked trained, each as (id, the advantage it trained with: a rollout's is
+    /// Records a finished step in one transaction: its metrics, the version `v` it published
+    /// (with the version it continued from), and its samples marked trained, each as (id, the advantage it trained with: a rollout's is
     /// computed at batch time; `None` keeps the stored one).
     pub async fn record_step<M: Serialize>(
         &self,
