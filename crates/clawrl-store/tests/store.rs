@@ -232,10 +232,7 @@ async fn the_loop_s_records_round_trip_and_survive_a_reopen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_queue_instead_of_failing() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&dir.path().join("db.sqlite"))
-        .await
-        .expect("opens");
+    let (_dir, store) = fresh_store().await;
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = store.clone();
@@ -301,10 +298,7 @@ fn vote(turn_id: i64, value: i64, retry_of: Option<i64>) -> Judgement {
 
 #[tokio::test]
 async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&dir.path().join("r.sqlite"))
-        .await
-        .expect("opens");
+    let (_dir, store) = fresh_store().await;
     let mut ids = Vec::new();
     for (i, prompt) in [vec![1, 2], vec![1, 2, 7], vec![1, 2, 7, 8]]
         .into_iter()
@@ -372,6 +366,15 @@ async fn an_accepted_retry_finds_the_original_prompt_and_trains_under_it() {
     assert_eq!((first[0].turn_id, first[0].reward), (ids[0], Some(-1)));
 }
 
+/// A store in a new temporary directory, which lives as long as the returned guard.
+async fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db.sqlite"))
+        .await
+        .expect("opens");
+    (dir, store)
+}
+
 /// Version `version`, continued from `parent`, made at optimizer step `step`.
 fn version(version: i64, parent: i64, step: i64) -> NewVersion<'static> {
     NewVersion {
@@ -409,10 +412,7 @@ async fn answer_judged(
 
 #[tokio::test]
 async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&dir.path().join("replay.sqlite"))
-        .await
-        .expect("opens");
+    let (_dir, store) = fresh_store().await;
     // A rejected answer, then an accepted one that retried it.
     let first = answer_judged(&store, vec![1, 2], "k0", ("no", -1), None).await;
     let retry = answer_judged(&store, vec![1, 2, 7], "k1", ("thanks", 1), Some(first)).await;
@@ -479,10 +479,7 @@ async fn trained_accepted_retries_are_the_pool_retry_replay_draws_from() {
 
 #[tokio::test]
 async fn replay_follows_the_recorded_parents_and_a_turns_newest_vote() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&dir.path().join("lineage.sqlite"))
-        .await
-        .expect("opens");
+    let (_dir, store) = fresh_store().await;
     let step = |v: NewVersion<'static>| {
         let store = &store;
         async move {
