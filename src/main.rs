@@ -156,7 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Some(model.load()?)
             };
-            simulate::simulate(a, m)
+            simulate::simulate(a, m, threads)
         }
         Command::Agent(c) => {
             c.validate()?;

@@ -67,6 +67,11 @@ pub(crate) struct SimulateArgs {
     /// Samples per training step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
+    /// Threads for training in the in-process server (default: the compute threads, all
+    /// cores). The simulated user waits for training between sessions, so a step is on the
+    /// run's critical path; `serve` keeps one by default, for the people it serves.
+    #[arg(long, value_name = "N", conflicts_with = "url", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    train_threads: Option<usize>,
     #[command(flatten)]
     levers: crate::levers::Levers,
     /// k of the top-k supports (hint selection and OPD).
@@ -205,10 +210,12 @@ fn server_config(
     method: &str,
     selection: &str,
     seed: u64,
+    threads: usize,
 ) -> Result<ServerConfig> {
     let mut c = ServerConfig::new("clawrl", dir);
     c.bind = "127.0.0.1:0".parse()?;
     c.lp.seed = seed;
+    c.lp.train_threads = a.train_threads.unwrap_or(threads);
     c.lp.idle_timeout = std::time::Duration::from_secs(3600);
     c.lp.training = TrainingSettings {
         batch_size: a.batch_size,
@@ -225,7 +232,8 @@ fn server_config(
     Ok(c)
 }
 
-pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
+/// Runs the simulation; `threads` is the size of the compute pool (training's default too).
+pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>, threads: usize) -> Result<()> {
     let mut personas = if a.persona.is_empty() {
         builtin_personas()?
     } else {
@@ -288,7 +296,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
     // Every run's settings are checked before the first one starts, not midway through a sweep.
     if a.url.is_none() {
         for (method, selection, seed) in &configs {
-            server_config(&a, Path::new("."), method, selection, *seed)?;
+            server_config(&a, Path::new("."), method, selection, *seed, threads)?;
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -359,7 +367,7 @@ pub(crate) fn simulate(a: SimulateArgs, model: Option<Model>) -> Result<()> {
             let started = Instant::now();
             for group in groups {
                 let dir = tempfile::tempdir().context("a scratch directory")?;
-                let config = server_config(&a, dir.path(), method, selection, seed)?;
+                let config = server_config(&a, dir.path(), method, selection, seed, threads)?;
                 let server = rt.block_on(clawrl_server::start(config, model.clone()))?;
                 let mut sim = Simulation::new(&format!("http://{}", server.addr), None, seed);
                 sim.max_tokens = a.max_tokens;

@@ -399,8 +399,15 @@ impl Trainer {
     /// Each sample's graph is built, differentiated and dropped before the next (gradient
     /// accumulation), so memory holds one sample's activations, not the batch's.
     pub fn train_step(&mut self, batch: &[TrainSample]) -> Result<StepMetrics> {
-        let _span =
-            info_span!("train_step", step = self.steps() + 1, samples = batch.len()).entered();
+        // The caller's span (the loop's `train_step`) names the step this batch ends at; this
+        // one, the optimizer steps it takes.
+        let _span = info_span!(
+            "optimize",
+            from_step = self.steps() + 1,
+            epochs = self.config.epochs.max(1),
+            samples = batch.len()
+        )
+        .entered();
         let usable: Vec<&TrainSample> = batch.iter().filter(|s| !s.response.is_empty()).collect();
         if usable.is_empty() {
             return Err(Error::InvalidSample(
