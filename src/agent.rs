@@ -572,16 +572,9 @@ async fn drain(c: &Common, base: &str) -> Result<Value> {
         if paused {
             bail!("training is paused (a failed step pauses it; see the server's log)");
         }
-        if pending == 0 && unjudged == 0 {
-            // The last step is recorded before its version is swapped in: wait for the swap.
-            let versions = get("/studio/versions").await?;
-            let newest = versions["versions"]
-                .as_array()
-                .and_then(|v| v.last())
-                .map(|v| v["version"].clone());
-            if newest.is_none_or(|v| v == s["policy_version"]) {
-                break s;
-            }
+        // A step marks its samples trained before it serves its version: wait for the swap.
+        if pending == 0 && unjudged == 0 && s["training"] == false {
+            break s;
         }
         if unjudged == 0 && pending < batch {
             restore.get_or_insert(batch);

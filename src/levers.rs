@@ -11,8 +11,8 @@ use clawrl_server::TrainingSettings;
 pub(crate) enum Preset {
     /// DESIGN.md §2 exactly: the student's top-k support, one pass, no extension, lr 1e-4.
     Paper,
-    /// The default: accepted-retry distillation, the forward KL, the union support, two passes
-    /// per batch, lr 5e-4 and β = 1, which learn what the paper's setting does not (README,
+    /// The default: accepted-retry distillation, the forward KL, the paper's OPD support, two
+    /// passes per batch, lr 5e-4 and β = 1, which learn what the paper's setting does not (README,
     /// "Simulated users").
     Extensions,
     /// DESIGN.md §2 for general agents: the paper's setting with C = 2 and β = 0.01 (the

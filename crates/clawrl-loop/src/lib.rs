@@ -139,6 +139,8 @@ pub struct Loop {
     /// Decodes the requests in flight together.
     pub batcher: Batcher,
     live: RwLock<Live>,
+    /// True from a training step's batch read until its version is served (or it failed).
+    stepping: std::sync::atomic::AtomicBool,
     settings: RwLock<TrainingSettings>,
     control: std::sync::mpsc::Sender<Control>,
     judge_wake: Notify,
@@ -164,6 +166,13 @@ impl Loop {
             Err(p) => *p.into_inner() = live,
         }
         self.emit(Event::Published { version });
+    }
+
+    /// Whether a training step is under way: its batch is read and its version not yet
+    /// served. Its samples stop counting as pending before the swap, so a client waiting for
+    /// training to catch up needs this too.
+    pub fn stepping(&self) -> bool {
+        self.stepping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The training settings now.
@@ -260,6 +269,7 @@ pub async fn start(config: LoopConfig, model: Arc<Model>, store: Store) -> Resul
         gate: clawrl_trainer::Gate::default(),
         batcher: Batcher::new(model.clone(), config.max_batch)?,
         live: RwLock::new(Live::default()),
+        stepping: Default::default(),
         settings: RwLock::new(config.training.clone()),
         control,
         judge_wake: Notify::new(),

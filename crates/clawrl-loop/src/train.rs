@@ -5,6 +5,7 @@
 //! promptly while it works.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,22 @@ pub(crate) fn spawn(
         })
 }
 
+/// Marks a training step under way (`Loop::stepping`) until dropped, whichever way the step ends.
+struct Stepping(Arc<Loop>);
+
+impl Stepping {
+    fn start(lp: &Arc<Loop>) -> Self {
+        lp.stepping.store(true, Ordering::Release);
+        Self(lp.clone())
+    }
+}
+
+impl Drop for Stepping {
+    fn drop(&mut self) {
+        self.0.stepping.store(false, Ordering::Release);
+    }
+}
+
 impl Worker {
     fn run(&mut self, rx: &Receiver<Control>) {
         loop {
@@ -256,6 +273,7 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        let _stepping = Stepping::start(&self.lp);
         let mut batch: Vec<Sample> = match self.rt.block_on(
             self.lp
                 .store

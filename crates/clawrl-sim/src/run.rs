@@ -112,7 +112,9 @@ impl Simulation {
                 || t["settings"]["method"].as_str() == Some("none");
             let unjudged = t["unjudged"].as_i64().unwrap_or(0);
             let pending = t["pending_samples"].as_i64().unwrap_or(0);
-            if unjudged == 0 && (paused || pending < batch) {
+            // A step marks its samples trained before it serves its version: wait for both.
+            let stepping = t["training"].as_bool().unwrap_or(false);
+            if unjudged == 0 && !stepping && (paused || pending < batch) {
                 return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;

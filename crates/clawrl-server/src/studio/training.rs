@@ -18,6 +18,7 @@ async fn training_status(s: &Shared) -> ApiResult<Value> {
     Ok(json!({
         "settings": s.lp.settings(),
         "policy_version": s.lp.live().version,
+        "training": s.lp.stepping(),
         "pending_samples": counts.pending_samples,
         "unjudged": counts.unjudged,
         "samples": counts.samples,
@@ -32,7 +33,7 @@ async fn training_status(s: &Shared) -> ApiResult<Value> {
     tag = "annotate",
     summary = "Training settings and status.",
     responses(
-        (status = 200, description = "{settings, policy_version, pending_samples, unjudged, samples, steps}", body = Object),
+        (status = 200, description = "{settings, policy_version, training (a step is under way: its samples may no longer count as pending, its version is not yet served), pending_samples, unjudged, samples, steps}", body = Object),
         (status = 503, description = "The database is locked by another process (`database_locked`).", body = ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = []))
