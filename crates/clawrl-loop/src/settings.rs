@@ -100,9 +100,10 @@ impl TrainingSettings {
     /// The levers beyond the paper as measured here (README, "Simulated users"):
     /// accepted-retry distillation and the forward KL at weight 1 over the paper's OPD support
     /// (the student's top-k: on brief it learned in fewer sessions than the union, 3 of 3
-    /// seeds against 2 of 3), two optimizer passes per batch, lr 5e-4, and β = 1 toward the base as the brake that keeps
-    /// that step size from collapsing the policy when many preferences share it. They learn a
-    /// preference the paper's setting does not reach within 15 sessions.
+    /// seeds against 2 of 3), two optimizer passes per batch, lr 5e-4, and β = 1 toward the
+    /// base as the brake that keeps that step size from collapsing the policy when many
+    /// preferences share it. They learn a preference the paper's setting does not reach
+    /// within 15 sessions.
     pub fn extensions() -> Self {
         Self {
             lr: 5e-4,
